@@ -1,0 +1,48 @@
+//! Source connectors. Each turns one delivery of a source system into a stream of
+//! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
+//!
+//! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
+//! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
+
+pub mod location;
+pub mod xml_export;
+
+use matchpoint_schemas::{RawRecord, RecordPosition};
+
+/// A problem with one record: the record goes to quarantine, the delivery goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// The record's id, when it could be read.
+    pub record_id: Option<String>,
+    /// Where the record is.
+    pub position: RecordPosition,
+    /// Which field, when one field is at fault.
+    pub field: Option<String>,
+    /// What is wrong; never contains a field's value.
+    pub reason: String,
+}
+
+/// A problem with the delivery as a whole: the run fails and nothing is published.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The delivery could not be opened or read.
+    #[error("cannot read {location}: {message}")]
+    Io { location: String, message: String },
+    /// The delivery breaks the format at a position.
+    #[error("{location}: malformed delivery at byte {byte_offset} (record {record_index}): {message}")]
+    Malformed {
+        location: String,
+        byte_offset: u64,
+        record_index: u64,
+        message: String,
+    },
+    /// The delivery ended before it was complete.
+    #[error("{location}: delivery is truncated ({message}); nothing was published")]
+    Truncated { location: String, message: String },
+    /// A configured limit was exceeded.
+    #[error("{location}: {message}")]
+    Limit { location: String, message: String },
+}
+
+/// What a connector yields for each record.
+pub type RecordResult = Result<RawRecord, RecordError>;

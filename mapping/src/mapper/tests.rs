@@ -1,0 +1,109 @@
+//! Mapper behaviour on good and bad records.
+
+use super::*;
+use matchpoint_schemas::{KeyPurpose, LifeDomain, MasterKey, RawGroup, RelationKind};
+use proptest::prelude::*;
+
+const REGISTRY: &str = r#"
+[[organisation]]
+code = "OKC-NOORD"
+name = "Ouder- en Kindcentrum Noord"
+kind = "youth_health"
+source_codes = { okc-2 = ["OKCN"] }
+"#;
+
+fn mapper() -> Mapper {
+    let spec = MappingSpec::parse(include_str!("../../../deploy/mappings/okc-2.toml"), "okc-2.toml")
+        .expect("spec");
+    let registry = Arc::new(Registry::parse(REGISTRY, "reg").expect("registry"));
+    let key = MasterKey::from_secret("k1", &[9u8; 32]).expect("key");
+    Mapper::new("okc-2", spec, registry, key.pseudonymiser(KeyPurpose::Index))
+}
+
+fn good() -> RawRecord {
+    let f = |p: &str, v: &str| (p.to_owned(), v.to_owned());
+    RawRecord {
+        record_id: Some("R1".into()),
+        fields: vec![
+            f("client/bsn", "123456782"),
+            f("client/naam", "Test Persoon"),
+            f("client/geboortedatum", "2015-03-01"),
+            f("organisatie/@code", "OKCN"),
+            f("domein", "JGZ"),
+            f("contactpersoon/naam", "A. de Vries"),
+            f("periode/@begin", "2024-01-05"),
+            f("periode/@eind", "2025-02-01"),
+            f("status", "afgesloten"),
+            f("regisseur", "ja"),
+        ],
+        groups: vec![RawGroup {
+            path: "relaties/relatie".into(),
+            fields: vec![f("@soort", "ouder"), f("@bsn", "111222333")],
+        }],
+        ..RawRecord::default()
+    }
+}
+
+fn with(mut r: RawRecord, path: &str, value: Option<&str>) -> RawRecord {
+    r.fields.retain(|(p, _)| p != path);
+    if let Some(v) = value {
+        r.fields.push((path.to_owned(), v.to_owned()));
+    }
+    r
+}
+
+#[test]
+fn a_good_record_maps_to_the_canonical_involvement() {
+    let inv = mapper().map(&good()).expect("maps");
+    assert_eq!(inv.organisation_code, "OKC-NOORD");
+    assert_eq!(inv.life_domain, LifeDomain::YouthHealth);
+    assert_eq!(inv.status, InvolvementStatus::Ended);
+    assert!(inv.coordinator);
+    assert_eq!(inv.relations.len(), 1);
+    assert_eq!(inv.relations[0].kind, RelationKind::Parent);
+    // min(end + 24 months, birth + 23 years)
+    assert_eq!(inv.purge_after, NaiveDate::from_ymd_opt(2027, 2, 1));
+}
+
+#[test]
+fn bad_records_are_rejected_with_field_and_reason_code() {
+    let m = mapper();
+    let cases = [
+        (with(good(), "client/bsn", Some("123456789")), "client/bsn", "invalid_bsn"),
+        (with(good(), "client/bsn", None), "client/bsn", "missing_field"),
+        (with(good(), "contactpersoon/naam", None), "contactpersoon/naam", "missing_field"),
+        (with(good(), "domein", Some("XYZ")), "domein", "unknown_code"),
+        (with(good(), "periode/@begin", Some("05-01-2024")), "periode/@begin", "bad_date"),
+        (with(good(), "periode/@eind", Some("2020-01-01")), "periode/@eind", "end_before_start"),
+        (with(good(), "organisatie/@code", Some("NOPE")), "organisatie/@code", "unknown_code"),
+    ];
+    for (rec, field, code) in cases {
+        let rej = m.map(&rec).expect_err(code);
+        assert_eq!(rej.field.as_deref(), Some(field), "{code}");
+        assert_eq!(rej.reason.code(), code);
+        assert!(!rej.reason.to_string().contains("12345678"), "{}", rej.reason);
+    }
+}
+
+#[test]
+fn the_same_person_gets_the_same_pseudonym_in_every_format_of_the_bsn() {
+    let m = mapper();
+    let a = m.map(&good()).expect("maps");
+    let b = m.map(&with(good(), "client/bsn", Some("12345.67.82"))).expect("maps");
+    assert_eq!(a.person, b.person);
+    assert_eq!(a.content_hash(), b.content_hash());
+}
+
+proptest! {
+    #[test]
+    fn mapping_never_panics_on_arbitrary_field_values(
+        values in proptest::collection::vec("\\PC{0,30}", 10),
+    ) {
+        let m = mapper();
+        let mut r = good();
+        for (slot, v) in r.fields.iter_mut().zip(values) {
+            slot.1 = v;
+        }
+        let _ = m.map(&r);
+    }
+}
