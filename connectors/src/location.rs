@@ -85,12 +85,19 @@ impl<R: BufRead> BufRead for LimitedReader<R> {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{LIMIT_MARKER} one element or text is larger than the configured limit of {} bytes (limits.max_element_bytes)",
+                    "{LIMIT_MARKER} one element or text is larger than the configured limit of {} bytes (limits.max_event_bytes)",
                     self.limits.max_event_bytes
                 ),
             ));
         }
-        self.inner.fill_buf()
+        // Hand out at most one byte past either limit, so the next call fails right after the
+        // limit instead of a whole buffer of the inner reader later.
+        let room = (self.limits.max_bytes - self.counter.total.get())
+            .min(self.limits.max_event_bytes - self.counter.since_mark.get())
+            .saturating_add(1);
+        let avail = self.inner.fill_buf()?;
+        let n = usize::try_from(room).map_or(avail.len(), |room| room.min(avail.len()));
+        Ok(&avail[..n])
     }
 
     fn consume(&mut self, amt: usize) {

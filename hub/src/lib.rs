@@ -1,1 +1,14 @@
-//! placeholder
+//! The Matchpoint hub: the index store, the sync pipeline, configuration, synthetic data and
+//! the commands of the `matchpoint` binary.
+//!
+//! - [`config`]: the TOML configuration, checked completely at start-up.
+//! - [`store`]: the published index, runs, staging and quarantine (SQLite or PostgreSQL).
+//! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
+//! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
+//! - [`failpoint`]: named pause points used by the crash-safety tests.
+
+pub mod config;
+pub mod failpoint;
+pub mod generate;
+pub mod store;
+pub mod sync;

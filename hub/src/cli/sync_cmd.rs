@@ -1,0 +1,175 @@
+//! `matchpoint sync`: runs each selected source, shows progress, prints a summary table.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use matchpoint_hub::store::{RunRecord, RunStatus};
+use matchpoint_hub::sync::{Progress, sync_source};
+
+use super::Env;
+use super::output;
+
+/// Syncs the selected sources one after another; Ctrl-C cancels the current run cleanly.
+pub async fn sync(env: &Env, names: &[String], full: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let ctx = env.ctx()?;
+    let sources = env.config.select(names).map_err(anyhow::Error::msg)?;
+    let cancel = ctx.cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("Interrupted: stopping the current run; nothing partial is published.");
+            cancel.store(true, Ordering::Relaxed);
+        }
+    });
+    let mut results: Vec<RunRecord> = Vec::new();
+    for source in sources {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let progress = Arc::new(Progress::default());
+        let display = show_progress(&source.name, progress.clone(), json);
+        let started = Instant::now();
+        let outcome = sync_source(ctx, source, full, progress.clone()).await;
+        display.finish().await;
+        let rec = outcome?;
+        if !json {
+            eprintln!(
+                "{}: {} in {:.1}s ({} records read)",
+                source.name,
+                rec.status.as_str(),
+                started.elapsed().as_secs_f64(),
+                rec.counts.read
+            );
+        }
+        results.push(rec);
+    }
+    if json {
+        output::json(&results)?;
+    } else {
+        print_summary(&results);
+    }
+    let bad = results
+        .iter()
+        .any(|r| !matches!(r.status, RunStatus::Succeeded | RunStatus::Accepted));
+    Ok(if bad || ctx.cancel.load(Ordering::Relaxed) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The summary table printed after a sync.
+pub fn print_summary(results: &[RunRecord]) {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.source.clone(),
+                r.id.to_string(),
+                r.status.as_str().to_owned(),
+                r.counts.read.to_string(),
+                r.counts.accepted.to_string(),
+                r.counts.rejected.to_string(),
+                r.counts.inserted.to_string(),
+                r.counts.updated.to_string(),
+                r.counts.unchanged.to_string(),
+                r.counts.ended.to_string(),
+                r.duration_secs().map(|d| format!("{d:.1}s")).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "source", "run", "status", "read", "accepted", "rejected", "inserted", "updated",
+                "unchanged", "ended", "took"
+            ],
+            &rows
+        )
+    );
+    for r in results {
+        if let Some(err) = &r.error {
+            println!("{} run {}: {err}", r.source, r.id);
+        }
+        if r.status == RunStatus::Held {
+            println!(
+                "  see what it would end: matchpoint runs show {id}; publish anyway: matchpoint runs accept {id}",
+                id = r.id
+            );
+        }
+        if r.counts.rejected > 0 {
+            println!(
+                "  {} rejected records: matchpoint quarantine --source {} --run {}",
+                r.counts.rejected, r.source, r.id
+            );
+        }
+    }
+}
+
+struct Display {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Display {
+    async fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+/// A progress bar on a terminal; plain lines every 100k records otherwise.
+fn show_progress(name: &str, progress: Arc<Progress>, quiet: bool) -> Display {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if quiet {
+        return Display { stop, handle: None };
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let name = name.to_owned();
+    let stop2 = stop.clone();
+    let handle = tokio::spawn(async move {
+        let bar = terminal.then(|| {
+            let bar = ProgressBar::new(0);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(name.clone());
+            bar
+        });
+        let mut last_line = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let records = progress.records.load(Ordering::Relaxed);
+            if let Some(bar) = &bar {
+                bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
+                bar.set_position(progress.bytes.load(Ordering::Relaxed));
+                bar.set_message(format!("{records} records"));
+                if stop2.load(Ordering::Relaxed) {
+                    bar.finish_and_clear();
+                    return;
+                }
+            } else {
+                if stop2.load(Ordering::Relaxed) {
+                    return;
+                }
+                if records >= last_line + 100_000 {
+                    last_line = records - records % 100_000;
+                    eprintln!("{name}: {records} records read");
+                }
+            }
+        }
+    });
+    Display {
+        stop,
+        handle: Some(handle),
+    }
+}

@@ -1,0 +1,365 @@
+//! The configuration file (`matchpoint.toml`): store, key, registry and sources.
+//!
+//! Parsed with serde (`deny_unknown_fields`), then checked as a whole: every problem found is
+//! reported at once, each with the file and the key it concerns. Relative paths are resolved
+//! against the directory of the configuration file.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use matchpoint_mapping::MappingSpec;
+use serde::Deserialize;
+
+/// The configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read configuration {path}: {message} (create one with `matchpoint demo`, or see deploy/matchpoint.example.toml)")]
+    Read { path: String, message: String },
+    /// Every problem found, one per line.
+    #[error("configuration {path} is invalid:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Store URL: `sqlite://PATH` (default `sqlite://matchpoint.db`) or `postgres://…`.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Path of the key file; `MATCHPOINT_KEY_FILE` overrides it.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// Path of the shared organisation registry.
+    #[serde(default = "default_organisations")]
+    pub organisations: PathBuf,
+    /// Settings for every sync.
+    #[serde(default)]
+    pub sync: SyncSettings,
+    /// The source systems.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Directory the file was read from (set after parsing).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file's path (set after parsing).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_store() -> String {
+    "sqlite://matchpoint.db".into()
+}
+fn default_key_file() -> PathBuf {
+    "matchpoint.key".into()
+}
+fn default_organisations() -> PathBuf {
+    "organisations.toml".into()
+}
+
+/// Settings shared by every sync run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Shrink guard: largest share of a source's active involvements one full run may end
+    /// before it is held (0.10 = 10%).
+    #[serde(default = "default_max_end_share")]
+    pub max_end_share: f64,
+    /// Days a rejected record's encrypted raw copy is kept for `quarantine replay`.
+    #[serde(default = "default_quarantine_days")]
+    pub quarantine_raw_days: u32,
+    /// Records per staging transaction.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_max_end_share() -> f64 {
+    0.10
+}
+fn default_quarantine_days() -> u32 {
+    30
+}
+fn default_batch_size() -> usize {
+    5000
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            max_end_share: default_max_end_share(),
+            quarantine_raw_days: default_quarantine_days(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+/// Kinds of connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// XML export files (`schemas/formats/okc-xml-export.xsd`) from a file, folder or URL.
+    XmlExport,
+}
+
+/// Full snapshot or changes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceMode {
+    /// Every delivery is complete; missing involvements are ended (guarded).
+    Full,
+    /// Deliveries hold changes since the cursor.
+    Incremental,
+}
+
+/// Limits on what a source may deliver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most bytes in one delivery.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Most bytes in one element or text node.
+    #[serde(default = "default_max_element_bytes")]
+    pub max_element_bytes: u64,
+    /// Deepest element nesting.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// Network timeout for HTTP(S) locations, in seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    8 << 30
+}
+fn default_max_element_bytes() -> u64 {
+    64 << 10
+}
+fn default_max_depth() -> usize {
+    16
+}
+fn default_timeout_secs() -> u64 {
+    300
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: default_max_bytes(),
+            max_element_bytes: default_max_element_bytes(),
+            max_depth: default_max_depth(),
+            timeout_secs: default_timeout_secs(),
+        }
+    }
+}
+
+/// One source system.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique name, e.g. `okc-2`; stored with every record.
+    pub name: String,
+    /// Connector kind.
+    pub kind: SourceKind,
+    /// File, folder (newest file for full mode; every newer file for incremental) or URL.
+    pub location: String,
+    /// Full snapshot or incremental.
+    pub mode: SourceMode,
+    /// Cron expression (seconds minutes hours day-of-month month day-of-week), Europe/Amsterdam.
+    pub schedule: String,
+    /// Path of the mapping file.
+    pub mapping: PathBuf,
+    /// Per-source shrink guard override.
+    #[serde(default)]
+    pub max_end_share: Option<f64>,
+    /// Delivery limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The loaded mapping (set during checks).
+    #[serde(skip)]
+    pub mapping_spec: Option<MappingSpec>,
+}
+
+impl Config {
+    /// Reads, parses and checks a configuration file, including each source's mapping file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(&text, &shown, &base)
+    }
+
+    /// Parses and checks configuration text; `origin` names it in messages, `base` resolves
+    /// relative paths.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            ConfigError::Invalid {
+                path: origin.to_owned(),
+                problems: vec![format!("{origin}:{line}: {}", e.message())],
+            }
+        })?;
+        cfg.base_dir = base.to_path_buf();
+        cfg.path = PathBuf::from(origin);
+        let mut problems = Vec::new();
+        if !(cfg.store.starts_with("sqlite://")
+            || cfg.store.starts_with("postgres://")
+            || cfg.store.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "{origin}: store: `{}` is not a sqlite:// or postgres:// URL",
+                crate::store::redact_url(&cfg.store)
+            ));
+        }
+        check_share(&mut problems, origin, "sync.max_end_share", cfg.sync.max_end_share);
+        if cfg.sync.batch_size == 0 || cfg.sync.batch_size > 100_000 {
+            problems.push(format!("{origin}: sync.batch_size must be between 1 and 100000"));
+        }
+        if cfg.sources.is_empty() {
+            problems.push(format!("{origin}: no [[source]] is configured"));
+        }
+        let base = cfg.base_dir.clone();
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in cfg.sources.iter_mut().enumerate() {
+            let key = format!("source[{i}] ({})", s.name);
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push(format!(
+                    "{origin}: {key}.name must be letters, digits, '-' or '_'"
+                ));
+            }
+            if !names.insert(s.name.clone()) {
+                problems.push(format!("{origin}: {key}.name `{}` is used twice", s.name));
+            }
+            if let Err(e) = cron::Schedule::from_str(&s.schedule) {
+                problems.push(format!(
+                    "{origin}: {key}.schedule `{}` is not a cron expression ({e}); \
+                     expected six fields: sec min hour day month weekday, e.g. \"0 30 2 * * *\"",
+                    s.schedule
+                ));
+            }
+            if let Some(share) = s.max_end_share {
+                check_share(&mut problems, origin, &format!("{key}.max_end_share"), share);
+            }
+            if s.limits.max_depth < 3 {
+                problems.push(format!("{origin}: {key}.limits.max_depth must be at least 3"));
+            }
+            let is_url = s.location.starts_with("http://") || s.location.starts_with("https://");
+            if !is_url {
+                let p = resolve(&base, Path::new(&s.location));
+                s.location = p.display().to_string();
+            }
+            s.mapping = resolve(&base, &s.mapping);
+            match MappingSpec::load(&s.mapping) {
+                Ok(spec) => s.mapping_spec = Some(spec),
+                Err(e) => problems.push(format!("{origin}: {key}.mapping: {e}")),
+            }
+        }
+        cfg.key_file = resolve(&base, &cfg.key_file);
+        cfg.organisations = resolve(&base, &cfg.organisations);
+        if let Some(path) = cfg.store.strip_prefix("sqlite://") {
+            let p = resolve(&base, Path::new(path));
+            cfg.store = format!("sqlite://{}", p.display());
+        }
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// The named sources, or all when `names` is empty; unknown names are an error.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&SourceConfig>, String> {
+        if names.is_empty() {
+            return Ok(self.sources.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.sources.iter().find(|s| &s.name == n).ok_or_else(|| {
+                    format!(
+                        "no source named `{n}` in {} (configured: {})",
+                        self.path.display(),
+                        self.sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+fn check_share(problems: &mut Vec<String>, origin: &str, key: &str, v: f64) {
+    if !(0.0..=1.0).contains(&v) {
+        problems.push(format!("{origin}: {key} must be between 0.0 and 1.0, found {v}"));
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = deploy_dir().join("matchpoint.example.toml");
+        let cfg = Config::load(&path).expect("example config parses");
+        assert_eq!(cfg.sources.len(), 1);
+        assert!(cfg.sources[0].mapping_spec.is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let text = r#"
+store = "mysql://x"
+[sync]
+max_end_share = 1.5
+[[source]]
+name = "a b"
+kind = "xml_export"
+location = "x.xml"
+mode = "full"
+schedule = "every night"
+mapping = "missing.toml"
+"#;
+        let err = Config::parse(text, "m.toml", &deploy_dir()).expect_err("invalid").to_string();
+        for needle in ["store", "max_end_share", ".name", ".schedule", ".mapping"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line() {
+        let text = "store = \"sqlite://x.db\"\nstoer = 1\n";
+        let err = Config::parse(text, "m.toml", &deploy_dir()).expect_err("invalid").to_string();
+        assert!(err.contains("m.toml:2"), "{err}");
+    }
+}

@@ -1,0 +1,480 @@
+//! The index store: published involvements and relations, sync runs, staging, quarantine.
+//!
+//! Selected by URL: `sqlite://PATH` (embedded default, WAL; bulk work on a dedicated
+//! rusqlite connection) or `postgres://…` (production, through sqlx). Both implement the same
+//! behaviour, and the store test suite runs against both.
+//!
+//! Publication is atomic: a run stages its records apart from the published index, then
+//! [`Store::complete_run`] compares, applies and records the run in one transaction.
+
+mod codec;
+pub mod postgres;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use chrono::{DateTime, Utc};
+use matchpoint_schemas::Involvement;
+use serde::Serialize;
+
+pub use codec::{decode_relations, encode_relations};
+
+/// Identifier of one sync run.
+pub type RunId = i64;
+
+/// What can go wrong in the store. Messages name the operation; no personal data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is not one we can open.
+    #[error("unsupported store URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    Url(String),
+    /// The database refused or failed an operation.
+    #[error("store operation `{op}` failed: {message}")]
+    Database { op: &'static str, message: String },
+    /// The run does not exist.
+    #[error("run {0} does not exist")]
+    NoSuchRun(RunId),
+    /// The run is in a state that does not allow this.
+    #[error("run {run} is {status}; {what}")]
+    RunState {
+        run: RunId,
+        status: String,
+        what: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn db(op: &'static str, e: impl std::fmt::Display) -> Self {
+        StoreError::Database {
+            op,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How a run treats records missing from its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    /// A complete snapshot: involvements not delivered become `ended`.
+    Full,
+    /// Changes only: nothing is ended for being absent.
+    Incremental,
+    /// Re-processing quarantined records after a mapping fix.
+    Replay,
+}
+
+impl RunMode {
+    /// Stored code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Full => "full",
+            RunMode::Incremental => "incremental",
+            RunMode::Replay => "replay",
+        }
+    }
+}
+
+/// A record rejected during a run, ready to store. Carries no clear identity except inside
+/// the sealed (encrypted) raw record.
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineEntry {
+    /// The record's id in the source, when known.
+    pub source_record_id: Option<String>,
+    /// 1-based record number in the delivery.
+    pub record_index: u64,
+    /// Byte offset in the delivery.
+    pub byte_offset: u64,
+    /// Source field at fault.
+    pub field: Option<String>,
+    /// Stable reason code (`invalid_bsn`, …).
+    pub reason_code: String,
+    /// Reason in words, never with a BSN or name.
+    pub reason: String,
+    /// AES-GCM sealed raw record, when kept for replay.
+    pub sealed_raw: Option<Vec<u8>>,
+    /// Key version the raw record was sealed with.
+    pub sealed_key_id: Option<String>,
+    /// When the sealed raw record must be deleted.
+    pub sealed_expires_at: Option<DateTime<Utc>>,
+    /// For replays: the quarantine entry this one re-processes.
+    pub replay_of: Option<i64>,
+}
+
+/// Counts of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunCounts {
+    /// Records read from the delivery.
+    pub read: u64,
+    /// Records that passed mapping and validation.
+    pub accepted: u64,
+    /// Records sent to quarantine.
+    pub rejected: u64,
+    /// New involvements published.
+    pub inserted: u64,
+    /// Involvements whose content changed.
+    pub updated: u64,
+    /// Delivered involvements identical to the published ones (not rewritten).
+    pub unchanged: u64,
+    /// Involvements ended because a full delivery no longer contained them.
+    pub ended: u64,
+}
+
+/// Run status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// In progress (or interrupted, until the next run of the source notices).
+    Running,
+    /// Published.
+    Succeeded,
+    /// Nothing published; see the error.
+    Failed,
+    /// Stopped by the shrink guard; nothing published until accepted.
+    Held,
+    /// A held run published deliberately.
+    Accepted,
+    /// A held run overtaken by a later run; can no longer be accepted.
+    Superseded,
+}
+
+impl RunStatus {
+    /// Stored code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Held => "held",
+            RunStatus::Accepted => "accepted",
+            RunStatus::Superseded => "superseded",
+        }
+    }
+
+    /// Parses a stored code.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "held" => RunStatus::Held,
+            "accepted" => RunStatus::Accepted,
+            "superseded" => RunStatus::Superseded,
+            _ => return None,
+        })
+    }
+}
+
+/// One row of the run history.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: RunId,
+    /// Source name.
+    pub source: String,
+    /// Full, incremental or replay.
+    pub mode: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+    /// End time.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Counts.
+    pub counts: RunCounts,
+    /// Why it failed or was held.
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// Duration in seconds, when finished.
+    pub fn duration_secs(&self) -> Option<f64> {
+        self.finished_at
+            .map(|f| (f - self.started_at).num_milliseconds() as f64 / 1000.0)
+    }
+}
+
+/// What a held run would end: counts per organisation and life domain, no identities.
+#[derive(Debug, Clone, Serialize)]
+pub struct WouldEnd {
+    /// Registry organisation code.
+    pub organisation_code: String,
+    /// Life domain.
+    pub life_domain: String,
+    /// Number of active involvements the run would end.
+    pub count: u64,
+}
+
+/// The shrink guard's settings for one run.
+#[derive(Debug, Clone, Copy)]
+pub struct ShrinkGuard {
+    /// Largest share of active involvements a run may end without being held.
+    pub max_end_share: f64,
+}
+
+/// How to complete a run.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Records read (accepted + rejected, as counted by the pipeline).
+    pub read: u64,
+    /// Full runs end what was not delivered.
+    pub mode: RunMode,
+    /// The source cursor after this run (incremental sources), committed with the data.
+    pub cursor: Option<String>,
+    /// The guard (full runs only), or `None` to publish regardless.
+    pub guard: Option<ShrinkGuard>,
+    /// A deliberate publication of a held run (recorded as `accepted`).
+    pub accept: bool,
+}
+
+/// One quarantined record, as listed (no clear identity).
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRecord {
+    /// Entry id.
+    pub id: i64,
+    /// Source.
+    pub source: String,
+    /// Run that rejected it.
+    pub run_id: RunId,
+    /// Record id in the source.
+    pub source_record_id: Option<String>,
+    /// Record number in the delivery.
+    pub record_index: u64,
+    /// Field at fault.
+    pub field: Option<String>,
+    /// Reason code.
+    pub reason_code: String,
+    /// Reason.
+    pub reason: String,
+    /// When it was rejected.
+    pub created_at: DateTime<Utc>,
+    /// Whether the sealed raw record is still kept for replay.
+    pub replayable: bool,
+    /// Run that published it after a replay, if any.
+    pub resolved_by_run: Option<RunId>,
+}
+
+/// A sealed raw record for replay.
+#[derive(Debug, Clone)]
+pub struct SealedRecord {
+    /// Quarantine entry id.
+    pub id: i64,
+    /// Source.
+    pub source: String,
+    /// Record id in the source.
+    pub source_record_id: Option<String>,
+    /// Sealed bytes.
+    pub sealed: Vec<u8>,
+    /// Key version.
+    pub key_id: String,
+}
+
+/// Filter for quarantine listings.
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineFilter {
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this run.
+    pub run: Option<RunId>,
+    /// Include entries already resolved by a replay.
+    pub include_resolved: bool,
+    /// Most rows to return.
+    pub limit: u64,
+}
+
+/// Per-source index statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStats {
+    /// Source.
+    pub source: String,
+    /// Involvements by status.
+    pub planned: u64,
+    /// Active involvements.
+    pub active: u64,
+    /// Ended involvements.
+    pub ended: u64,
+    /// Distinct persons.
+    pub persons: u64,
+    /// Relations.
+    pub relations: u64,
+    /// Unresolved quarantine entries.
+    pub quarantined: u64,
+    /// Last successful run and when it finished ("last seen" for its records).
+    pub last_success_run: Option<RunId>,
+    /// Finish time of that run.
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+/// The result of staging a batch.
+#[derive(Debug, Clone, Default)]
+pub struct StageOutcome {
+    /// Position in the batch and record id of records whose id was already staged in this run.
+    pub duplicates: Vec<(usize, String)>,
+}
+
+/// A published involvement as read back (for tests, lookups and exports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredInvolvement {
+    /// Source.
+    pub source: String,
+    /// Record id.
+    pub source_record_id: String,
+    /// Person pseudonym (hex).
+    pub person: String,
+    /// Key version.
+    pub key_id: String,
+    /// Organisation code.
+    pub organisation_code: String,
+    /// Life domain.
+    pub life_domain: String,
+    /// Status.
+    pub status: String,
+    /// End date.
+    pub end_date: Option<String>,
+    /// Content hash (hex), empty after reconciliation ended the row.
+    pub content_hash: String,
+}
+
+/// The store, by backend.
+#[derive(Clone)]
+pub enum Store {
+    /// Embedded SQLite.
+    Sqlite(sqlite::SqliteStore),
+    /// PostgreSQL.
+    Postgres(postgres::PgStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e,
+            Store::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (and migrates) the store at `url`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            Ok(Store::Sqlite(sqlite::SqliteStore::open(path).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(postgres::PgStore::open(url).await?))
+        } else {
+            Err(StoreError::Url(redact_url(url)))
+        }
+    }
+
+    /// Starts a run; first marks interrupted runs of the source as failed and drops their staging.
+    pub async fn begin_run(&self, source: &str, mode: RunMode) -> Result<RunId, StoreError> {
+        dispatch!(self, s => s.begin_run(source, mode).await)
+    }
+
+    /// Records the phase a run is in (shown in `runs`, used to confirm crash points).
+    pub async fn set_phase(&self, run: RunId, phase: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_phase(run, phase).await)
+    }
+
+    /// Stages accepted records and stores rejected ones, in one transaction.
+    pub async fn stage(
+        &self,
+        run: RunId,
+        records: Vec<Involvement>,
+        rejects: Vec<QuarantineEntry>,
+    ) -> Result<StageOutcome, StoreError> {
+        dispatch!(self, s => s.stage(run, records, rejects).await)
+    }
+
+    /// Applies the guard and publishes (or holds) the run, atomically.
+    pub async fn complete_run(
+        &self,
+        run: RunId,
+        completion: Completion,
+    ) -> Result<RunRecord, StoreError> {
+        dispatch!(self, s => s.complete_run(run, completion).await)
+    }
+
+    /// Marks a run failed; nothing is published and its staging is dropped.
+    pub async fn fail_run(&self, run: RunId, read: u64, error: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.fail_run(run, read, error).await)
+    }
+
+    /// Publishes a held run deliberately.
+    pub async fn accept_run(&self, run: RunId) -> Result<RunRecord, StoreError> {
+        dispatch!(self, s => s.accept_run(run).await)
+    }
+
+    /// The run history, newest first.
+    pub async fn runs(&self, source: Option<&str>, limit: u64) -> Result<Vec<RunRecord>, StoreError> {
+        dispatch!(self, s => s.runs(source, limit).await)
+    }
+
+    /// One run.
+    pub async fn run(&self, run: RunId) -> Result<RunRecord, StoreError> {
+        dispatch!(self, s => s.run(run).await)
+    }
+
+    /// For a held run: what it would end, per organisation and domain.
+    pub async fn would_end(&self, run: RunId) -> Result<Vec<WouldEnd>, StoreError> {
+        dispatch!(self, s => s.would_end(run).await)
+    }
+
+    /// Quarantine listing.
+    pub async fn quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineRecord>, StoreError> {
+        dispatch!(self, s => s.quarantine(filter).await)
+    }
+
+    /// Sealed raw records still kept, unresolved, for replay.
+    pub async fn replayable(&self, source: Option<&str>) -> Result<Vec<SealedRecord>, StoreError> {
+        dispatch!(self, s => s.replayable(source).await)
+    }
+
+    /// Marks quarantine entries as published by a replay run.
+    pub async fn mark_resolved(&self, ids: Vec<i64>, run: RunId) -> Result<(), StoreError> {
+        dispatch!(self, s => s.mark_resolved(ids, run).await)
+    }
+
+    /// Deletes sealed raw records past their expiry; returns how many.
+    pub async fn expire_sealed(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.expire_sealed(now).await)
+    }
+
+    /// The committed cursor of an incremental source.
+    pub async fn cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.cursor(source).await)
+    }
+
+    /// Index statistics per source.
+    pub async fn stats(&self) -> Result<Vec<SourceStats>, StoreError> {
+        dispatch!(self, s => s.stats().await)
+    }
+
+    /// Every published involvement of a source, ordered by record id (tests, exports).
+    pub async fn involvements(&self, source: &str) -> Result<Vec<StoredInvolvement>, StoreError> {
+        dispatch!(self, s => s.involvements(source).await)
+    }
+
+    /// Relations of a source as (record id, kind, other pseudonym hex), ordered.
+    pub async fn relations(&self, source: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        dispatch!(self, s => s.relations(source).await)
+    }
+}
+
+/// A database URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:****{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

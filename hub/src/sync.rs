@@ -1,0 +1,569 @@
+//! The sync pipeline, per source and run: pull (streaming) → map → validate → pseudonymise →
+//! stage → publish.
+//!
+//! A reader thread parses the delivery and maps each record; batches travel over a bounded
+//! channel to the store, so memory is bounded by `batch_size` × channel depth whatever the
+//! size of the delivery. Publication is one transaction in the store; a failed, cancelled or
+//! crashed run publishes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use matchpoint_connectors::xml_export::{XmlExportFormat, XmlExportReader};
+use matchpoint_connectors::{DeliveryError, location};
+use matchpoint_mapping::{Mapper, RejectReason};
+use matchpoint_schemas::{Involvement, KeyPurpose, MasterKey, RawRecord, Registry, Sealer};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::{Config, SourceConfig, SourceKind, SourceMode};
+use crate::failpoint;
+use crate::store::{
+    Completion, QuarantineEntry, RunId, RunMode, RunRecord, RunStatus, ShrinkGuard, Store,
+    StoreError,
+};
+
+/// What stops a sync before a run could be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The source's mapping was not loaded.
+    #[error("source {0}: mapping was not loaded")]
+    NoMapping(String),
+}
+
+/// Everything a run needs besides its source.
+pub struct SyncContext {
+    /// The store.
+    pub store: Store,
+    /// The master key (index pseudonyms and quarantine sealing are derived from it).
+    pub key: Arc<MasterKey>,
+    /// The organisation registry.
+    pub registry: Arc<Registry>,
+    /// Shrink guard default.
+    pub max_end_share: f64,
+    /// How long sealed raw records are kept.
+    pub quarantine_raw_days: u32,
+    /// Records per staging batch.
+    pub batch_size: usize,
+    /// Set to stop runs early (Ctrl-C); a cancelled run publishes nothing.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl SyncContext {
+    /// A context from a loaded configuration.
+    pub fn new(cfg: &Config, store: Store, key: Arc<MasterKey>, registry: Arc<Registry>) -> Self {
+        SyncContext {
+            store,
+            key,
+            registry,
+            max_end_share: cfg.sync.max_end_share,
+            quarantine_raw_days: cfg.sync.quarantine_raw_days,
+            batch_size: cfg.sync.batch_size,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Live counters a progress display can read.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Records read so far.
+    pub records: AtomicU64,
+    /// Bytes read so far.
+    pub bytes: AtomicU64,
+    /// Total bytes when known.
+    pub total_bytes: AtomicU64,
+}
+
+struct Batch {
+    records: Vec<Involvement>,
+    positions: Vec<(u64, u64)>,
+    rejects: Vec<QuarantineEntry>,
+}
+
+impl Batch {
+    fn with_capacity(n: usize) -> Self {
+        Batch {
+            records: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            rejects: Vec::new(),
+        }
+    }
+    fn len(&self) -> usize {
+        self.records.len() + self.rejects.len()
+    }
+}
+
+enum Message {
+    Batch(Batch),
+    Fatal { read: u64, message: String },
+    Done { read: u64, cursor: Option<String> },
+}
+
+/// The seal context binds a sealed raw record to its source and record id.
+fn seal_context(source: &str, record_id: Option<&str>) -> Vec<u8> {
+    format!("matchpoint-quarantine\u{0}{source}\u{0}{}", record_id.unwrap_or("")).into_bytes()
+}
+
+fn reject_entry(
+    sealer: Option<&Sealer>,
+    source: &str,
+    raw: Option<&RawRecord>,
+    record_id: Option<String>,
+    index: u64,
+    offset: u64,
+    field: Option<String>,
+    reason: &RejectReason,
+    keep_days: u32,
+) -> QuarantineEntry {
+    let sealed = match (sealer, raw) {
+        (Some(s), Some(raw)) => serde_json::to_vec(raw)
+            .ok()
+            .map(|plain| s.seal(&plain, &seal_context(source, record_id.as_deref()))),
+        _ => None,
+    };
+    QuarantineEntry {
+        source_record_id: record_id,
+        record_index: index,
+        byte_offset: offset,
+        field,
+        reason_code: reason.code().to_owned(),
+        reason: reason.to_string(),
+        sealed_key_id: sealed
+            .as_ref()
+            .and(sealer.map(|s| s.key_id().to_string())),
+        sealed_expires_at: sealed
+            .as_ref()
+            .map(|_| Utc::now() + chrono::Duration::days(i64::from(keep_days))),
+        sealed_raw: sealed,
+        replay_of: None,
+    }
+}
+
+/// The files one run reads: a file; for a folder, the newest `.xml` (full) or every `.xml`
+/// named after the cursor (incremental), in name order.
+fn deliveries(source: &SourceConfig, cursor: Option<&str>, full: bool) -> Result<Vec<String>, String> {
+    let loc = &source.location;
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return Ok(vec![loc.clone()]);
+    }
+    let path = Path::new(loc);
+    if !path.is_dir() {
+        return Ok(vec![loc.clone()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot list {loc}: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+        .collect();
+    files.sort();
+    if full || source.mode == SourceMode::Full {
+        return Ok(files.pop().map(|p| p.display().to_string()).into_iter().collect());
+    }
+    Ok(files
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            cursor.is_none_or(|c| name.as_str() > c)
+        })
+        .map(|p| p.display().to_string())
+        .collect())
+}
+
+/// Reads every delivery of the run on this (blocking) thread and sends batches.
+#[allow(clippy::too_many_arguments)]
+fn produce(
+    source: SourceConfig,
+    files: Vec<String>,
+    mapper: Mapper,
+    sealer: Sealer,
+    keep_days: u32,
+    batch_size: usize,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    tx: tokio::sync::mpsc::Sender<Message>,
+) {
+    let mut read = 0u64;
+    let mut batch = Batch::with_capacity(batch_size);
+    let mut cursor = None;
+    for file in &files {
+        if let Ok(meta) = std::fs::metadata(file) {
+            progress.total_bytes.fetch_add(meta.len(), Ordering::Relaxed);
+        }
+        let input = match location::open(
+            file,
+            Duration::from_secs(source.limits.timeout_secs),
+            source.limits.max_bytes,
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = tx.blocking_send(Message::Fatal {
+                    read,
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        let format = XmlExportFormat {
+            max_depth: source.limits.max_depth,
+            limits: location::ReadLimits {
+                max_bytes: source.limits.max_bytes,
+                max_event_bytes: source.limits.max_element_bytes,
+            },
+            ..XmlExportFormat::default()
+        };
+        let mut reader = XmlExportReader::new(input, file, format);
+        let mut last_bytes = 0u64;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                let _ = tx.blocking_send(Message::Fatal {
+                    read,
+                    message: "cancelled (interrupt): nothing was published".into(),
+                });
+                return;
+            }
+            let Some(item) = reader.next() else { break };
+            match item {
+                Err(e) => {
+                    let msg = match &e {
+                        DeliveryError::Truncated { .. } => e.to_string(),
+                        _ => format!("{e}; nothing was published"),
+                    };
+                    let _ = tx.blocking_send(Message::Fatal { read, message: msg });
+                    return;
+                }
+                Ok(Err(rec)) => {
+                    read += 1;
+                    batch.rejects.push(reject_entry(
+                        None,
+                        &source.name,
+                        None,
+                        rec.record_id,
+                        rec.position.index,
+                        rec.position.byte_offset,
+                        rec.field,
+                        &RejectReason::Malformed(rec.reason),
+                        keep_days,
+                    ));
+                }
+                Ok(Ok(raw)) => {
+                    read += 1;
+                    match mapper.map(&raw) {
+                        Ok(inv) => {
+                            batch.records.push(inv);
+                            batch
+                                .positions
+                                .push((raw.position.index, raw.position.byte_offset));
+                        }
+                        Err(rej) => batch.rejects.push(reject_entry(
+                            Some(&sealer),
+                            &source.name,
+                            Some(&raw),
+                            raw.record_id.clone(),
+                            raw.position.index,
+                            raw.position.byte_offset,
+                            rej.field,
+                            &rej.reason,
+                            keep_days,
+                        )),
+                    }
+                }
+            }
+            if batch.len() >= batch_size {
+                progress.records.store(read, Ordering::Relaxed);
+                let b = reader.bytes_read();
+                progress.bytes.fetch_add(b - last_bytes, Ordering::Relaxed);
+                last_bytes = b;
+                let full = std::mem::replace(&mut batch, Batch::with_capacity(batch_size));
+                if tx.blocking_send(Message::Batch(full)).is_err() {
+                    return;
+                }
+            }
+        }
+        progress
+            .bytes
+            .fetch_add(reader.bytes_read() - last_bytes, Ordering::Relaxed);
+        cursor = Path::new(file)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+    }
+    progress.records.store(read, Ordering::Relaxed);
+    if batch.len() > 0 {
+        let _ = tx.blocking_send(Message::Batch(batch));
+    }
+    let cursor = if source.mode == SourceMode::Incremental { cursor } else { None };
+    let _ = tx.blocking_send(Message::Done { read, cursor });
+}
+
+/// Runs one sync of one source and returns its run record (succeeded, held or failed).
+pub async fn sync_source(
+    ctx: &SyncContext,
+    source: &SourceConfig,
+    force_full: bool,
+    progress: Arc<Progress>,
+) -> Result<RunRecord, SyncError> {
+    let full = force_full || source.mode == SourceMode::Full;
+    let mode = if full { RunMode::Full } else { RunMode::Incremental };
+    let run = ctx.store.begin_run(&source.name, mode).await?;
+    let span = info_span!("sync", source = %source.name, run_id = run, mode = mode.as_str());
+    async move {
+        info!("Sync run started.");
+        let record = run_inner(ctx, source, run, full, progress).await?;
+        match record.status {
+            RunStatus::Succeeded | RunStatus::Accepted => info!(
+                inserted = record.counts.inserted,
+                updated = record.counts.updated,
+                unchanged = record.counts.unchanged,
+                ended = record.counts.ended,
+                rejected = record.counts.rejected,
+                "Sync run published."
+            ),
+            _ => warn!(
+                status = record.status.as_str(),
+                error = record.error.as_deref().unwrap_or(""),
+                "Sync run did not publish."
+            ),
+        }
+        Ok(record)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_inner(
+    ctx: &SyncContext,
+    source: &SourceConfig,
+    run: RunId,
+    full: bool,
+    progress: Arc<Progress>,
+) -> Result<RunRecord, SyncError> {
+    let spec = source
+        .mapping_spec
+        .clone()
+        .ok_or_else(|| SyncError::NoMapping(source.name.clone()))?;
+    let mapper = Mapper::new(
+        &source.name,
+        spec,
+        ctx.registry.clone(),
+        ctx.key.pseudonymiser(KeyPurpose::Index),
+    );
+    let cursor = if full { None } else { ctx.store.cursor(&source.name).await? };
+    let files = match source.kind {
+        SourceKind::XmlExport => deliveries(source, cursor.as_deref(), full),
+    };
+    let files = match files {
+        Ok(f) => f,
+        Err(msg) => {
+            ctx.store.fail_run(run, 0, &msg).await?;
+            return Ok(ctx.store.run(run).await?);
+        }
+    };
+    if files.is_empty() && !full {
+        // A quiet night for an incremental source: nothing new.
+        let rec = ctx
+            .store
+            .complete_run(
+                run,
+                Completion {
+                    read: 0,
+                    mode: RunMode::Incremental,
+                    cursor: None,
+                    guard: None,
+                    accept: false,
+                },
+            )
+            .await?;
+        return Ok(rec);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(4);
+    let producer = {
+        let source = source.clone();
+        let sealer = ctx.key.sealer();
+        let cancel = ctx.cancel.clone();
+        let keep = ctx.quarantine_raw_days;
+        let batch = ctx.batch_size;
+        std::thread::Builder::new()
+            .name(format!("read-{}", source.name))
+            .spawn(move || produce(source, files, mapper, sealer, keep, batch, cancel, progress, tx))
+            .map_err(|e| StoreError::db("spawn reader", e))?
+    };
+    let mut batches = 0u64;
+    let mut outcome: Result<(u64, Option<String>), (u64, String)> =
+        Err((0, "the reader stopped unexpectedly; nothing was published".into()));
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Message::Batch(b) => {
+                let Batch {
+                    records,
+                    positions,
+                    mut rejects,
+                } = b;
+                let staged = ctx.store.stage(run, records, std::mem::take(&mut rejects)).await;
+                let staged = match staged {
+                    Ok(s) => s,
+                    Err(e) => {
+                        drop(rx);
+                        let _ = producer.join();
+                        ctx.store.fail_run(run, 0, &e.to_string()).await?;
+                        return Ok(ctx.store.run(run).await?);
+                    }
+                };
+                if !staged.duplicates.is_empty() {
+                    let dups = staged
+                        .duplicates
+                        .iter()
+                        .filter_map(|(i, id)| positions.get(*i).map(|p| (id.clone(), *p)))
+                        .map(|(id, (index, offset))| QuarantineEntry {
+                            source_record_id: Some(id),
+                            record_index: index,
+                            byte_offset: offset,
+                            field: None,
+                            reason_code: RejectReason::DuplicateRecord.code().into(),
+                            reason: RejectReason::DuplicateRecord.to_string(),
+                            ..QuarantineEntry::default()
+                        })
+                        .collect();
+                    ctx.store.stage(run, Vec::new(), dups).await?;
+                }
+                batches += 1;
+                failpoint::hit(&format!("stage:{batches}"));
+            }
+            Message::Fatal { read, message } => {
+                outcome = Err((read, message));
+                break;
+            }
+            Message::Done { read, cursor } => {
+                outcome = Ok((read, cursor));
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let _ = producer.join();
+    match outcome {
+        Err((read, msg)) => {
+            ctx.store.fail_run(run, read, &msg).await?;
+            Ok(ctx.store.run(run).await?)
+        }
+        Ok((read, cursor)) => {
+            ctx.store.set_phase(run, "publishing").await?;
+            let guard = Some(ShrinkGuard {
+                max_end_share: source.max_end_share.unwrap_or(ctx.max_end_share),
+            });
+            Ok(ctx
+                .store
+                .complete_run(
+                    run,
+                    Completion {
+                        read,
+                        mode: if full { RunMode::Full } else { RunMode::Incremental },
+                        cursor,
+                        guard,
+                        accept: false,
+                    },
+                )
+                .await?)
+        }
+    }
+}
+
+/// Re-processes the unresolved, still-sealed quarantined records of one source with the
+/// current mapping: records that now pass are published (incrementally, never ending
+/// anything) and their entries marked resolved; the rest are quarantined again.
+/// Returns `None` when the source has nothing to replay.
+pub async fn replay_source(
+    ctx: &SyncContext,
+    source: &SourceConfig,
+) -> Result<Option<RunRecord>, SyncError> {
+    let sealed = ctx.store.replayable(Some(&source.name)).await?;
+    if sealed.is_empty() {
+        return Ok(None);
+    }
+    let spec = source
+        .mapping_spec
+        .clone()
+        .ok_or_else(|| SyncError::NoMapping(source.name.clone()))?;
+    let mapper = Mapper::new(
+        &source.name,
+        spec,
+        ctx.registry.clone(),
+        ctx.key.pseudonymiser(KeyPurpose::Index),
+    );
+    let sealer = ctx.key.sealer();
+    let run = ctx.store.begin_run(&source.name, RunMode::Replay).await?;
+    let span = info_span!("replay", source = %source.name, run_id = run);
+    async move {
+        let mut records = Vec::new();
+        let mut rejects = Vec::new();
+        let mut resolved = Vec::new();
+        let mut unreadable = 0u64;
+        for entry in &sealed {
+            let ctx_bytes = seal_context(&source.name, entry.source_record_id.as_deref());
+            let raw: Option<RawRecord> = sealer
+                .open(&entry.key_id, &entry.sealed, &ctx_bytes)
+                .ok()
+                .and_then(|plain| serde_json::from_slice(&plain).ok());
+            let Some(raw) = raw else {
+                unreadable += 1;
+                continue;
+            };
+            match mapper.map(&raw) {
+                Ok(inv) => {
+                    records.push(inv);
+                    resolved.push(entry.id);
+                }
+                Err(rej) => {
+                    let mut q = reject_entry(
+                        Some(&sealer),
+                        &source.name,
+                        Some(&raw),
+                        raw.record_id.clone(),
+                        raw.position.index,
+                        raw.position.byte_offset,
+                        rej.field,
+                        &rej.reason,
+                        ctx.quarantine_raw_days,
+                    );
+                    q.replay_of = Some(entry.id);
+                    rejects.push(q);
+                }
+            }
+            if records.len() + rejects.len() >= ctx.batch_size {
+                ctx.store
+                    .stage(run, std::mem::take(&mut records), std::mem::take(&mut rejects))
+                    .await?;
+            }
+        }
+        if unreadable > 0 {
+            warn!(
+                unreadable,
+                "Some sealed records could not be opened with the loaded key; they were left as they are."
+            );
+        }
+        ctx.store.stage(run, records, rejects).await?;
+        let read = sealed.len() as u64 - unreadable;
+        let rec = ctx
+            .store
+            .complete_run(
+                run,
+                Completion {
+                    read,
+                    mode: RunMode::Replay,
+                    cursor: None,
+                    guard: None,
+                    accept: false,
+                },
+            )
+            .await?;
+        ctx.store.mark_resolved(resolved, run).await?;
+        info!(published = rec.counts.accepted, "Replay run published.");
+        Ok(Some(rec))
+    }
+    .instrument(span)
+    .await
+}
