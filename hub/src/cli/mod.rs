@@ -89,13 +89,13 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<runs::RunsAction>,
         /// Only this source.
-        #[arg(long)]
+        #[arg(long, global = true)]
         source: Option<String>,
         /// Most runs to list.
         #[arg(long, default_value_t = 20)]
         limit: u64,
         /// JSON output.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// List quarantined (rejected) records, or replay them after a mapping fix.
@@ -105,7 +105,7 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<runs::QuarantineAction>,
         /// Only this source.
-        #[arg(long)]
+        #[arg(long, global = true)]
         source: Option<String>,
         /// Only this run.
         #[arg(long)]
@@ -117,7 +117,7 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u64,
         /// JSON output.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Index statistics per source.
@@ -203,9 +203,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => match action {
-            Some(runs::QuarantineAction::Replay { source: only }) => {
+            Some(runs::QuarantineAction::Replay) => {
                 let env = Env::load(&config.config).await?;
-                runs::replay(&env, only.or(source), json).await
+                runs::replay(&env, source, json).await
             }
             None => {
                 let env = Env::load_store_only(&config.config).await?;

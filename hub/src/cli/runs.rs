@@ -29,12 +29,9 @@ pub enum RunsAction {
 /// `quarantine` sub-actions.
 #[derive(Debug, Subcommand)]
 pub enum QuarantineAction {
-    /// Re-process quarantined records with the current mapping and publish those that pass.
-    Replay {
-        /// Only this source.
-        #[arg(long)]
-        source: Option<String>,
-    },
+    /// Re-process quarantined records with the current mapping and publish those that pass
+    /// (all sources, or the one named with --source).
+    Replay,
 }
 
 fn fmt_time(t: &chrono::DateTime<chrono::Utc>) -> String {

@@ -168,7 +168,11 @@ pub(crate) const PROFILES: &[KindProfile] = &[
         adult: &[Domain::Opv],
         child_weight: 14,
         adult_weight: 3,
-        roles: &["jeugdverpleegkundige", "jeugdarts", "ouder- en kindadviseur"],
+        roles: &[
+            "jeugdverpleegkundige",
+            "jeugdarts",
+            "ouder- en kindadviseur",
+        ],
         teams: Teams::PerArea,
     },
     KindProfile {
@@ -179,7 +183,11 @@ pub(crate) const PROFILES: &[KindProfile] = &[
         child_weight: 3,
         adult_weight: 1,
         roles: &["sociaal verpleegkundige", "arts maatschappij en gezondheid"],
-        teams: Teams::Named(&["Team Vroegsignalering", "Team Bemoeizorg", "Team Infectieziekten"]),
+        teams: Teams::Named(&[
+            "Team Vroegsignalering",
+            "Team Bemoeizorg",
+            "Team Infectieziekten",
+        ]),
     },
     KindProfile {
         kind: "youth_care",
@@ -238,7 +246,11 @@ pub(crate) const PROFILES: &[KindProfile] = &[
         adult: &[Domain::Ggz],
         child_weight: 1,
         adult_weight: 2,
-        roles: &["sociaal psychiatrisch verpleegkundige", "gz-psycholoog", "psychiater"],
+        roles: &[
+            "sociaal psychiatrisch verpleegkundige",
+            "gz-psycholoog",
+            "psychiater",
+        ],
         teams: Teams::Named(&["FACT-team", "Basis-GGZ", "Team Angst en Stemming"]),
     },
     KindProfile {
@@ -268,7 +280,11 @@ pub(crate) const PROFILES: &[KindProfile] = &[
         adult: &[],
         child_weight: 2,
         adult_weight: 0,
-        roles: &["intern begeleider", "schoolmaatschappelijk werker", "zorgcoördinator"],
+        roles: &[
+            "intern begeleider",
+            "schoolmaatschappelijk werker",
+            "zorgcoördinator",
+        ],
         teams: Teams::Named(&["Zorgteam", "Ondersteuningsteam"]),
     },
     KindProfile {
@@ -361,8 +377,8 @@ impl Catalogue {
         registry_toml: &str,
         rng: &mut ChaCha8Rng,
     ) -> Result<Catalogue, CatalogueError> {
-        let registry =
-            Registry::parse(registry_toml, "deploy/organisations.toml").map_err(|e| e.to_string())?;
+        let registry = Registry::parse(registry_toml, "deploy/organisations.toml")
+            .map_err(|e| e.to_string())?;
         for (code, _) in LOCAL_ORGANISATIONS {
             if registry.resolve(SOURCE, code).is_none() {
                 return Err(format!(
@@ -376,12 +392,15 @@ impl Catalogue {
             let Some(source_code) = org.source_codes.get(SOURCE).and_then(|c| c.first()) else {
                 continue;
             };
-            let profile = PROFILES.iter().find(|p| p.kind == org.kind).ok_or_else(|| {
-                format!(
-                    "organisation `{}` has kind `{}`, which the generator does not know",
-                    org.code, org.kind
-                )
-            })?;
+            let profile = PROFILES
+                .iter()
+                .find(|p| p.kind == org.kind)
+                .ok_or_else(|| {
+                    format!(
+                        "organisation `{}` has kind `{}`, which the generator does not know",
+                        org.code, org.kind
+                    )
+                })?;
             let districts = LOCAL_ORGANISATIONS
                 .iter()
                 .find(|(c, _)| *c == org.code)
@@ -434,7 +453,12 @@ impl Catalogue {
     }
 
     /// Draws an organisation that may be involved with a person of `age` in `district`.
-    pub(crate) fn draw_org(&self, rng: &mut ChaCha8Rng, district: usize, age: u32) -> Option<usize> {
+    pub(crate) fn draw_org(
+        &self,
+        rng: &mut ChaCha8Rng,
+        district: usize,
+        age: u32,
+    ) -> Option<usize> {
         let list = self.eligible.get(district * AGE_CLASSES + age_class(age))?;
         let total = list.last()?.1;
         let x = rng.random_range(0..total);
@@ -452,7 +476,11 @@ impl Catalogue {
 /// Chance weight of an organisation with `profile` being involved with a person of `age`.
 fn weight(profile: &KindProfile, age: u32) -> u32 {
     if age >= 18 {
-        if profile.adult.is_empty() { 0 } else { profile.adult_weight }
+        if profile.adult.is_empty() {
+            0
+        } else {
+            profile.adult_weight
+        }
     } else if profile.child.is_empty() || age < profile.min_child_age {
         0
     } else {
@@ -462,7 +490,11 @@ fn weight(profile: &KindProfile, age: u32) -> u32 {
 
 /// The domains an organisation covers for a person of `age`.
 pub(crate) fn domains_for(profile: &KindProfile, age: u32) -> &'static [Domain] {
-    if age >= 18 { profile.adult } else { profile.child }
+    if age >= 18 {
+        profile.adult
+    } else {
+        profile.child
+    }
 }
 
 /// The name of a "Team <area>" team.

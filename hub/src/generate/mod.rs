@@ -19,6 +19,8 @@ mod population;
 mod xml;
 
 #[cfg(test)]
+mod leak_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fs::{self, File};
@@ -274,7 +276,10 @@ pub fn generate(
 
 /// The name a file has while it is being written: `export.xml` → `export.xml.partial`.
 fn partial(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".partial");
     path.with_file_name(name)
 }

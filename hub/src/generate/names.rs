@@ -196,8 +196,8 @@ pub(crate) const PROFESSIONAL_SURNAMES: &[&str] = &[
 
 /// Initials of professionals' first names.
 pub(crate) const INITIALS: &[char] = &[
-    'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'P', 'R', 'S', 'T',
-    'W', 'Y',
+    'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'P', 'R', 'S', 'T', 'W',
+    'Y',
 ];
 
 /// The e-mail local part of a professional: `a.dewit` for "A. de Wit".

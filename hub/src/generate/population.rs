@@ -192,7 +192,9 @@ impl<'c> Population<'c> {
             let age = if i == 0 {
                 first_age
             } else {
-                first_age.saturating_add_signed(self.rng.random_range(-6..=8)).max(19)
+                first_age
+                    .saturating_add_signed(self.rng.random_range(-6..=8))
+                    .max(19)
             };
             let surname = if i == 0 || self.rng.random_bool(0.35) {
                 family_name
@@ -202,7 +204,11 @@ impl<'c> Population<'c> {
             let person = self.person(age, surname, true)?;
             persons.push(person);
         }
-        let youngest_parent = persons.iter().map(|p| age_on(p.birth, self.today)).min().unwrap_or(18);
+        let youngest_parent = persons
+            .iter()
+            .map(|p| age_on(p.birth, self.today))
+            .min()
+            .unwrap_or(18);
         let max_child_age = youngest_parent.saturating_sub(18).min(17);
         for _ in 0..children {
             let age = self.rng.random_range(0..=max_child_age);
@@ -250,7 +256,10 @@ impl<'c> Population<'c> {
                         0 => Defect::InvalidBsn(corrupt(p.bsn, self.rng.random_range(1..=9))),
                         1 => Defect::MissingContact,
                         2 => Defect::UnknownDomain(
-                            UNKNOWN_DOMAIN_CODES.choose(&mut self.rng).copied().unwrap_or("XYZ"),
+                            UNKNOWN_DOMAIN_CODES
+                                .choose(&mut self.rng)
+                                .copied()
+                                .unwrap_or("XYZ"),
                         ),
                         _ => Defect::BadDate,
                     });
@@ -296,8 +305,16 @@ impl<'c> Population<'c> {
         }
     }
 
-    fn person(&mut self, age: u32, surname: &'static str, adult: bool) -> Result<Person, PopulationError> {
-        let bsn = self.bsns.next_bsn().ok_or(PopulationError::BsnSpaceExhausted)?;
+    fn person(
+        &mut self,
+        age: u32,
+        surname: &'static str,
+        adult: bool,
+    ) -> Result<Person, PopulationError> {
+        let bsn = self
+            .bsns
+            .next_bsn()
+            .ok_or(PopulationError::BsnSpaceExhausted)?;
         let names = if self.rng.random_bool(0.5) {
             FIRST_NAMES_F
         } else {
@@ -331,7 +348,9 @@ impl<'c> Population<'c> {
         let goal = domain.goals().choose(&mut self.rng).copied().unwrap_or("");
         let team = match o.profile.teams {
             Teams::PerArea => Team::Area,
-            Teams::Named(names) => Team::Named(names.choose(&mut self.rng).copied().unwrap_or("Team")),
+            Teams::Named(names) => {
+                Team::Named(names.choose(&mut self.rng).copied().unwrap_or("Team"))
+            }
         };
         let staff = self.rng.random_range(0..o.staff.len().max(1));
 

@@ -58,7 +58,12 @@ fn element(out: &mut String, indent: &str, name: &str, text: &str) {
 }
 
 /// Appends one `<dossier>` element for `record` of `household` to `out`.
-pub(crate) fn write_record(out: &mut String, catalogue: &Catalogue, household: &Household, record: &Record) {
+pub(crate) fn write_record(
+    out: &mut String,
+    catalogue: &Catalogue,
+    household: &Household,
+    record: &Record,
+) {
     let Some(person) = household.persons.get(record.person) else {
         return;
     };
@@ -77,7 +82,11 @@ pub(crate) fn write_record(out: &mut String, catalogue: &Catalogue, household: &
     out.push(' ');
     escape_into(out, person.surname);
     out.push_str("</naam>\n");
-    let _ = writeln!(out, "      <geboortedatum>{}</geboortedatum>", person.birth.format("%Y-%m-%d"));
+    let _ = writeln!(
+        out,
+        "      <geboortedatum>{}</geboortedatum>",
+        person.birth.format("%Y-%m-%d")
+    );
     out.push_str("    </client>\n");
 
     out.push_str("    <organisatie code=\"");
@@ -116,7 +125,12 @@ pub(crate) fn write_record(out: &mut String, catalogue: &Catalogue, household: &
     }
     out.push_str("/>\n");
     element(out, "    ", "status", record.status.code());
-    element(out, "    ", "regisseur", if record.coordinator { "ja" } else { "nee" });
+    element(
+        out,
+        "    ",
+        "regisseur",
+        if record.coordinator { "ja" } else { "nee" },
+    );
 
     // Every person of a household of two or more has a relation: children have a parent.
     if household.persons.len() > 1 {
@@ -132,7 +146,11 @@ pub(crate) fn write_record(out: &mut String, catalogue: &Catalogue, household: &
                 // Siblings are related through their parents only.
                 (false, false) => continue,
             };
-            let _ = writeln!(out, "      <relatie soort=\"{kind}\" bsn=\"{:09}\"/>", other.bsn);
+            let _ = writeln!(
+                out,
+                "      <relatie soort=\"{kind}\" bsn=\"{:09}\"/>",
+                other.bsn
+            );
         }
         out.push_str("    </relaties>\n");
     }
