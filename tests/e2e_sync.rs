@@ -4,13 +4,21 @@
 
 mod common;
 
-use common::{Install, export_bsns, index_snapshot, nine_digit_runs, rewrite_export, stderr, stdout};
+use common::{
+    Install, export_bsns, index_snapshot, nine_digit_runs, rewrite_export, stderr, stdout,
+};
 use matchpoint_hub::generate::client_surnames;
 
 fn counts(v: &serde_json::Value) -> (u64, u64, u64, u64, u64) {
     let c = &v["counts"];
     let n = |k: &str| c[k].as_u64().unwrap_or(u64::MAX);
-    (n("inserted"), n("updated"), n("unchanged"), n("ended"), n("rejected"))
+    (
+        n("inserted"),
+        n("updated"),
+        n("unchanged"),
+        n("ended"),
+        n("rejected"),
+    )
 }
 
 #[test]
@@ -46,7 +54,14 @@ fn quarantine_equals_the_generators_manifest_id_by_id() {
     let (ok, run) = inst.sync_json();
     assert!(ok, "{run}");
     let run_id = run["id"].as_i64().expect("id").to_string();
-    let out = inst.mp(&["quarantine", "--run", &run_id, "--limit", "100000", "--json"]);
+    let out = inst.mp(&[
+        "quarantine",
+        "--run",
+        &run_id,
+        "--limit",
+        "100000",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let mut got: Vec<(String, String, Option<String>)> = listed
@@ -75,7 +90,11 @@ fn quarantine_equals_the_generators_manifest_id_by_id() {
         .collect();
     got.sort();
     want.sort();
-    assert!(want.len() > 20, "manifest too small to mean anything: {}", want.len());
+    assert!(
+        want.len() > 20,
+        "manifest too small to mean anything: {}",
+        want.len()
+    );
     assert_eq!(got, want);
     assert_eq!(run["counts"]["rejected"].as_u64(), Some(want.len() as u64));
 }
@@ -108,15 +127,25 @@ fn replay_after_a_mapping_fix_publishes_the_fixed_records() {
     assert!(!codes.is_empty());
     let mapping = inst.path("mappings/okc-2.toml");
     let text = std::fs::read_to_string(&mapping).expect("mapping");
-    let added: String = codes.iter().map(|c| format!("{c} = \"social_support\"\n")).collect();
-    let fixed = text.replace("[codes.life_domain]\n", &format!("[codes.life_domain]\n{added}"));
+    let added: String = codes
+        .iter()
+        .map(|c| format!("{c} = \"social_support\"\n"))
+        .collect();
+    let fixed = text.replace(
+        "[codes.life_domain]\n",
+        &format!("[codes.life_domain]\n{added}"),
+    );
     assert_ne!(text, fixed);
     std::fs::write(&mapping, fixed).expect("write mapping");
 
     let out = inst.mp(&["quarantine", "replay", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(runs[0]["counts"]["accepted"].as_u64(), Some(unknown.len() as u64), "{runs}");
+    assert_eq!(
+        runs[0]["counts"]["accepted"].as_u64(),
+        Some(unknown.len() as u64),
+        "{runs}"
+    );
     assert_eq!(runs[0]["status"], "succeeded");
 
     let conn = rusqlite::Connection::open(inst.db()).expect("open");
@@ -144,7 +173,11 @@ fn replay_after_a_mapping_fix_publishes_the_fixed_records() {
     // A second replay finds nothing new to publish for them.
     let out = inst.mp(&["quarantine", "replay", "--json"]);
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(runs[0]["counts"]["inserted"].as_u64().unwrap_or(0), 0, "{runs}");
+    assert_eq!(
+        runs[0]["counts"]["inserted"].as_u64().unwrap_or(0),
+        0,
+        "{runs}"
+    );
 }
 
 #[test]
@@ -153,11 +186,17 @@ fn a_short_well_formed_export_is_held_and_accept_publishes_it() {
     assert!(inst.sync_json().0);
     let before = index_snapshot(&inst.db());
     // Keep two records in three: a third of the index would end.
-    rewrite_export(&inst.export(), |i, rec| (i % 3 != 0).then(|| rec.to_owned()));
+    rewrite_export(&inst.export(), |i, rec| {
+        (i % 3 != 0).then(|| rec.to_owned())
+    });
     let (ok, held) = inst.sync_json();
     assert!(!ok, "a held run must exit non-zero");
     assert_eq!(held["status"], "held", "{held}");
-    assert_eq!(index_snapshot(&inst.db()), before, "a held run publishes nothing");
+    assert_eq!(
+        index_snapshot(&inst.db()),
+        before,
+        "a held run publishes nothing"
+    );
 
     let run = held["id"].as_i64().expect("id").to_string();
     let out = inst.mp(&["runs", "show", &run, "--json"]);
@@ -171,7 +210,10 @@ fn a_short_well_formed_export_is_held_and_accept_publishes_it() {
         .sum();
     assert!(would > 100, "{shown}");
     let text = stdout(&inst.mp(&["runs", "show", &run]));
-    assert!(text.contains("Would end") && text.contains("runs accept"), "{text}");
+    assert!(
+        text.contains("Would end") && text.contains("runs accept"),
+        "{text}"
+    );
 
     let out = inst.mp(&["runs", "accept", &run, "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -192,7 +234,10 @@ fn an_empty_export_is_held_when_the_index_holds_records() {
     let (ok, held) = inst.sync_json();
     assert!(!ok);
     assert_eq!(held["status"], "held", "{held}");
-    assert!(held["error"].as_str().unwrap_or("").contains("no records"), "{held}");
+    assert!(
+        held["error"].as_str().unwrap_or("").contains("no records"),
+        "{held}"
+    );
     assert_eq!(index_snapshot(&inst.db()), before);
 }
 
@@ -207,7 +252,10 @@ fn a_truncated_export_fails_and_leaves_the_index_unchanged() {
         let (ok, run) = inst.sync_json();
         assert!(!ok);
         assert_eq!(run["status"], "failed", "{run}");
-        assert!(run["error"].as_str().unwrap_or("").contains("truncated"), "{run}");
+        assert!(
+            run["error"].as_str().unwrap_or("").contains("truncated"),
+            "{run}"
+        );
         assert_eq!(index_snapshot(&inst.db()), before);
     }
 }
@@ -220,7 +268,10 @@ fn hostile_xml_fails_the_run_with_a_clear_error_and_no_panic() {
     let laughs = "<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;\">]>\n<export aantal=\"1\"><dossier id=\"x\"><doel>&lol2;</doel></dossier></export>\n";
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (laughs.as_bytes().to_vec(), "DOCTYPE"),
-        (b"<export aantal=\"1\"><dossier id=\"a\"></doel></dossier></export>".to_vec(), "malformed"),
+        (
+            b"<export aantal=\"1\"><dossier id=\"a\"></doel></dossier></export>".to_vec(),
+            "malformed",
+        ),
         (vec![0xff, 0xfe, 0x00, 0x3c], "malformed"),
     ];
     for (bytes, needle) in cases {
@@ -241,14 +292,21 @@ fn hostile_xml_fails_the_run_with_a_clear_error_and_no_panic() {
 fn a_world_readable_key_is_refused_with_instructions() {
     use std::os::unix::fs::PermissionsExt;
     let inst = Install::new(10, 1, 0.0);
-    std::fs::set_permissions(inst.path("matchpoint.key"), std::fs::Permissions::from_mode(0o644))
-        .expect("chmod");
+    std::fs::set_permissions(
+        inst.path("matchpoint.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
     let out = inst.mp(&["sync"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     std::fs::remove_file(inst.path("matchpoint.key")).expect("rm");
     let out = inst.mp(&["sync"]);
-    assert!(stderr(&out).contains("matchpoint keygen"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("matchpoint keygen"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -270,7 +328,11 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn no_bsn_or_client_surname_reaches_the_database_wal_quarantine_or_logs() {
     let inst = Install::new(800, 12, 0.05);
     let bsns = export_bsns(&inst.export());
-    assert!(bsns.len() > 800, "the canary needs the BSNs: {}", bsns.len());
+    assert!(
+        bsns.len() > 800,
+        "the canary needs the BSNs: {}",
+        bsns.len()
+    );
     // Run with debug logging and keep every byte the commands print.
     let mut printed = Vec::new();
     for args in [
@@ -285,11 +347,18 @@ fn no_bsn_or_client_surname_reaches_the_database_wal_quarantine_or_logs() {
         printed.extend_from_slice(&out.stdout);
         printed.extend_from_slice(&out.stderr);
     }
-    assert!(printed.len() > 1000, "log capture too small to mean anything");
+    assert!(
+        printed.len() > 1000,
+        "log capture too small to mean anything"
+    );
     // Pause a changing sync right after its commit, while the WAL still holds the new pages,
     // and copy every file of the installation for the scan.
     rewrite_export(&inst.export(), |i, rec| {
-        Some(if i % 7 == 0 { rec.replace("<team>", "<team>Gewijzigd ") } else { rec.to_owned() })
+        Some(if i % 7 == 0 {
+            rec.replace("<team>", "<team>Gewijzigd ")
+        } else {
+            rec.to_owned()
+        })
     });
     let snapshot = tempfile::tempdir().expect("tempdir");
     {
@@ -306,7 +375,10 @@ fn no_bsn_or_client_surname_reaches_the_database_wal_quarantine_or_logs() {
         let mut line = String::new();
         loop {
             line.clear();
-            assert!(err.read_line(&mut line).expect("read") > 0, "sync ended before pausing");
+            assert!(
+                err.read_line(&mut line).expect("read") > 0,
+                "sync ended before pausing"
+            );
             printed.extend_from_slice(line.as_bytes());
             if line.contains("paused at publish:committed") {
                 break;
@@ -324,21 +396,34 @@ fn no_bsn_or_client_surname_reaches_the_database_wal_quarantine_or_logs() {
         std::io::Read::read_to_end(&mut err, &mut printed).expect("rest of stderr");
     }
     // Shrink the export so a run is held and its staging file stays on disk for the scan.
-    rewrite_export(&inst.export(), |i, rec| (i % 2 == 0).then(|| rec.to_owned()));
+    rewrite_export(&inst.export(), |i, rec| {
+        (i % 2 == 0).then(|| rec.to_owned())
+    });
     let out = inst.mp(&["sync", "-vv"]);
     printed.extend_from_slice(&out.stdout);
     printed.extend_from_slice(&out.stderr);
 
     let mut scanned = vec![("captured output".to_owned(), printed)];
-    for f in files_under(inst.dir.path()).into_iter().chain(files_under(snapshot.path())) {
+    for f in files_under(inst.dir.path())
+        .into_iter()
+        .chain(files_under(snapshot.path()))
+    {
         let name = f.display().to_string();
         if name.contains("/data/") || name.ends_with(".toml") || name.ends_with(".key") {
             continue; // the simulated source's own files and configuration
         }
         scanned.push((name, std::fs::read(&f).expect("read")));
     }
-    assert!(scanned.iter().any(|(n, _)| n.ends_with("matchpoint.db-wal")), "WAL must be scanned");
-    assert!(scanned.iter().any(|(n, _)| n.contains(".staging/")), "staging must be scanned");
+    assert!(
+        scanned
+            .iter()
+            .any(|(n, _)| n.ends_with("matchpoint.db-wal")),
+        "WAL must be scanned"
+    );
+    assert!(
+        scanned.iter().any(|(n, _)| n.contains(".staging/")),
+        "staging must be scanned"
+    );
     let surnames: Vec<&str> = client_surnames().to_vec();
     assert!(surnames.len() > 10);
     for (name, bytes) in &scanned {

@@ -29,7 +29,9 @@ pub enum DeliveryError {
     #[error("cannot read {location}: {message}")]
     Io { location: String, message: String },
     /// The delivery breaks the format at a position.
-    #[error("{location}: malformed delivery at byte {byte_offset} (record {record_index}): {message}")]
+    #[error(
+        "{location}: malformed delivery at byte {byte_offset} (record {record_index}): {message}"
+    )]
     Malformed {
         location: String,
         byte_offset: u64,

@@ -101,7 +101,9 @@ impl<R: BufRead> BufRead for LimitedReader<R> {
     }
 
     fn consume(&mut self, amt: usize) {
-        self.counter.total.set(self.counter.total.get() + amt as u64);
+        self.counter
+            .total
+            .set(self.counter.total.get() + amt as u64);
         self.counter
             .since_mark
             .set(self.counter.since_mark.get() + amt as u64);
@@ -110,7 +112,11 @@ impl<R: BufRead> BufRead for LimitedReader<R> {
 }
 
 /// Opens a location: `http://` / `https://` URLs are streamed, anything else is a file path.
-pub fn open(location: &str, timeout: Duration, max_bytes: u64) -> Result<Box<dyn BufRead>, DeliveryError> {
+pub fn open(
+    location: &str,
+    timeout: Duration,
+    max_bytes: u64,
+) -> Result<Box<dyn BufRead>, DeliveryError> {
     if location.starts_with("http://") || location.starts_with("https://") {
         let client = reqwest::blocking::Client::builder()
             .timeout(timeout)

@@ -14,7 +14,9 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Unreadable file.
-    #[error("cannot read configuration {path}: {message} (create one with `matchpoint demo`, or see deploy/matchpoint.example.toml)")]
+    #[error(
+        "cannot read configuration {path}: {message} (create one with `matchpoint demo`, or see deploy/matchpoint.example.toml)"
+    )]
     Read { path: String, message: String },
     /// Every problem found, one per line.
     #[error("configuration {path} is invalid:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -222,9 +224,16 @@ impl Config {
                 crate::store::redact_url(&cfg.store)
             ));
         }
-        check_share(&mut problems, origin, "sync.max_end_share", cfg.sync.max_end_share);
+        check_share(
+            &mut problems,
+            origin,
+            "sync.max_end_share",
+            cfg.sync.max_end_share,
+        );
         if cfg.sync.batch_size == 0 || cfg.sync.batch_size > 100_000 {
-            problems.push(format!("{origin}: sync.batch_size must be between 1 and 100000"));
+            problems.push(format!(
+                "{origin}: sync.batch_size must be between 1 and 100000"
+            ));
         }
         if cfg.sources.is_empty() {
             problems.push(format!("{origin}: no [[source]] is configured"));
@@ -254,10 +263,17 @@ impl Config {
                 ));
             }
             if let Some(share) = s.max_end_share {
-                check_share(&mut problems, origin, &format!("{key}.max_end_share"), share);
+                check_share(
+                    &mut problems,
+                    origin,
+                    &format!("{key}.max_end_share"),
+                    share,
+                );
             }
             if s.limits.max_depth < 3 {
-                problems.push(format!("{origin}: {key}.limits.max_depth must be at least 3"));
+                problems.push(format!(
+                    "{origin}: {key}.limits.max_depth must be at least 3"
+                ));
             }
             let is_url = s.location.starts_with("http://") || s.location.starts_with("https://");
             if !is_url {
@@ -312,12 +328,18 @@ impl Config {
 
 fn check_share(problems: &mut Vec<String>, origin: &str, key: &str, v: f64) {
     if !(0.0..=1.0).contains(&v) {
-        problems.push(format!("{origin}: {key} must be between 0.0 and 1.0, found {v}"));
+        problems.push(format!(
+            "{origin}: {key} must be between 0.0 and 1.0, found {v}"
+        ));
     }
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 #[cfg(test)]
@@ -350,7 +372,9 @@ mode = "full"
 schedule = "every night"
 mapping = "missing.toml"
 "#;
-        let err = Config::parse(text, "m.toml", &deploy_dir()).expect_err("invalid").to_string();
+        let err = Config::parse(text, "m.toml", &deploy_dir())
+            .expect_err("invalid")
+            .to_string();
         for needle in ["store", "max_end_share", ".name", ".schedule", ".mapping"] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
@@ -359,7 +383,9 @@ mapping = "missing.toml"
     #[test]
     fn an_unknown_key_names_its_line() {
         let text = "store = \"sqlite://x.db\"\nstoer = 1\n";
-        let err = Config::parse(text, "m.toml", &deploy_dir()).expect_err("invalid").to_string();
+        let err = Config::parse(text, "m.toml", &deploy_dir())
+            .expect_err("invalid")
+            .to_string();
         assert!(err.contains("m.toml:2"), "{err}");
     }
 }

@@ -12,7 +12,11 @@ use std::sync::OnceLock;
 fn target() -> Option<&'static str> {
     static TARGET: OnceLock<Option<String>> = OnceLock::new();
     TARGET
-        .get_or_init(|| std::env::var("MATCHPOINT_PAUSE_AT").ok().filter(|s| !s.is_empty()))
+        .get_or_init(|| {
+            std::env::var("MATCHPOINT_PAUSE_AT")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .as_deref()
 }
 

@@ -16,7 +16,7 @@ use matchpoint_connectors::xml_export::{XmlExportFormat, XmlExportReader};
 use matchpoint_connectors::{DeliveryError, location};
 use matchpoint_mapping::{Mapper, RejectReason};
 use matchpoint_schemas::{Involvement, KeyPurpose, MasterKey, RawRecord, Registry, Sealer};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, SourceConfig, SourceKind, SourceMode};
 use crate::failpoint;
@@ -107,7 +107,11 @@ enum Message {
 
 /// The seal context binds a sealed raw record to its source and record id.
 fn seal_context(source: &str, record_id: Option<&str>) -> Vec<u8> {
-    format!("matchpoint-quarantine\u{0}{source}\u{0}{}", record_id.unwrap_or("")).into_bytes()
+    format!(
+        "matchpoint-quarantine\u{0}{source}\u{0}{}",
+        record_id.unwrap_or("")
+    )
+    .into_bytes()
 }
 
 fn reject_entry(
@@ -134,9 +138,7 @@ fn reject_entry(
         field,
         reason_code: reason.code().to_owned(),
         reason: reason.to_string(),
-        sealed_key_id: sealed
-            .as_ref()
-            .and(sealer.map(|s| s.key_id().to_string())),
+        sealed_key_id: sealed.as_ref().and(sealer.map(|s| s.key_id().to_string())),
         sealed_expires_at: sealed
             .as_ref()
             .map(|_| Utc::now() + chrono::Duration::days(i64::from(keep_days))),
@@ -147,7 +149,11 @@ fn reject_entry(
 
 /// The files one run reads: a file; for a folder, the newest `.xml` (full) or every `.xml`
 /// named after the cursor (incremental), in name order.
-fn deliveries(source: &SourceConfig, cursor: Option<&str>, full: bool) -> Result<Vec<String>, String> {
+fn deliveries(
+    source: &SourceConfig,
+    cursor: Option<&str>,
+    full: bool,
+) -> Result<Vec<String>, String> {
     let loc = &source.location;
     if loc.starts_with("http://") || loc.starts_with("https://") {
         return Ok(vec![loc.clone()]);
@@ -163,12 +169,19 @@ fn deliveries(source: &SourceConfig, cursor: Option<&str>, full: bool) -> Result
         .collect();
     files.sort();
     if full || source.mode == SourceMode::Full {
-        return Ok(files.pop().map(|p| p.display().to_string()).into_iter().collect());
+        return Ok(files
+            .pop()
+            .map(|p| p.display().to_string())
+            .into_iter()
+            .collect());
     }
     Ok(files
         .into_iter()
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             cursor.is_none_or(|c| name.as_str() > c)
         })
         .map(|p| p.display().to_string())
@@ -193,7 +206,9 @@ fn produce(
     let mut cursor = None;
     for file in &files {
         if let Ok(meta) = std::fs::metadata(file) {
-            progress.total_bytes.fetch_add(meta.len(), Ordering::Relaxed);
+            progress
+                .total_bytes
+                .fetch_add(meta.len(), Ordering::Relaxed);
         }
         let input = match location::open(
             file,
@@ -296,7 +311,11 @@ fn produce(
     if batch.len() > 0 {
         let _ = tx.blocking_send(Message::Batch(batch));
     }
-    let cursor = if source.mode == SourceMode::Incremental { cursor } else { None };
+    let cursor = if source.mode == SourceMode::Incremental {
+        cursor
+    } else {
+        None
+    };
     let _ = tx.blocking_send(Message::Done { read, cursor });
 }
 
@@ -308,7 +327,11 @@ pub async fn sync_source(
     progress: Arc<Progress>,
 ) -> Result<RunRecord, SyncError> {
     let full = force_full || source.mode == SourceMode::Full;
-    let mode = if full { RunMode::Full } else { RunMode::Incremental };
+    let mode = if full {
+        RunMode::Full
+    } else {
+        RunMode::Incremental
+    };
     let run = ctx.store.begin_run(&source.name, mode).await?;
     let span = info_span!("sync", source = %source.name, run_id = run, mode = mode.as_str());
     async move {
@@ -352,7 +375,11 @@ async fn run_inner(
         ctx.registry.clone(),
         ctx.key.pseudonymiser(KeyPurpose::Index),
     );
-    let cursor = if full { None } else { ctx.store.cursor(&source.name).await? };
+    let cursor = if full {
+        None
+    } else {
+        ctx.store.cursor(&source.name).await?
+    };
     let files = match source.kind {
         SourceKind::XmlExport => deliveries(source, cursor.as_deref(), full),
     };
@@ -389,12 +416,18 @@ async fn run_inner(
         let batch = ctx.batch_size;
         std::thread::Builder::new()
             .name(format!("read-{}", source.name))
-            .spawn(move || produce(source, files, mapper, sealer, keep, batch, cancel, progress, tx))
+            .spawn(move || {
+                produce(
+                    source, files, mapper, sealer, keep, batch, cancel, progress, tx,
+                )
+            })
             .map_err(|e| StoreError::db("spawn reader", e))?
     };
     let mut batches = 0u64;
-    let mut outcome: Result<(u64, Option<String>), (u64, String)> =
-        Err((0, "the reader stopped unexpectedly; nothing was published".into()));
+    let mut outcome: Result<(u64, Option<String>), (u64, String)> = Err((
+        0,
+        "the reader stopped unexpectedly; nothing was published".into(),
+    ));
     while let Some(msg) = rx.recv().await {
         match msg {
             Message::Batch(b) => {
@@ -403,7 +436,10 @@ async fn run_inner(
                     positions,
                     mut rejects,
                 } = b;
-                let staged = ctx.store.stage(run, records, std::mem::take(&mut rejects)).await;
+                let staged = ctx
+                    .store
+                    .stage(run, records, std::mem::take(&mut rejects))
+                    .await;
                 let staged = match staged {
                     Ok(s) => s,
                     Err(e) => {
@@ -461,7 +497,11 @@ async fn run_inner(
                     run,
                     Completion {
                         read,
-                        mode: if full { RunMode::Full } else { RunMode::Incremental },
+                        mode: if full {
+                            RunMode::Full
+                        } else {
+                            RunMode::Incremental
+                        },
                         cursor,
                         guard,
                         accept: false,

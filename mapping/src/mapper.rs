@@ -87,15 +87,18 @@ impl Mapper {
                     RejectReason::MissingField,
                 )
             })?;
-        let org = self.registry.resolve(&self.source, org_code).ok_or_else(|| {
-            Rejection::at(
-                f.organisation.as_deref().unwrap_or("organisation"),
-                RejectReason::UnknownCode {
-                    table: "organisation",
-                    code: org_code.to_owned(),
-                },
-            )
-        })?;
+        let org = self
+            .registry
+            .resolve(&self.source, org_code)
+            .ok_or_else(|| {
+                Rejection::at(
+                    f.organisation.as_deref().unwrap_or("organisation"),
+                    RejectReason::UnknownCode {
+                        table: "organisation",
+                        code: org_code.to_owned(),
+                    },
+                )
+            })?;
 
         let domain_code = non_empty(raw.field(&f.life_domain))
             .ok_or_else(|| Rejection::at(&f.life_domain, RejectReason::MissingField))?;
@@ -184,8 +187,8 @@ impl Mapper {
             relations.dedup();
         }
 
-        let purge_by_end =
-            end_date.and_then(|e| e.checked_add_months(Months::new(self.spec.retention.ended_months)));
+        let purge_by_end = end_date
+            .and_then(|e| e.checked_add_months(Months::new(self.spec.retention.ended_months)));
         let purge_by_age = match (birth_date, self.spec.retention.age_limit_years) {
             (Some(b), Some(years)) => b.checked_add_months(Months::new(years.saturating_mul(12))),
             _ => None,

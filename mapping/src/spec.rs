@@ -281,7 +281,10 @@ impl MappingSpec {
                 Ok(d) => sensitive_domains.push(d),
                 Err(_) => at(
                     v.span(),
-                    format!("sensitive.life_domains: `{}` is not a life domain", v.get_ref()),
+                    format!(
+                        "sensitive.life_domains: `{}` is not a life domain",
+                        v.get_ref()
+                    ),
                 ),
             }
         }
@@ -301,7 +304,9 @@ impl MappingSpec {
             ));
         }
         if file.codes.life_domain.is_empty() {
-            problems.push(format!("{origin}: the code table [codes.life_domain] is empty"));
+            problems.push(format!(
+                "{origin}: the code table [codes.life_domain] is empty"
+            ));
         }
         if file.fields.organisation.is_none() && file.defaults.organisation.is_none() {
             problems.push(format!(
@@ -407,8 +412,14 @@ mod tests {
     #[test]
     fn an_unknown_field_is_reported_with_file_and_line() {
         let text = SHIPPED.replace("goal = \"doel\"", "goal = \"doel\"\ngoul = \"x\"");
-        let err = MappingSpec::parse(&text, "m.toml").expect_err("must fail").to_string();
-        let line = text.lines().position(|l| l.starts_with("goul")).expect("line") + 1;
+        let err = MappingSpec::parse(&text, "m.toml")
+            .expect_err("must fail")
+            .to_string();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("goul"))
+            .expect("line")
+            + 1;
         assert!(err.contains(&format!("m.toml:{line}")), "{err}");
         assert!(err.contains("goul"), "{err}");
     }
@@ -416,8 +427,14 @@ mod tests {
     #[test]
     fn a_bad_canonical_code_is_reported_with_its_line() {
         let text = SHIPPED.replace("JGZ = \"youth_health\"", "JGZ = \"youth_heath\"");
-        let err = MappingSpec::parse(&text, "m.toml").expect_err("must fail").to_string();
-        let line = text.lines().position(|l| l.starts_with("JGZ")).expect("line") + 1;
+        let err = MappingSpec::parse(&text, "m.toml")
+            .expect_err("must fail")
+            .to_string();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("JGZ"))
+            .expect("line")
+            + 1;
         assert!(err.contains(&format!("m.toml:{line}")), "{err}");
     }
 
@@ -426,7 +443,9 @@ mod tests {
         let text = SHIPPED
             .replace("[codes.status]\naangemeld = \"planned\"\nactief = \"active\"\nafgesloten = \"ended\"\n", "")
             .replace("team = \"team\"", "team = \"team//x\"");
-        let err = MappingSpec::parse(&text, "m.toml").expect_err("must fail").to_string();
+        let err = MappingSpec::parse(&text, "m.toml")
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("[codes.status] is missing"), "{err}");
         assert!(err.contains("team//x"), "{err}");
     }

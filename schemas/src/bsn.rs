@@ -115,10 +115,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn reference(n: u32) -> bool {
-        let d: Vec<i64> = format!("{n:09}").bytes().map(|b| i64::from(b - b'0')).collect();
-        let s = 9 * d[0] + 8 * d[1] + 7 * d[2] + 6 * d[3] + 5 * d[4] + 4 * d[5] + 3 * d[6]
-            + 2 * d[7]
-            - d[8];
+        let d: Vec<i64> = format!("{n:09}")
+            .bytes()
+            .map(|b| i64::from(b - b'0'))
+            .collect();
+        let s =
+            9 * d[0] + 8 * d[1] + 7 * d[2] + 6 * d[3] + 5 * d[4] + 4 * d[5] + 3 * d[6] + 2 * d[7]
+                - d[8];
         n != 0 && s % 11 == 0
     }
 

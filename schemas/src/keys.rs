@@ -156,16 +156,20 @@ impl MasterKey {
                 reason: "file is larger than 64 KiB".into(),
             });
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            KeyError::Read {
-                path: path.into(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                    path: path.into(),
+                    source,
+                })?,
+            );
         let parsed: KeyFileFormat = toml::from_str(&text).map_err(|e| KeyError::Format {
             path: path.into(),
             // toml's message may quote the offending line, which could hold the secret.
-            reason: format!("expected `key_id` and `secret_hex` ({})", first_line(e.message())),
+            reason: format!(
+                "expected `key_id` and `secret_hex` ({})",
+                first_line(e.message())
+            ),
         })?;
         if parsed.key_id.is_empty()
             || parsed.key_id.len() > 64
@@ -345,7 +349,11 @@ mod tests {
     #[test]
     fn debug_of_a_key_shows_no_secret() {
         let key = MasterKey::from_secret("k1", &[0xAB; 32]).expect("key");
-        let dbg = format!("{key:?} {:?} {:?}", key.pseudonymiser(KeyPurpose::Index), key.sealer());
+        let dbg = format!(
+            "{key:?} {:?} {:?}",
+            key.pseudonymiser(KeyPurpose::Index),
+            key.sealer()
+        );
         assert!(!dbg.to_lowercase().contains("abab"), "{dbg}");
         assert!(dbg.contains("redacted"));
     }

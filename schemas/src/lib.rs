@@ -16,7 +16,9 @@ pub mod sealed;
 
 pub use bsn::{Bsn, BsnError};
 pub use keys::{KeyError, KeyId, KeyPurpose, MasterKey};
-pub use model::{ContactPerson, Involvement, InvolvementStatus, LifeDomain, Relation, RelationKind};
+pub use model::{
+    ContactPerson, Involvement, InvolvementStatus, LifeDomain, Relation, RelationKind,
+};
 pub use pseudonym::{Pseudonym, Pseudonymiser};
 pub use raw::{RawGroup, RawRecord, RecordPosition};
 pub use registry::{Organisation, Registry};

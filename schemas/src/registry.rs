@@ -87,7 +87,11 @@ impl Registry {
             }
             for (source, codes) in &org.source_codes {
                 for c in codes {
-                    if reg.by_source.insert((source.clone(), c.clone()), i).is_some() {
+                    if reg
+                        .by_source
+                        .insert((source.clone(), c.clone()), i)
+                        .is_some()
+                    {
                         return Err(RegistryError::Duplicate {
                             path: origin.to_owned(),
                             what: "source code",
@@ -132,8 +136,14 @@ source_codes = { okc-2 = ["GGD"] }
             "test",
         )
         .expect("parse");
-        assert_eq!(reg.resolve("okc-2", "GGD").map(|o| o.code.as_str()), Some("GGD-AMS"));
-        assert_eq!(reg.resolve("okc-3", "GGD-AMS").map(|o| o.code.as_str()), Some("GGD-AMS"));
+        assert_eq!(
+            reg.resolve("okc-2", "GGD").map(|o| o.code.as_str()),
+            Some("GGD-AMS")
+        );
+        assert_eq!(
+            reg.resolve("okc-3", "GGD-AMS").map(|o| o.code.as_str()),
+            Some("GGD-AMS")
+        );
         assert!(reg.resolve("okc-3", "GGD").is_none());
     }
 }

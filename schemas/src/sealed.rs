@@ -79,7 +79,13 @@ impl Sealer {
         }
         let (nonce, ct) = sealed.split_at(12);
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: context })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: context,
+                },
+            )
             .map_err(|_| SealError::Authentication)
     }
 }
@@ -94,9 +100,14 @@ mod tests {
         let s = key.sealer();
         let sealed = s.seal(b"raw record", b"okc-2/R1");
         assert!(!sealed.windows(10).any(|w| w == b"raw record"));
-        assert_eq!(s.open("k1", &sealed, b"okc-2/R1").expect("open"), b"raw record");
+        assert_eq!(
+            s.open("k1", &sealed, b"okc-2/R1").expect("open"),
+            b"raw record"
+        );
         assert!(s.open("k1", &sealed, b"okc-2/R2").is_err());
-        let other = MasterKey::from_secret("k1", &[4u8; 32]).expect("key").sealer();
+        let other = MasterKey::from_secret("k1", &[4u8; 32])
+            .expect("key")
+            .sealer();
         assert!(other.open("k1", &sealed, b"okc-2/R1").is_err());
     }
 }

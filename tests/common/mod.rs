@@ -131,8 +131,21 @@ pub fn stdout(out: &Output) -> String {
 /// Published index content of a SQLite store, without run ids and timestamps:
 /// one line per involvement and per relation, sorted.
 pub fn index_snapshot(db: &Path) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).expect("open db");
     let mut rows = Vec::new();
+    if !db.exists() {
+        return rows;
+    }
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let has_index: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'involvements'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    if !has_index {
+        return rows;
+    }
     let mut st = conn
         .prepare(
             "SELECT source, source_record_id, hex(person), key_id, organisation_code, life_domain,
@@ -153,7 +166,9 @@ pub fn index_snapshot(db: &Path) -> Vec<String> {
         rows.push(format!("I {}", cells.join("|")));
     }
     let mut st = conn
-        .prepare("SELECT source, source_record_id, kind, hex(other) FROM relations ORDER BY 1, 2, 3, 4")
+        .prepare(
+            "SELECT source, source_record_id, kind, hex(other) FROM relations ORDER BY 1, 2, 3, 4",
+        )
         .expect("prepare");
     let mut q = st.query([]).expect("query");
     while let Some(r) = q.next().expect("row") {
@@ -222,7 +237,12 @@ pub fn rewrite_export(export: &Path, mut edit: impl FnMut(usize, &str) -> Option
     }
     let count_start = head.find("aantal=\"").expect("aantal") + 8;
     let count_end = count_start + head[count_start..].find('"').expect("quote");
-    let head = format!("{}{}{}", &head[..count_start], kept.len(), &head[count_end..]);
+    let head = format!(
+        "{}{}{}",
+        &head[..count_start],
+        kept.len(),
+        &head[count_end..]
+    );
     let mut out = head;
     for k in &kept {
         out.push_str(k);

@@ -8,14 +8,19 @@ use anyhow::Context;
 use matchpoint_hub::generate::{self, GenerateOptions};
 use matchpoint_schemas::MasterKey;
 
-use super::sync_cmd;
 use super::Env;
+use super::sync_cmd;
 
 const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/matchpoint.example.toml");
 const OKC2_MAPPING: &str = include_str!("../../../deploy/mappings/okc-2.toml");
 
 /// Writes synthetic data with a progress line.
-pub fn generate_cmd(persons: u64, out: &Path, seed: u64, bad_share: f64) -> anyhow::Result<ExitCode> {
+pub fn generate_cmd(
+    persons: u64,
+    out: &Path,
+    seed: u64,
+    bad_share: f64,
+) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&bad_share),
         "--bad-share must be between 0.0 and 1.0, found {bad_share}"
@@ -87,7 +92,10 @@ pub async fn demo(dir: &Path, persons: u64, seed: u64) -> anyhow::Result<ExitCod
     generate_cmd(persons, &data, seed, 0.02)?;
 
     let wrote_cfg = write_if_missing(&dir.join("matchpoint.toml"), EXAMPLE_CONFIG)?;
-    write_if_missing(&dir.join("organisations.toml"), generate::ORGANISATIONS_TOML)?;
+    write_if_missing(
+        &dir.join("organisations.toml"),
+        generate::ORGANISATIONS_TOML,
+    )?;
     write_if_missing(&dir.join("mappings/okc-2.toml"), OKC2_MAPPING)?;
     let cfg_path = dir.join("matchpoint.toml");
     println!(

@@ -34,7 +34,12 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     /// Configuration file.
-    #[arg(long, short = 'c', env = "MATCHPOINT_CONFIG", default_value = "matchpoint.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "MATCHPOINT_CONFIG",
+        default_value = "matchpoint.toml"
+    )]
     pub config: PathBuf,
 }
 

@@ -62,7 +62,9 @@ pub async fn runs(
                         r.mode.clone(),
                         r.status.as_str().into(),
                         fmt_time(&r.started_at),
-                        r.duration_secs().map(|d| format!("{d:.1}s")).unwrap_or_default(),
+                        r.duration_secs()
+                            .map(|d| format!("{d:.1}s"))
+                            .unwrap_or_default(),
                         r.counts.read.to_string(),
                         r.counts.rejected.to_string(),
                         r.counts.inserted.to_string(),
@@ -76,8 +78,18 @@ pub async fn runs(
                 "{}",
                 output::table(
                     &[
-                        "run", "source", "mode", "status", "started (UTC)", "took", "read",
-                        "rejected", "inserted", "updated", "unchanged", "ended"
+                        "run",
+                        "source",
+                        "mode",
+                        "status",
+                        "started (UTC)",
+                        "took",
+                        "read",
+                        "rejected",
+                        "inserted",
+                        "updated",
+                        "unchanged",
+                        "ended"
                     ],
                     &rows
                 )
@@ -91,7 +103,13 @@ pub async fn runs(
                 output::json(&serde_json::json!({ "run": rec, "would_end": would_end }))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("run {} of {} ({}): {}", rec.id, rec.source, rec.mode, rec.status.as_str());
+            println!(
+                "run {} of {} ({}): {}",
+                rec.id,
+                rec.source,
+                rec.mode,
+                rec.status.as_str()
+            );
             println!("started  {}", fmt_time(&rec.started_at));
             if let Some(f) = &rec.finished_at {
                 println!("finished {}", fmt_time(f));
@@ -108,9 +126,18 @@ pub async fn runs(
                 println!("\nWould end, per organisation and life domain:");
                 let rows: Vec<Vec<String>> = would_end
                     .iter()
-                    .map(|w| vec![w.organisation_code.clone(), w.life_domain.clone(), w.count.to_string()])
+                    .map(|w| {
+                        vec![
+                            w.organisation_code.clone(),
+                            w.life_domain.clone(),
+                            w.count.to_string(),
+                        ]
+                    })
                     .collect();
-                print!("{}", output::table(&["organisation", "life domain", "involvements"], &rows));
+                print!(
+                    "{}",
+                    output::table(&["organisation", "life domain", "involvements"], &rows)
+                );
                 println!("\nPublish it anyway with: matchpoint runs accept {run}");
             }
             Ok(ExitCode::SUCCESS)
@@ -178,7 +205,17 @@ pub async fn quarantine_list(
     print!(
         "{}",
         output::table(
-            &["id", "source", "run", "record id", "record #", "field", "code", "reason", "state"],
+            &[
+                "id",
+                "source",
+                "run",
+                "record id",
+                "record #",
+                "field",
+                "code",
+                "reason",
+                "state"
+            ],
             &table
         )
     );
@@ -224,14 +261,26 @@ pub async fn stats(env: &Env, json: bool) -> anyhow::Result<ExitCode> {
                 s.persons.to_string(),
                 s.relations.to_string(),
                 s.quarantined.to_string(),
-                s.last_success_at.as_ref().map(fmt_time).unwrap_or_else(|| "never".into()),
+                s.last_success_at
+                    .as_ref()
+                    .map(fmt_time)
+                    .unwrap_or_else(|| "never".into()),
             ]
         })
         .collect();
     print!(
         "{}",
         output::table(
-            &["source", "active", "planned", "ended", "persons", "relations", "quarantined", "last success (UTC)"],
+            &[
+                "source",
+                "active",
+                "planned",
+                "ended",
+                "persons",
+                "relations",
+                "quarantined",
+                "last success (UTC)"
+            ],
             &rows
         )
     );

@@ -77,7 +77,9 @@ pub fn print_summary(results: &[RunRecord]) {
                 r.counts.updated.to_string(),
                 r.counts.unchanged.to_string(),
                 r.counts.ended.to_string(),
-                r.duration_secs().map(|d| format!("{d:.1}s")).unwrap_or_default(),
+                r.duration_secs()
+                    .map(|d| format!("{d:.1}s"))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -85,8 +87,17 @@ pub fn print_summary(results: &[RunRecord]) {
         "{}",
         output::table(
             &[
-                "source", "run", "status", "read", "accepted", "rejected", "inserted", "updated",
-                "unchanged", "ended", "took"
+                "source",
+                "run",
+                "status",
+                "read",
+                "accepted",
+                "rejected",
+                "inserted",
+                "updated",
+                "unchanged",
+                "ended",
+                "took"
             ],
             &rows
         )

@@ -405,7 +405,11 @@ impl Store {
     }
 
     /// The run history, newest first.
-    pub async fn runs(&self, source: Option<&str>, limit: u64) -> Result<Vec<RunRecord>, StoreError> {
+    pub async fn runs(
+        &self,
+        source: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         dispatch!(self, s => s.runs(source, limit).await)
     }
 
@@ -420,7 +424,10 @@ impl Store {
     }
 
     /// Quarantine listing.
-    pub async fn quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineRecord>, StoreError> {
+    pub async fn quarantine(
+        &self,
+        filter: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineRecord>, StoreError> {
         dispatch!(self, s => s.quarantine(filter).await)
     }
 
@@ -455,7 +462,10 @@ impl Store {
     }
 
     /// Relations of a source as (record id, kind, other pseudonym hex), ordered.
-    pub async fn relations(&self, source: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+    pub async fn relations(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         dispatch!(self, s => s.relations(source).await)
     }
 }

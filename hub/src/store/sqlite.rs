@@ -148,6 +148,7 @@ impl SqliteStore {
             for id in stale {
                 drop_staging(conn, inner, id);
             }
+            sweep_staging(conn, inner);
             create_staging(conn, inner, run)?;
             Ok(run)
         })
@@ -157,8 +158,11 @@ impl SqliteStore {
     pub(super) async fn set_phase(&self, run: RunId, phase: &str) -> Result<(), StoreError> {
         let phase = phase.to_owned();
         self.with(move |conn, _| {
-            conn.execute("UPDATE runs SET phase = ?2 WHERE id = ?1", params![run, phase])
-                .map_err(e("set phase"))?;
+            conn.execute(
+                "UPDATE runs SET phase = ?2 WHERE id = ?1",
+                params![run, phase],
+            )
+            .map_err(e("set phase"))?;
             Ok(())
         })
         .await
@@ -243,7 +247,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn fail_run(&self, run: RunId, read: u64, error: &str) -> Result<(), StoreError> {
+    pub(super) async fn fail_run(
+        &self,
+        run: RunId,
+        read: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
         let error = error.to_owned();
         self.with(move |conn, inner| {
             conn.execute(
@@ -302,7 +311,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn runs(&self, source: Option<&str>, limit: u64) -> Result<Vec<RunRecord>, StoreError> {
+    pub(super) async fn runs(
+        &self,
+        source: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         let source = source.map(str::to_owned);
         self.with(move |conn, _| {
             let mut st = conn
@@ -351,7 +364,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn quarantine(&self, f: &QuarantineFilter) -> Result<Vec<QuarantineRecord>, StoreError> {
+    pub(super) async fn quarantine(
+        &self,
+        f: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineRecord>, StoreError> {
         let f = f.clone();
         self.with(move |conn, _| {
             let mut st = conn
@@ -389,7 +405,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn replayable(&self, source: Option<&str>) -> Result<Vec<SealedRecord>, StoreError> {
+    pub(super) async fn replayable(
+        &self,
+        source: Option<&str>,
+    ) -> Result<Vec<SealedRecord>, StoreError> {
         let source = source.map(str::to_owned);
         self.with(move |conn, _| {
             // Only the newest entry per (source, record id) is replayed.
@@ -434,7 +453,8 @@ impl SqliteStore {
                     .prepare("UPDATE quarantine SET resolved_by_run = ?2 WHERE id = ?1")
                     .map_err(e("resolve quarantine"))?;
                 for id in ids {
-                    st.execute(params![id, run]).map_err(e("resolve quarantine"))?;
+                    st.execute(params![id, run])
+                        .map_err(e("resolve quarantine"))?;
                 }
             }
             tx.commit().map_err(e("resolve quarantine"))
@@ -459,10 +479,14 @@ impl SqliteStore {
     pub(super) async fn cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
         let source = source.to_owned();
         self.with(move |conn, _| {
-            conn.query_row("SELECT cursor FROM sources WHERE name = ?1", [source], |r| r.get(0))
-                .optional()
-                .map(Option::flatten)
-                .map_err(e("cursor"))
+            conn.query_row(
+                "SELECT cursor FROM sources WHERE name = ?1",
+                [source],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(e("cursor"))
         })
         .await
     }
@@ -502,7 +526,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn involvements(&self, source: &str) -> Result<Vec<StoredInvolvement>, StoreError> {
+    pub(super) async fn involvements(
+        &self,
+        source: &str,
+    ) -> Result<Vec<StoredInvolvement>, StoreError> {
         let source = source.to_owned();
         self.with(move |conn, _| {
             let mut st = conn
@@ -532,7 +559,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn relations(&self, source: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+    pub(super) async fn relations(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         let source = source.to_owned();
         self.with(move |conn, _| {
             let mut st = conn
@@ -589,7 +619,11 @@ fn read_run(conn: &Connection, run: RunId) -> Result<RunRecord, StoreError> {
     .ok_or(StoreError::NoSuchRun(run))
 }
 
-fn insert_quarantine(tx: &Transaction<'_>, run: RunId, rejects: &[QuarantineEntry]) -> Result<(), StoreError> {
+fn insert_quarantine(
+    tx: &Transaction<'_>,
+    run: RunId,
+    rejects: &[QuarantineEntry],
+) -> Result<(), StoreError> {
     if rejects.is_empty() {
         return Ok(());
     }
@@ -651,8 +685,11 @@ fn attach_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), St
             what: "its staging file is missing".into(),
         });
     }
-    conn.execute("ATTACH DATABASE ?1 AS ?2", params![path.to_string_lossy(), stg(run)])
-        .map_err(e("attach"))?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS ?2",
+        params![path.to_string_lossy(), stg(run)],
+    )
+    .map_err(e("attach"))?;
     conn.execute_batch(&format!(
         "PRAGMA {s}.journal_mode = OFF; PRAGMA {s}.synchronous = OFF;",
         s = stg(run)
@@ -681,6 +718,31 @@ fn create_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), St
         s = stg(run)
     ))
     .map_err(e("staging"))
+}
+
+/// Deletes staging files left by runs that finished (a crash between commit and cleanup).
+fn sweep_staging(conn: &Connection, inner: &Inner) {
+    let Ok(dir) = std::fs::read_dir(&inner.staging_dir) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name
+            .strip_prefix("run-")
+            .and_then(|n| n.strip_suffix(".db"))
+            .and_then(|n| n.parse::<RunId>().ok())
+        else {
+            continue;
+        };
+        let status: Option<String> = conn
+            .query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .ok()
+            .flatten();
+        if !matches!(status.as_deref(), Some("running" | "held")) {
+            drop_staging(conn, inner, id);
+        }
+    }
 }
 
 fn drop_staging(conn: &Connection, inner: &Inner, run: RunId) {
@@ -725,8 +787,16 @@ fn publish(
         .query_row("SELECT source FROM runs WHERE id = ?1", [run], |r| r.get(0))
         .map_err(e("publish"))?;
     let staged = count(&tx, &format!("SELECT count(*) FROM {s}.staging"), [])?;
-    let rejected = count(&tx, "SELECT count(*) FROM quarantine WHERE run_id = ?1", [run])?;
-    let total = count(&tx, "SELECT count(*) FROM involvements WHERE source = ?1", [&source])?;
+    let rejected = count(
+        &tx,
+        "SELECT count(*) FROM quarantine WHERE run_id = ?1",
+        [run],
+    )?;
+    let total = count(
+        &tx,
+        "SELECT count(*) FROM involvements WHERE source = ?1",
+        [&source],
+    )?;
     let active = count(
         &tx,
         "SELECT count(*) FROM involvements WHERE source = ?1 AND status <> 'ended'",
@@ -735,7 +805,10 @@ fn publish(
     let would_end = if c.mode == RunMode::Full {
         count(
             &tx,
-            &format!("SELECT count(*) FROM involvements i WHERE {}", ending_clause(run)),
+            &format!(
+                "SELECT count(*) FROM involvements i WHERE {}",
+                ending_clause(run)
+            ),
             params![source, run],
         )?
     } else {
@@ -747,7 +820,9 @@ fn publish(
         let shrink = active > 0 && (would_end as f64) > guard.max_end_share * active as f64;
         if empty || shrink {
             let why = if empty {
-                format!("held: the delivery holds no records while the index holds {total} for this source")
+                format!(
+                    "held: the delivery holds no records while the index holds {total} for this source"
+                )
             } else {
                 format!(
                     "held: the run would end {would_end} of {active} active involvements ({:.1}%, limit {:.1}%)",
@@ -758,7 +833,15 @@ fn publish(
             tx.execute(
                 "UPDATE runs SET status = 'held', phase = 'held', finished_at = ?2, error = ?3,
                  read = ?4, accepted = ?5, rejected = ?6, ended = ?7 WHERE id = ?1",
-                params![run, now, why, c.read as i64, staged as i64, rejected as i64, would_end as i64],
+                params![
+                    run,
+                    now,
+                    why,
+                    c.read as i64,
+                    staged as i64,
+                    rejected as i64,
+                    would_end as i64
+                ],
             )
             .map_err(e("hold run"))?;
             let superseded = supersede_older_held(&tx, &source, run)?;
@@ -910,7 +993,11 @@ fn publish(
 }
 
 /// Marks held runs of the source older than `run` superseded; returns their ids.
-fn supersede_older_held(tx: &Transaction<'_>, source: &str, run: RunId) -> Result<Vec<RunId>, StoreError> {
+fn supersede_older_held(
+    tx: &Transaction<'_>,
+    source: &str,
+    run: RunId,
+) -> Result<Vec<RunId>, StoreError> {
     let ids: Vec<RunId> = {
         let mut st = tx
             .prepare("SELECT id FROM runs WHERE source = ?1 AND status = 'held' AND id < ?2")

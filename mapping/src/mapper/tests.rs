@@ -13,11 +13,19 @@ source_codes = { okc-2 = ["OKCN"] }
 "#;
 
 fn mapper() -> Mapper {
-    let spec = MappingSpec::parse(include_str!("../../../deploy/mappings/okc-2.toml"), "okc-2.toml")
-        .expect("spec");
+    let spec = MappingSpec::parse(
+        include_str!("../../../deploy/mappings/okc-2.toml"),
+        "okc-2.toml",
+    )
+    .expect("spec");
     let registry = Arc::new(Registry::parse(REGISTRY, "reg").expect("registry"));
     let key = MasterKey::from_secret("k1", &[9u8; 32]).expect("key");
-    Mapper::new("okc-2", spec, registry, key.pseudonymiser(KeyPurpose::Index))
+    Mapper::new(
+        "okc-2",
+        spec,
+        registry,
+        key.pseudonymiser(KeyPurpose::Index),
+    )
 }
 
 fn good() -> RawRecord {
@@ -69,19 +77,51 @@ fn a_good_record_maps_to_the_canonical_involvement() {
 fn bad_records_are_rejected_with_field_and_reason_code() {
     let m = mapper();
     let cases = [
-        (with(good(), "client/bsn", Some("123456789")), "client/bsn", "invalid_bsn"),
-        (with(good(), "client/bsn", None), "client/bsn", "missing_field"),
-        (with(good(), "contactpersoon/naam", None), "contactpersoon/naam", "missing_field"),
-        (with(good(), "domein", Some("XYZ")), "domein", "unknown_code"),
-        (with(good(), "periode/@begin", Some("05-01-2024")), "periode/@begin", "bad_date"),
-        (with(good(), "periode/@eind", Some("2020-01-01")), "periode/@eind", "end_before_start"),
-        (with(good(), "organisatie/@code", Some("NOPE")), "organisatie/@code", "unknown_code"),
+        (
+            with(good(), "client/bsn", Some("123456789")),
+            "client/bsn",
+            "invalid_bsn",
+        ),
+        (
+            with(good(), "client/bsn", None),
+            "client/bsn",
+            "missing_field",
+        ),
+        (
+            with(good(), "contactpersoon/naam", None),
+            "contactpersoon/naam",
+            "missing_field",
+        ),
+        (
+            with(good(), "domein", Some("XYZ")),
+            "domein",
+            "unknown_code",
+        ),
+        (
+            with(good(), "periode/@begin", Some("05-01-2024")),
+            "periode/@begin",
+            "bad_date",
+        ),
+        (
+            with(good(), "periode/@eind", Some("2020-01-01")),
+            "periode/@eind",
+            "end_before_start",
+        ),
+        (
+            with(good(), "organisatie/@code", Some("NOPE")),
+            "organisatie/@code",
+            "unknown_code",
+        ),
     ];
     for (rec, field, code) in cases {
         let rej = m.map(&rec).expect_err(code);
         assert_eq!(rej.field.as_deref(), Some(field), "{code}");
         assert_eq!(rej.reason.code(), code);
-        assert!(!rej.reason.to_string().contains("12345678"), "{}", rej.reason);
+        assert!(
+            !rej.reason.to_string().contains("12345678"),
+            "{}",
+            rej.reason
+        );
     }
 }
 
@@ -89,7 +129,9 @@ fn bad_records_are_rejected_with_field_and_reason_code() {
 fn the_same_person_gets_the_same_pseudonym_in_every_format_of_the_bsn() {
     let m = mapper();
     let a = m.map(&good()).expect("maps");
-    let b = m.map(&with(good(), "client/bsn", Some("12345.67.82"))).expect("maps");
+    let b = m
+        .map(&with(good(), "client/bsn", Some("12345.67.82")))
+        .expect("maps");
     assert_eq!(a.person, b.person);
     assert_eq!(a.content_hash(), b.content_hash());
 }
