@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let max_items = input.len() / 8 + 2;
     let mut records = 0u64;
     let mut failed = false;
-    while let Some(item) = reader.next() {
+    for item in reader.by_ref() {
         assert!(!failed, "an item after a delivery error");
         let position = match item {
             Ok(Ok(record)) => record.position,
