@@ -169,11 +169,10 @@ fn deliveries(
         .collect();
     files.sort();
     if full || source.mode == SourceMode::Full {
-        return Ok(files
+        return files
             .pop()
-            .map(|p| p.display().to_string())
-            .into_iter()
-            .collect());
+            .map(|p| vec![p.display().to_string()])
+            .ok_or_else(|| format!("no .xml export in folder {loc}; nothing was published"));
     }
     Ok(files
         .into_iter()
