@@ -85,7 +85,7 @@ impl<R: BufRead> BufRead for LimitedReader<R> {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{LIMIT_MARKER} one element or text is larger than the configured limit of {} bytes (limits.max_event_bytes)",
+                    "{LIMIT_MARKER} one element or text is larger than the configured limit of {} bytes (limits.max_element_bytes)",
                     self.limits.max_event_bytes
                 ),
             ));

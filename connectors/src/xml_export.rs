@@ -34,7 +34,8 @@ pub struct XmlExportFormat {
     pub count_attribute: Option<String>,
     /// Paths (relative to the record) of repeated groups.
     pub groups: Vec<String>,
-    /// Deepest element nesting allowed, counting the root element as level 1.
+    /// Deepest element nesting allowed below the root element (the record element is
+    /// level 1, `client/bsn` level 3).
     pub max_depth: usize,
     /// Most bytes one record element may span; a larger record is quarantined, and what it
     /// holds beyond that is not kept in memory.
@@ -499,10 +500,9 @@ impl<R: BufRead> XmlExportReader<R> {
 
     fn open_element(&mut self, e: &BytesStart<'_>, start_offset: u64) -> Result<(), DeliveryError> {
         self.depth += 1;
-        // +1: the root element is level 1.
-        if self.depth + 1 > self.format.max_depth {
+        if self.depth > self.format.max_depth {
             return Err(self.limit(format!(
-                "elements nest deeper than the configured limit of {} levels (max_depth)",
+                "elements nest deeper than the configured limit of {} levels below the root element (limits.max_depth)",
                 self.format.max_depth
             )));
         }
@@ -533,7 +533,7 @@ impl<R: BufRead> XmlExportReader<R> {
             self.path.push('/');
         }
         self.path.push_str(name);
-        if !b.failed() && self.format.groups.iter().any(|g| *g == self.path) {
+        if !b.failed() && self.format.groups.contains(&self.path) {
             if b.group.is_some() {
                 b.fail(&self.path, "nested repeated group");
             } else {
@@ -705,7 +705,7 @@ fn is_xml_whitespace(c: char) -> bool {
 
 /// XML 1.0 `Char` (surrogates cannot occur in a `char`).
 fn is_xml_char(c: char) -> bool {
-    !(c < ' ' && !is_xml_whitespace(c)) && c != '\u{fffe}' && c != '\u{ffff}'
+    (c >= ' ' || is_xml_whitespace(c)) && c != '\u{fffe}' && c != '\u{ffff}'
 }
 
 fn local_name(e: &BytesStart<'_>) -> String {

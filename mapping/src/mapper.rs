@@ -189,8 +189,12 @@ impl Mapper {
 
         let purge_by_end = end_date
             .and_then(|e| e.checked_add_months(Months::new(self.spec.retention.ended_months)));
+        // The age limit is a rule for youth records: it applies when the person was under the
+        // limit when the involvement started (an adult's record is not purged by age).
         let purge_by_age = match (birth_date, self.spec.retention.age_limit_years) {
-            (Some(b), Some(years)) => b.checked_add_months(Months::new(years.saturating_mul(12))),
+            (Some(b), Some(years)) => b
+                .checked_add_months(Months::new(years.saturating_mul(12)))
+                .filter(|limit| *limit > start_date),
             _ => None,
         };
         let purge_after = match (purge_by_end, purge_by_age) {

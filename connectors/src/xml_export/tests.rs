@@ -40,7 +40,7 @@ fn dossier(id: &str, naam: &str) -> String {
 
 fn small_format() -> XmlExportFormat {
     XmlExportFormat {
-        max_depth: 6,
+        max_depth: 5,
         max_record_bytes: 4096,
         limits: ReadLimits {
             max_bytes: 64 << 10,
@@ -568,7 +568,7 @@ fn content_outside_the_records_fails_the_delivery() {
 
 #[test]
 fn nesting_deeper_than_max_depth_fails_the_delivery() {
-    // small_format allows 6 levels: export, dossier, and four inside the record.
+    // small_format allows 5 levels below <export>: dossier and four inside the record.
     let ok = dossier("A", "Sanne").replace("<domein>", "<a><b><c><d>x</d></c></b></a><domein>");
     let items = read_with(export(1, &ok).as_bytes(), small_format());
     assert_eq!(record(&items[0]).field("a/b/c/d"), Some("x"));
@@ -614,7 +614,7 @@ fn one_text_or_tag_larger_than_max_event_bytes_fails_early_without_buffering_it(
         match delivery_error(&items) {
             DeliveryError::Limit { message, location } => {
                 assert_eq!(location, LOC);
-                assert!(message.contains("max_event_bytes"), "{prefix}: {message}");
+                assert!(message.contains("max_element_bytes"), "{prefix}: {message}");
             }
             other => panic!("{prefix}: expected Limit, got {other:?}"),
         }

@@ -2,11 +2,11 @@
 //! nightly XML export of source `okc-2` with their involvements, a share of them bad on
 //! purpose and listed in a manifest.
 //!
-//! - [`names`]: word lists (client and professional names, areas).
-//! - [`catalogue`]: life domains, goals, kinds of organisations, staff.
-//! - [`bsn`]: unique valid BSNs from a keyed permutation (no set of used numbers).
-//! - [`population`]: households, persons, involvements and defects, one household at a time.
-//! - [`xml`]: the export and manifest writers.
+//! - `names`: word lists (client and professional names, areas).
+//! - `catalogue`: life domains, goals, kinds of organisations, staff.
+//! - `bsn`: unique valid BSNs from a keyed permutation (no set of used numbers).
+//! - `population`: households, persons, involvements and defects, one household at a time.
+//! - `xml`: the export and manifest writers.
 //!
 //! Output for a given seed and options is byte-identical. The population is generated twice:
 //! a first pass only counts the records (the export announces their number up front), the
@@ -307,6 +307,8 @@ fn rename(from: &Path, to: &Path) -> Result<(), GenerateError> {
 }
 
 fn readme(opts: &GenerateOptions, households: u64, records: u64, bad: u64) -> String {
+    let export = format!("{SOURCE}/export.xml");
+    let pad = " ".repeat(20);
     format!(
         "SYNTHETIC DATA - NOT REAL PERSONS\n\
          =================================\n\
@@ -318,25 +320,19 @@ fn readme(opts: &GenerateOptions, households: u64, records: u64, bad: u64) -> St
          \n\
          What is where\n\
          -------------\n\
-         {source}/export.xml  the nightly XML export of source {source} (format\n\
-         \x20                   urn:matchpoint:okc-xml-export:1): {records} dossier records of\n\
-         \x20                   {persons} persons in {households} households.\n\
-         {manifest}       the {bad} records written bad on purpose, one JSON object per line:\n\
-         \x20                   source, source_record_id, reason (invalid_bsn, missing_field,\n\
-         \x20                   unknown_code, bad_date, duplicate_record) and field. A\n\
-         \x20                   duplicate_record is the second record with an id; the first is good.\n\
-         {readme}           this file.\n\
+         {export:<20}the nightly XML export of source {SOURCE} (format\n\
+         {pad}urn:matchpoint:okc-xml-export:1): {records} dossier records of\n\
+         {pad}{persons} persons in {households} households.\n\
+         {MANIFEST_FILE:<20}the {bad} records written bad on purpose, one JSON object per\n\
+         {pad}line: source, source_record_id, reason (invalid_bsn, missing_field,\n\
+         {pad}unknown_code, bad_date, duplicate_record) and field. A\n\
+         {pad}duplicate_record is the second record with an id; the first is good.\n\
+         {README_FILE:<20}this file.\n\
          \n\
          Organisation codes in the export are okc-2's own codes; deploy/organisations.toml maps\n\
          them to registry codes. The same seed and options always give the same files.\n",
         seed = opts.seed,
         persons = opts.persons,
         share = opts.bad_share,
-        source = SOURCE,
-        records = records,
-        households = households,
-        manifest = MANIFEST_FILE,
-        bad = bad,
-        readme = README_FILE,
     )
 }

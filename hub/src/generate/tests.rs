@@ -469,37 +469,3 @@ fn the_export_reads_and_maps_exactly_as_the_manifest_says() {
     );
     expected.clear();
 }
-
-#[test]
-#[ignore]
-fn tmp_measure() {
-    let persons: u64 = std::env::var("GEN_PERSONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
-    let out = PathBuf::from(std::env::var("GEN_OUT").unwrap_or("/tmp/gen-out".into()));
-    let t = std::time::Instant::now();
-    let s = generate(
-        &GenerateOptions {
-            persons,
-            out: out.clone(),
-            seed: 42,
-            bad_share: 0.02,
-        },
-        &mut |_| {},
-    )
-    .expect("gen");
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM"))
-        .unwrap_or("")
-        .to_owned();
-    let bytes = fs::metadata(okc2_export_path(&out))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    eprintln!(
-        "MEASURE {s:?} bytes={bytes} {hwm} elapsed={:?}",
-        t.elapsed()
-    );
-}

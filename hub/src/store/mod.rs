@@ -297,7 +297,8 @@ pub struct SourceStats {
     pub persons: u64,
     /// Relations.
     pub relations: u64,
-    /// Unresolved quarantine entries.
+    /// Records in quarantine: distinct record ids, not resolved by a replay nor published by a
+    /// later run.
     pub quarantined: u64,
     /// Last successful run and when it finished ("last seen" for its records).
     pub last_success_run: Option<RunId>,

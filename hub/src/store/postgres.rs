@@ -193,8 +193,9 @@ impl PgStore {
             let opts = |f: fn(&Involvement) -> Option<&str>| {
                 rs.iter().map(|r| f(r)).collect::<Vec<Option<&str>>>()
             };
-            let dates =
-                |f: fn(&Involvement) -> Option<NaiveDate>| rs.iter().map(|r| f(r)).collect::<Vec<_>>();
+            let dates = |f: fn(&Involvement) -> Option<NaiveDate>| {
+                rs.iter().map(|r| f(r)).collect::<Vec<_>>()
+            };
             // Cross-batch duplicates conflict with the staged row: not returned.
             let staged: Vec<String> = sqlx::query_scalar(sql(format!(
                 "INSERT INTO {s} (source_record_id, person, key_id, organisation_code,
@@ -210,7 +211,11 @@ impl PgStore {
                 s = stg(run)
             )))
             .bind(strs(|r| &r.source_record_id))
-            .bind(rs.iter().map(|r| &r.person.as_bytes()[..]).collect::<Vec<&[u8]>>())
+            .bind(
+                rs.iter()
+                    .map(|r| &r.person.as_bytes()[..])
+                    .collect::<Vec<&[u8]>>(),
+            )
             .bind(strs(|r| &r.key_id))
             .bind(strs(|r| &r.organisation_code))
             .bind(strs(|r| &r.organisation_name))
@@ -256,7 +261,12 @@ impl PgStore {
         self.publish(run, &completion, false).await
     }
 
-    pub(super) async fn fail_run(&self, run: RunId, read: u64, error: &str) -> Result<(), StoreError> {
+    pub(super) async fn fail_run(
+        &self,
+        run: RunId,
+        read: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
         let op = "fail run";
         let mut tx = self.pool.begin().await.map_err(e(op))?;
         sqlx::query(
@@ -299,7 +309,11 @@ impl PgStore {
         self.publish(run, &completion, true).await
     }
 
-    pub(super) async fn runs(&self, source: Option<&str>, limit_: u64) -> Result<Vec<RunRecord>, StoreError> {
+    pub(super) async fn runs(
+        &self,
+        source: Option<&str>,
+        limit_: u64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         let rows = sqlx::query(sql(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR source = $1)
              ORDER BY id DESC LIMIT $2"
@@ -352,7 +366,10 @@ impl PgStore {
             .map_err(e(op))
     }
 
-    pub(super) async fn quarantine(&self, f: &QuarantineFilter) -> Result<Vec<QuarantineRecord>, StoreError> {
+    pub(super) async fn quarantine(
+        &self,
+        f: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineRecord>, StoreError> {
         let op = "list quarantine";
         let rows = sqlx::query(
             "SELECT id, source, run_id, source_record_id, record_index, field, reason_code,
@@ -389,7 +406,10 @@ impl PgStore {
             .map_err(e(op))
     }
 
-    pub(super) async fn replayable(&self, source: Option<&str>) -> Result<Vec<SealedRecord>, StoreError> {
+    pub(super) async fn replayable(
+        &self,
+        source: Option<&str>,
+    ) -> Result<Vec<SealedRecord>, StoreError> {
         let op = "replayable";
         // Only the newest entry per (source, record id) is replayed.
         let rows = sqlx::query(
@@ -467,8 +487,17 @@ impl PgStore {
                       count(DISTINCT person) AS persons
                FROM involvements GROUP BY source),
              rel AS (SELECT source, count(*) AS n FROM relations GROUP BY source),
-             q AS (SELECT source, count(*) AS n FROM quarantine
-                   WHERE resolved_by_run IS NULL GROUP BY source)
+             -- Records in quarantine: distinct record ids, neither resolved by a replay nor
+             -- published by a later run.
+             q AS (SELECT q.source,
+                          count(DISTINCT COALESCE(q.source_record_id, '#' || q.id) COLLATE \"C\") AS n
+                   FROM quarantine q
+                   WHERE q.resolved_by_run IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM involvements i
+                                     WHERE i.source = q.source
+                                       AND i.source_record_id = q.source_record_id
+                                       AND i.changed_run > q.run_id)
+                   GROUP BY q.source)
              SELECT s.name, COALESCE(inv.planned, 0), COALESCE(inv.active, 0),
                     COALESCE(inv.ended, 0), COALESCE(inv.persons, 0), COALESCE(rel.n, 0),
                     COALESCE(q.n, 0), s.last_success_run, s.last_success_at
@@ -499,7 +528,10 @@ impl PgStore {
             .map_err(e(op))
     }
 
-    pub(super) async fn involvements(&self, source: &str) -> Result<Vec<StoredInvolvement>, StoreError> {
+    pub(super) async fn involvements(
+        &self,
+        source: &str,
+    ) -> Result<Vec<StoredInvolvement>, StoreError> {
         let op = "read involvements";
         let rows = sqlx::query(
             "SELECT source, source_record_id, person, key_id, organisation_code,
@@ -528,7 +560,10 @@ impl PgStore {
             .map_err(e(op))
     }
 
-    pub(super) async fn relations(&self, source: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+    pub(super) async fn relations(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         let op = "read relations";
         let rows = sqlx::query(
             "SELECT source_record_id, kind, other FROM relations WHERE source = $1
@@ -552,7 +587,12 @@ impl PgStore {
 
     /// Shrink guard, then compare and apply, in one transaction holding the source's lock.
     /// `accepting`: the run must be held (accept); otherwise it must be running.
-    async fn publish(&self, run: RunId, c: &Completion, accepting: bool) -> Result<RunRecord, StoreError> {
+    async fn publish(
+        &self,
+        run: RunId,
+        c: &Completion,
+        accepting: bool,
+    ) -> Result<RunRecord, StoreError> {
         let s = stg(run);
         let op = "publish";
         let mut tx = self.pool.begin().await.map_err(e(op))?;
@@ -570,7 +610,11 @@ impl PgStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(e(op))?;
-        let expected = if accepting { RunStatus::Held } else { RunStatus::Running };
+        let expected = if accepting {
+            RunStatus::Held
+        } else {
+            RunStatus::Running
+        };
         if status != expected.as_str() {
             return Err(StoreError::RunState {
                 run,
@@ -609,7 +653,8 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(e(op))?;
-        let (staged, rejected, total, active) = (count(staged), count(rejected), count(total), count(active));
+        let (staged, rejected, total, active) =
+            (count(staged), count(rejected), count(total), count(active));
         let would_end = if c.mode == RunMode::Full {
             let n: i64 = sqlx::query_scalar(sql(format!(
                 "SELECT count(*) FROM involvements i WHERE {}",
@@ -630,7 +675,9 @@ impl PgStore {
             let shrink = active > 0 && (would_end as f64) > guard.max_end_share * active as f64;
             if empty || shrink {
                 let why = if empty {
-                    format!("held: the delivery holds no records while the index holds {total} for this source")
+                    format!(
+                        "held: the delivery holds no records while the index holds {total} for this source"
+                    )
                 } else {
                     format!(
                         "held: the run would end {would_end} of {active} active involvements ({:.1}%, limit {:.1}%)",
@@ -827,10 +874,11 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     .execute(&mut *tx)
     .await
     .map_err(e(op))?;
-    let current: i32 = sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM matchpoint_schema_version")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(e(op))?;
+    let current: i32 =
+        sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM matchpoint_schema_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(e(op))?;
     let current = usize::try_from(current).unwrap_or(0);
     if current > MIGRATIONS.len() {
         return Err(StoreError::db(
@@ -908,7 +956,11 @@ fn ending_clause(run: RunId) -> String {
 }
 
 /// Marks held runs of the source older than `run` superseded and drops their staging.
-async fn supersede_older_held(conn: &mut PgConnection, source: &str, run: RunId) -> Result<(), StoreError> {
+async fn supersede_older_held(
+    conn: &mut PgConnection,
+    source: &str,
+    run: RunId,
+) -> Result<(), StoreError> {
     let ids: Vec<RunId> = sqlx::query_scalar(
         "UPDATE runs SET status = 'superseded', phase = 'superseded',
            error = 'superseded by run ' || $2::text || '; can no longer be accepted'
@@ -951,15 +1003,40 @@ async fn insert_quarantine(
     )
     .bind(run)
     .bind(col(|q| q.source_record_id.as_deref()))
-    .bind(rejects.iter().map(|q| int(q.record_index)).collect::<Vec<i64>>())
-    .bind(rejects.iter().map(|q| int(q.byte_offset)).collect::<Vec<i64>>())
+    .bind(
+        rejects
+            .iter()
+            .map(|q| int(q.record_index))
+            .collect::<Vec<i64>>(),
+    )
+    .bind(
+        rejects
+            .iter()
+            .map(|q| int(q.byte_offset))
+            .collect::<Vec<i64>>(),
+    )
     .bind(col(|q| q.field.as_deref()))
     .bind(col(|q| Some(q.reason_code.as_str())))
     .bind(col(|q| Some(q.reason.as_str())))
-    .bind(rejects.iter().map(|q| q.sealed_raw.as_deref()).collect::<Vec<Option<&[u8]>>>())
+    .bind(
+        rejects
+            .iter()
+            .map(|q| q.sealed_raw.as_deref())
+            .collect::<Vec<Option<&[u8]>>>(),
+    )
     .bind(col(|q| q.sealed_key_id.as_deref()))
-    .bind(rejects.iter().map(|q| q.sealed_expires_at).collect::<Vec<Option<DateTime<Utc>>>>())
-    .bind(rejects.iter().map(|q| q.replay_of).collect::<Vec<Option<i64>>>())
+    .bind(
+        rejects
+            .iter()
+            .map(|q| q.sealed_expires_at)
+            .collect::<Vec<Option<DateTime<Utc>>>>(),
+    )
+    .bind(
+        rejects
+            .iter()
+            .map(|q| q.replay_of)
+            .collect::<Vec<Option<i64>>>(),
+    )
     .bind(now())
     .execute(conn)
     .await

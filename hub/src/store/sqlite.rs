@@ -41,6 +41,27 @@ fn parse_time(s: &str) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
+/// How long to wait for another connection's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Switches the file to WAL. Converting a fresh file needs it alone, and SQLite reports a
+/// concurrent opener as busy without calling the busy handler: retry within the timeout.
+fn set_wal(conn: &Connection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(err) => return Err(StoreError::db("open", err)),
+        }
+    }
+}
+
 fn stg(run: RunId) -> String {
     format!("stg{run}")
 }
@@ -66,25 +87,31 @@ impl SqliteStore {
             op: "open",
             message: format!("{}: {err}", path.display()),
         })?;
+        // The busy timeout first: another process may be opening (and migrating) the file.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(e("open"))?;
+        set_wal(&conn)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
+            "PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 10000;
              PRAGMA cache_size = -65536;
              PRAGMA temp_store = FILE;",
         )
         .map_err(e("open"))?;
-        let version: i64 = conn
+        // Migrate under the write lock and read the version inside it, so concurrent opens
+        // of a fresh file migrate once.
+        let mut conn = conn;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e("migrate"))?;
+        let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(e("migrate"))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction().map_err(e("migrate"))?;
             tx.execute_batch(sql).map_err(e("migrate"))?;
             tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
                 .map_err(e("migrate"))?;
-            tx.commit().map_err(e("migrate"))?;
         }
+        tx.commit().map_err(e("migrate"))?;
         let mut staging_dir = path.as_os_str().to_owned();
         staging_dir.push(".staging");
         Ok(SqliteStore {
@@ -501,7 +528,12 @@ impl SqliteStore {
                       (SELECT count(*) FROM involvements i WHERE i.source = s.name AND i.status = 'ended'),
                       (SELECT count(DISTINCT person) FROM involvements i WHERE i.source = s.name),
                       (SELECT count(*) FROM relations r WHERE r.source = s.name),
-                      (SELECT count(*) FROM quarantine q WHERE q.source = s.name AND q.resolved_by_run IS NULL),
+                      (SELECT count(DISTINCT COALESCE(q.source_record_id, '#' || q.id)) FROM quarantine q
+                       WHERE q.source = s.name AND q.resolved_by_run IS NULL
+                         AND NOT EXISTS (SELECT 1 FROM involvements i
+                                         WHERE i.source = q.source
+                                           AND i.source_record_id = q.source_record_id
+                                           AND i.changed_run > q.run_id)),
                       s.last_success_run, s.last_success_at
                      FROM sources s ORDER BY s.name",
                 )

@@ -74,6 +74,23 @@ fn a_good_record_maps_to_the_canonical_involvement() {
 }
 
 #[test]
+fn the_age_limit_applies_to_youth_records_only() {
+    let m = mapper();
+    let adult = with(
+        with(good(), "client/geboortedatum", Some("1980-05-01")),
+        "periode/@eind",
+        None,
+    );
+    let adult = with(adult, "status", Some("actief"));
+    assert_eq!(m.map(&adult).expect("maps").purge_after, None);
+    let child = with(with(good(), "periode/@eind", None), "status", Some("actief"));
+    assert_eq!(
+        m.map(&child).expect("maps").purge_after,
+        NaiveDate::from_ymd_opt(2038, 3, 1)
+    );
+}
+
+#[test]
 fn bad_records_are_rejected_with_field_and_reason_code() {
     let m = mapper();
     let cases = [
