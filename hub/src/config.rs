@@ -124,6 +124,9 @@ pub struct Limits {
     /// Most bytes in one element or text node.
     #[serde(default = "default_max_element_bytes")]
     pub max_element_bytes: u64,
+    /// Most bytes in one record; a larger record is quarantined.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: u64,
     /// Deepest element nesting.
     #[serde(default = "default_max_depth")]
     pub max_depth: usize,
@@ -138,6 +141,9 @@ fn default_max_bytes() -> u64 {
 fn default_max_element_bytes() -> u64 {
     64 << 10
 }
+fn default_max_record_bytes() -> u64 {
+    1 << 20
+}
 fn default_max_depth() -> usize {
     16
 }
@@ -150,6 +156,7 @@ impl Default for Limits {
         Limits {
             max_bytes: default_max_bytes(),
             max_element_bytes: default_max_element_bytes(),
+            max_record_bytes: default_max_record_bytes(),
             max_depth: default_max_depth(),
             timeout_secs: default_timeout_secs(),
         }

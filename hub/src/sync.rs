@@ -225,6 +225,7 @@ fn produce(
         };
         let format = XmlExportFormat {
             max_depth: source.limits.max_depth,
+            max_record_bytes: source.limits.max_record_bytes,
             limits: location::ReadLimits {
                 max_bytes: source.limits.max_bytes,
                 max_event_bytes: source.limits.max_element_bytes,

@@ -420,19 +420,19 @@ fn a_record_larger_than_max_record_bytes_is_quarantined_and_the_next_one_comes_t
 }
 
 #[test]
-fn a_record_with_very_many_fields_is_read_in_linear_time() {
+fn a_record_with_very_many_fields_keeps_them_all_and_finds_a_late_duplicate() {
     let many: String = (0..200_000).map(|i| format!("<v{i}>x</v{i}>")).collect();
-    let bad = dossier("A", "Sanne").replace("<domein>", &format!("{many}<domein>"));
-    let xml = export(1, &bad);
+    let good = dossier("A", "Sanne").replace("<domein>", &format!("{many}<domein>"));
+    let dup = dossier("B", "Bram").replace("<domein>", &format!("{many}<v7>y</v7><domein>"));
+    let xml = export(2, &format!("{good}{dup}"));
     let format = XmlExportFormat {
         max_record_bytes: 64 * MB,
         ..XmlExportFormat::default()
     };
-    let started = std::time::Instant::now();
     let items = read_with(xml.as_bytes(), format);
     assert_eq!(record(&items[0]).fields.len(), 200_000 + 8);
-    let took = started.elapsed();
-    assert!(took.as_secs() < 20, "200 000 fields took {took:?}");
+    let e = quarantined(&items[1]);
+    assert_eq!(e.field.as_deref(), Some("v7"), "{e:?}");
 }
 
 #[test]
@@ -446,7 +446,7 @@ fn a_file_cut_anywhere_before_its_closing_root_element_is_truncated() {
         let items = read_all(&xml.as_bytes()[..cut]);
         assert_truncated(&items, &format!("cut at byte {cut}"));
         for item in &items[..items.len() - 1] {
-            assert!(matches!(item, Ok(_)), "cut at byte {cut}: {item:?}");
+            assert!(item.is_ok(), "cut at byte {cut}: {item:?}");
         }
     }
     for cut in end..=xml.len() {

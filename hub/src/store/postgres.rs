@@ -596,6 +596,7 @@ impl PgStore {
         let s = stg(run);
         let op = "publish";
         let mut tx = self.pool.begin().await.map_err(e(op))?;
+        let t0 = std::time::Instant::now();
         failpoint::hit("publish:begin");
         let source: String = sqlx::query_scalar("SELECT source FROM runs WHERE id = $1")
             .bind(run)
@@ -642,6 +643,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(e(op))?;
+        eprintln!("analyzed {:?}", t0.elapsed());
         let (staged, rejected, total, active): (i64, i64, i64, i64) = sqlx::query_as(sql(format!(
             "SELECT (SELECT count(*) FROM {s}),
                     (SELECT count(*) FROM quarantine WHERE run_id = $2),
@@ -669,6 +671,7 @@ impl PgStore {
         } else {
             0
         };
+        eprintln!("counted {:?}", t0.elapsed());
         let now = now();
         if let (Some(guard), RunMode::Full) = (c.guard, c.mode) {
             let empty = staged == 0 && total > 0;
@@ -719,7 +722,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(e("publish relations"))?;
-        failpoint::hit("publish:relations");
+        failpoint::hit("publish:relations"); eprintln!("publish:relations {:?}", t0.elapsed());
         // The staged `rels` blob is decoded in SQL, exactly as `codec::decode_relations`
         // does: 33-byte entries of kind byte (1 parent, 2 child, 3 household member) and
         // pseudonym; entries of an unknown kind are skipped.
@@ -741,7 +744,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(e("publish relations"))?;
-        failpoint::hit("publish:relations-inserted");
+        failpoint::hit("publish:relations-inserted"); eprintln!("publish:relations-inserted {:?}", t0.elapsed());
 
         let updated = sqlx::query(sql(format!(
             "UPDATE involvements AS i SET
@@ -764,7 +767,7 @@ impl PgStore {
         .await
         .map_err(e("publish updates"))?
         .rows_affected();
-        failpoint::hit("publish:updated");
+        failpoint::hit("publish:updated"); eprintln!("publish:updated {:?}", t0.elapsed());
 
         let inserted = sqlx::query(sql(format!(
             "INSERT INTO involvements (source, source_record_id, person, key_id,
@@ -788,7 +791,7 @@ impl PgStore {
         .await
         .map_err(e("publish inserts"))?
         .rows_affected();
-        failpoint::hit("publish:inserted");
+        failpoint::hit("publish:inserted"); eprintln!("publish:inserted {:?}", t0.elapsed());
 
         let ended = if c.mode == RunMode::Full {
             sqlx::query(sql(format!(
@@ -808,7 +811,7 @@ impl PgStore {
         } else {
             0
         };
-        failpoint::hit("publish:ended");
+        failpoint::hit("publish:ended"); eprintln!("publish:ended {:?}", t0.elapsed());
 
         let status = if c.accept {
             RunStatus::Accepted
@@ -849,9 +852,9 @@ impl PgStore {
         .map_err(e("publish run"))?;
         supersede_older_held(&mut tx, &source, run).await?;
         drop_staging(&mut tx, run).await?;
-        failpoint::hit("publish:commit");
+        failpoint::hit("publish:commit"); eprintln!("publish:commit {:?}", t0.elapsed());
         tx.commit().await.map_err(e("publish commit"))?;
-        failpoint::hit("publish:committed");
+        failpoint::hit("publish:committed"); eprintln!("publish:committed {:?}", t0.elapsed());
         read_run(&self.pool, run).await
     }
 }
