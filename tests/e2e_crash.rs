@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
-use common::{Install, index_snapshot, rewrite_export, stderr};
+use common::{Install, index_snapshot, kill, rewrite_export, spawn_paused, stderr};
 
 /// The publish steps, in order; all but the last run inside the publish transaction.
 const PUBLISH_POINTS: [&str; 8] = [
@@ -32,30 +29,8 @@ fn splitmix(state: &mut u64) -> u64 {
 
 /// Starts `matchpoint sync` paused at `point`, waits until it reports that phase, kills it.
 fn kill_at(inst: &Install, point: &str) {
-    let mut child = inst
-        .command(&["sync"])
-        .env("MATCHPOINT_PAUSE_AT", point)
-        .env("MATCHPOINT_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sync");
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = err.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "sync ended without reaching {point}:\n{seen}");
-        seen.push_str(&line);
-        if line.trim() == format!("paused at {point}") {
-            break;
-        }
-    }
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("wait");
-    assert!(!status.success(), "the process must have died at {point}");
+    let (child, _, _) = spawn_paused(inst, &["sync"], point);
+    kill(child, point);
 }
 
 struct Scenario {

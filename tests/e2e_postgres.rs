@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{Install, export_bsns, nine_digit_runs, rewrite_export, stderr};
+use common::{Install, export_bsns, kill, nine_digit_runs, rewrite_export, spawn_paused, stderr};
 use matchpoint_hub::generate::client_surnames;
 
 /// A fresh database on the test server, dropped on drop.
@@ -98,25 +97,8 @@ fn postgres_sync_is_idempotent_guarded_crash_safe_and_leaks_no_identity() {
         _ => Some(r.to_owned()),
     });
     for point in ["publish:updated", "publish:ended", "publish:commit"] {
-        let mut child = inst
-            .command(&["sync"])
-            .env("MATCHPOINT_PAUSE_AT", point)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(err.read_line(&mut line).expect("read") > 0, "sync ended before {point}");
-            if line.trim() == format!("paused at {point}") {
-                break;
-            }
-        }
-        child.kill().expect("kill");
-        let _ = child.wait();
+        let (child, _, _) = spawn_paused(&inst, &["sync"], point);
+        kill(child, point);
         assert_eq!(pg_snapshot(&db), snap, "SIGKILL at {point} changed the published index");
     }
     let (ok, changed) = inst.sync_json();

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    Install, export_bsns, index_snapshot, nine_digit_runs, rewrite_export, stderr, stdout,
+    Install, export_bsns, index_snapshot, nine_digit_runs, rewrite_export, spawn_paused, stderr,
+    stdout,
 };
 use matchpoint_hub::generate::client_surnames;
 
@@ -362,28 +363,8 @@ fn no_bsn_or_client_surname_reaches_the_database_wal_quarantine_or_logs() {
     });
     let snapshot = tempfile::tempdir().expect("tempdir");
     {
-        use std::io::{BufRead, BufReader};
-        let mut child = inst
-            .command(&["sync", "-vv"])
-            .env("MATCHPOINT_PAUSE_AT", "publish:committed")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                err.read_line(&mut line).expect("read") > 0,
-                "sync ended before pausing"
-            );
-            printed.extend_from_slice(line.as_bytes());
-            if line.contains("paused at publish:committed") {
-                break;
-            }
-        }
+        let (mut child, seen, rest) = spawn_paused(&inst, &["sync", "-vv"], "publish:committed");
+        printed.extend_from_slice(&seen);
         for f in files_under(inst.dir.path()) {
             let rel = f.strip_prefix(inst.dir.path()).expect("under");
             let to = snapshot.path().join(rel);
@@ -392,8 +373,9 @@ fn no_bsn_or_client_surname_reaches_the_database_wal_quarantine_or_logs() {
         }
         drop(child.stdin.take());
         let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "the paused sync completes once released");
         printed.extend_from_slice(&out.stdout);
-        std::io::Read::read_to_end(&mut err, &mut printed).expect("rest of stderr");
+        printed.extend_from_slice(&rest.join().expect("stderr reader"));
     }
     // Shrink the export so a run is held and its staging file stays on disk for the scan.
     rewrite_export(&inst.export(), |i, rec| {

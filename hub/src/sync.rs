@@ -358,6 +358,20 @@ pub async fn sync_source(
     .await
 }
 
+/// The mapper of a source: its checked mapping, the registry and the index pseudonymiser.
+fn mapper_for(ctx: &SyncContext, source: &SourceConfig) -> Result<Mapper, SyncError> {
+    let spec = source
+        .mapping_spec
+        .clone()
+        .ok_or_else(|| SyncError::NoMapping(source.name.clone()))?;
+    Ok(Mapper::new(
+        &source.name,
+        spec,
+        ctx.registry.clone(),
+        ctx.key.pseudonymiser(KeyPurpose::Index),
+    ))
+}
+
 async fn run_inner(
     ctx: &SyncContext,
     source: &SourceConfig,
@@ -365,16 +379,7 @@ async fn run_inner(
     full: bool,
     progress: Arc<Progress>,
 ) -> Result<RunRecord, SyncError> {
-    let spec = source
-        .mapping_spec
-        .clone()
-        .ok_or_else(|| SyncError::NoMapping(source.name.clone()))?;
-    let mapper = Mapper::new(
-        &source.name,
-        spec,
-        ctx.registry.clone(),
-        ctx.key.pseudonymiser(KeyPurpose::Index),
-    );
+    let mapper = mapper_for(ctx, source)?;
     let cursor = if full {
         None
     } else {
@@ -524,16 +529,7 @@ pub async fn replay_source(
     if sealed.is_empty() {
         return Ok(None);
     }
-    let spec = source
-        .mapping_spec
-        .clone()
-        .ok_or_else(|| SyncError::NoMapping(source.name.clone()))?;
-    let mapper = Mapper::new(
-        &source.name,
-        spec,
-        ctx.registry.clone(),
-        ctx.key.pseudonymiser(KeyPurpose::Index),
-    );
+    let mapper = mapper_for(ctx, source)?;
     let sealer = ctx.key.sealer();
     let run = ctx.store.begin_run(&source.name, RunMode::Replay).await?;
     let span = info_span!("replay", source = %source.name, run_id = run);

@@ -250,3 +250,52 @@ pub fn rewrite_export(export: &Path, mut edit: impl FnMut(usize, &str) -> Option
     out.push_str("\n</export>\n");
     std::fs::write(export, out).expect("write export");
 }
+
+/// Starts `matchpoint ARGS` with `MATCHPOINT_PAUSE_AT=point` and returns once the process
+/// reports that it paused there, with everything it printed on stderr so far. The child
+/// blocks until its stdin closes or it is killed.
+pub fn spawn_paused(
+    inst: &Install,
+    args: &[&str],
+    point: &str,
+) -> (
+    std::process::Child,
+    Vec<u8>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    use std::io::BufRead;
+    let mut child = inst
+        .command(args)
+        .env("MATCHPOINT_PAUSE_AT", point)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn matchpoint");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = err.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "matchpoint ended before reaching {point}:\n{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(line.as_bytes());
+        if line.trim() == format!("paused at {point}") {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe; the rest is returned.
+    let rest = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut rest);
+        rest
+    });
+    (child, seen, rest)
+}
+
+/// Kills a paused child with SIGKILL and checks it died.
+pub fn kill(mut child: std::process::Child, point: &str) {
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "the process must have died at {point}");
+}
