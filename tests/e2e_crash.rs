@@ -139,7 +139,8 @@ fn sigkill_at_any_phase_leaves_the_index_at_a_complete_state_and_the_next_run_re
             let runs = inst.mp(&["runs", "--json"]);
             let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs json");
             if point != "publish:committed" {
-                let killed = &runs[0 + 1];
+                // Newest first: the recovery run, then the killed run.
+                let killed = &runs[1];
                 assert_eq!(
                     killed["status"], "failed",
                     "{}: killed run at {point}: {runs}",

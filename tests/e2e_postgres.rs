@@ -32,7 +32,10 @@ impl PgDb {
                 .unwrap_or(0)
         );
         psql(&admin, &format!("CREATE DATABASE {name}"));
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("url has a database");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .expect("url has a database");
         let url = format!("{base}/{name}");
         Some(PgDb { admin, name, url })
     }
@@ -45,7 +48,11 @@ impl PgDb {
 impl Drop for PgDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args([&self.admin, "-qAtc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .args([
+                &self.admin,
+                "-qAtc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
             .output();
     }
 }
@@ -72,7 +79,9 @@ fn pg_snapshot(db: &PgDb) -> String {
 
 #[test]
 fn postgres_sync_is_idempotent_guarded_crash_safe_and_leaks_no_identity() {
-    let Some(db) = PgDb::create("sync") else { return };
+    let Some(db) = PgDb::create("sync") else {
+        return;
+    };
     let inst = Install::with_store(600, 31, 0.04, Some(&db.url));
     let bsns = export_bsns(&inst.export());
 
@@ -99,12 +108,22 @@ fn postgres_sync_is_idempotent_guarded_crash_safe_and_leaks_no_identity() {
     for point in ["publish:updated", "publish:ended", "publish:commit"] {
         let (child, _, _) = spawn_paused(&inst, &["sync"], point);
         kill(child, point);
-        assert_eq!(pg_snapshot(&db), snap, "SIGKILL at {point} changed the published index");
+        assert_eq!(
+            pg_snapshot(&db),
+            snap,
+            "SIGKILL at {point} changed the published index"
+        );
     }
     let (ok, changed) = inst.sync_json();
     assert!(ok, "{changed}");
-    assert!(changed["counts"]["ended"].as_u64().unwrap_or(0) > 0, "{changed}");
-    assert!(changed["counts"]["updated"].as_u64().unwrap_or(0) > 0, "{changed}");
+    assert!(
+        changed["counts"]["ended"].as_u64().unwrap_or(0) > 0,
+        "{changed}"
+    );
+    assert!(
+        changed["counts"]["updated"].as_u64().unwrap_or(0) > 0,
+        "{changed}"
+    );
 
     // A short export is held.
     let after = pg_snapshot(&db);
@@ -120,12 +139,18 @@ fn postgres_sync_is_idempotent_guarded_crash_safe_and_leaks_no_identity() {
         .output()
         .expect("pg_dump must be installed to run the PostgreSQL tests");
     assert!(dump.status.success(), "pg_dump: {}", stderr(&dump));
-    assert!(dump.stdout.len() > 100_000, "dump too small to mean anything");
+    assert!(
+        dump.stdout.len() > 100_000,
+        "dump too small to mean anything"
+    );
     for run in nine_digit_runs(&dump.stdout) {
         assert!(!bsns.contains(&run), "a BSN appears in the pg_dump");
     }
     let text = String::from_utf8_lossy(&dump.stdout);
     for s in client_surnames() {
-        assert!(!text.contains(s), "client surname {s} appears in the pg_dump");
+        assert!(
+            !text.contains(s),
+            "client surname {s} appears in the pg_dump"
+        );
     }
 }

@@ -12,7 +12,10 @@ fn set_source(inst: &Install, location: &str, mode: &str) {
     let path = inst.path("matchpoint.toml");
     let text = std::fs::read_to_string(&path).expect("config");
     let text = text
-        .replace("location = \"data/okc-2/export.xml\"", &format!("location = \"{location}\""))
+        .replace(
+            "location = \"data/okc-2/export.xml\"",
+            &format!("location = \"{location}\""),
+        )
         .replace("mode = \"full\"", &format!("mode = \"{mode}\""));
     std::fs::write(path, text).expect("write config");
 }
@@ -25,9 +28,13 @@ fn an_incremental_folder_is_read_file_by_file_and_the_cursor_moves_with_publishe
     std::fs::create_dir_all(&deltas).expect("mkdir");
     // Day 1: the first half of the records; day 2: the second half.
     std::fs::write(deltas.join("2026-11-01.xml"), &export).expect("write");
-    rewrite_export(&deltas.join("2026-11-01.xml"), |i, r| (i % 2 == 0).then(|| r.to_owned()));
+    rewrite_export(&deltas.join("2026-11-01.xml"), |i, r| {
+        (i % 2 == 0).then(|| r.to_owned())
+    });
     std::fs::write(deltas.join("2026-11-02.xml"), &export).expect("write");
-    rewrite_export(&deltas.join("2026-11-02.xml"), |i, r| (i % 2 == 1).then(|| r.to_owned()));
+    rewrite_export(&deltas.join("2026-11-02.xml"), |i, r| {
+        (i % 2 == 1).then(|| r.to_owned())
+    });
     set_source(&inst, "deltas", "incremental");
 
     let (ok, first) = inst.sync_json();
@@ -37,7 +44,9 @@ fn an_incremental_folder_is_read_file_by_file_and_the_cursor_moves_with_publishe
     assert!(all > 250, "{first}");
     let conn = rusqlite::Connection::open(inst.db()).expect("db");
     let cursor: String = conn
-        .query_row("SELECT cursor FROM sources WHERE name = 'okc-2'", [], |r| r.get(0))
+        .query_row("SELECT cursor FROM sources WHERE name = 'okc-2'", [], |r| {
+            r.get(0)
+        })
         .expect("cursor");
     assert_eq!(cursor, "2026-11-02.xml");
 
@@ -60,12 +69,18 @@ fn an_incremental_folder_is_read_file_by_file_and_the_cursor_moves_with_publishe
     assert_eq!(third["counts"]["updated"], 5);
 
     // A failed delivery does not move the cursor.
-    std::fs::write(deltas.join("2026-11-04.xml"), "<export aantal=\"1\"><dossier id=\"x\">").expect("write");
+    std::fs::write(
+        deltas.join("2026-11-04.xml"),
+        "<export aantal=\"1\"><dossier id=\"x\">",
+    )
+    .expect("write");
     let (ok, failed) = inst.sync_json();
     assert!(!ok);
     assert_eq!(failed["status"], "failed");
     let cursor: String = conn
-        .query_row("SELECT cursor FROM sources WHERE name = 'okc-2'", [], |r| r.get(0))
+        .query_row("SELECT cursor FROM sources WHERE name = 'okc-2'", [], |r| {
+            r.get(0)
+        })
         .expect("cursor");
     assert_eq!(cursor, "2026-11-03.xml");
 
@@ -76,7 +91,10 @@ fn an_incremental_folder_is_read_file_by_file_and_the_cursor_moves_with_publishe
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v[0]["mode"], "full");
-    assert_eq!(v[0]["counts"]["updated"], 5, "the day-3 changes are reverted by the snapshot");
+    assert_eq!(
+        v[0]["counts"]["updated"], 5,
+        "the day-3 changes are reverted by the snapshot"
+    );
 }
 
 /// Serves one response per connection on loopback: `body`, announcing `announce` bytes.
@@ -109,7 +127,10 @@ fn an_export_served_over_http_syncs_and_a_short_body_fails_the_run() {
     set_source(&inst, &url, "full");
     let (ok, run) = inst.sync_json();
     assert!(ok, "{run}");
-    assert!(run["counts"]["inserted"].as_u64().unwrap_or(0) > 150, "{run}");
+    assert!(
+        run["counts"]["inserted"].as_u64().unwrap_or(0) > 150,
+        "{run}"
+    );
     let before = index_snapshot(&inst.db());
 
     // The server announces the full length but closes after two thirds.

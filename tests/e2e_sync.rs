@@ -373,7 +373,10 @@ fn no_bsn_or_client_surname_reaches_the_database_wal_quarantine_or_logs() {
         }
         drop(child.stdin.take());
         let out = child.wait_with_output().expect("wait");
-        assert!(out.status.success(), "the paused sync completes once released");
+        assert!(
+            out.status.success(),
+            "the paused sync completes once released"
+        );
         printed.extend_from_slice(&out.stdout);
         printed.extend_from_slice(&rest.join().expect("stderr reader"));
     }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use matchpoint_connectors::xml_export::{XmlExportFormat, XmlExportReader};
-use matchpoint_connectors::{DeliveryError, location};
-use matchpoint_mapping::{Mapper, RejectReason};
+use matchpoint_connectors::{DeliveryError, RecordError, location};
+use matchpoint_mapping::{Mapper, RejectReason, Rejection};
 use matchpoint_schemas::{Involvement, KeyPurpose, MasterKey, RawRecord, Registry, Sealer};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -114,36 +114,44 @@ fn seal_context(source: &str, record_id: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
-fn reject_entry(
-    sealer: Option<&Sealer>,
+/// A quarantine entry for a record the mapping rejected, with its raw content sealed.
+fn sealed_reject(
+    sealer: &Sealer,
     source: &str,
-    raw: Option<&RawRecord>,
-    record_id: Option<String>,
-    index: u64,
-    offset: u64,
-    field: Option<String>,
-    reason: &RejectReason,
+    raw: &RawRecord,
+    rejection: Rejection,
     keep_days: u32,
 ) -> QuarantineEntry {
-    let sealed = match (sealer, raw) {
-        (Some(s), Some(raw)) => serde_json::to_vec(raw)
-            .ok()
-            .map(|plain| s.seal(&plain, &seal_context(source, record_id.as_deref()))),
-        _ => None,
-    };
+    let sealed = serde_json::to_vec(raw)
+        .ok()
+        .map(|plain| sealer.seal(&plain, &seal_context(source, raw.record_id.as_deref())));
     QuarantineEntry {
-        source_record_id: record_id,
-        record_index: index,
-        byte_offset: offset,
-        field,
-        reason_code: reason.code().to_owned(),
-        reason: reason.to_string(),
-        sealed_key_id: sealed.as_ref().and(sealer.map(|s| s.key_id().to_string())),
+        source_record_id: raw.record_id.clone(),
+        record_index: raw.position.index,
+        byte_offset: raw.position.byte_offset,
+        field: rejection.field,
+        reason_code: rejection.reason.code().to_owned(),
+        reason: rejection.reason.to_string(),
+        sealed_key_id: sealed.as_ref().map(|_| sealer.key_id().to_string()),
         sealed_expires_at: sealed
             .as_ref()
             .map(|_| Utc::now() + chrono::Duration::days(i64::from(keep_days))),
         sealed_raw: sealed,
         replay_of: None,
+    }
+}
+
+/// A quarantine entry for a record the connector could not read (nothing to seal).
+fn malformed_reject(rec: RecordError) -> QuarantineEntry {
+    let reason = RejectReason::Malformed(rec.reason);
+    QuarantineEntry {
+        source_record_id: rec.record_id,
+        record_index: rec.position.index,
+        byte_offset: rec.position.byte_offset,
+        field: rec.field,
+        reason_code: reason.code().to_owned(),
+        reason: reason.to_string(),
+        ..QuarantineEntry::default()
     }
 }
 
@@ -254,17 +262,7 @@ fn produce(
                 }
                 Ok(Err(rec)) => {
                     read += 1;
-                    batch.rejects.push(reject_entry(
-                        None,
-                        &source.name,
-                        None,
-                        rec.record_id,
-                        rec.position.index,
-                        rec.position.byte_offset,
-                        rec.field,
-                        &RejectReason::Malformed(rec.reason),
-                        keep_days,
-                    ));
+                    batch.rejects.push(malformed_reject(rec));
                 }
                 Ok(Ok(raw)) => {
                     read += 1;
@@ -275,15 +273,11 @@ fn produce(
                                 .positions
                                 .push((raw.position.index, raw.position.byte_offset));
                         }
-                        Err(rej) => batch.rejects.push(reject_entry(
-                            Some(&sealer),
+                        Err(rej) => batch.rejects.push(sealed_reject(
+                            &sealer,
                             &source.name,
-                            Some(&raw),
-                            raw.record_id.clone(),
-                            raw.position.index,
-                            raw.position.byte_offset,
-                            rej.field,
-                            &rej.reason,
+                            &raw,
+                            rej,
                             keep_days,
                         )),
                     }
@@ -554,17 +548,8 @@ pub async fn replay_source(
                     resolved.push(entry.id);
                 }
                 Err(rej) => {
-                    let mut q = reject_entry(
-                        Some(&sealer),
-                        &source.name,
-                        Some(&raw),
-                        raw.record_id.clone(),
-                        raw.position.index,
-                        raw.position.byte_offset,
-                        rej.field,
-                        &rej.reason,
-                        ctx.quarantine_raw_days,
-                    );
+                    let mut q =
+                        sealed_reject(&sealer, &source.name, &raw, rej, ctx.quarantine_raw_days);
                     q.replay_of = Some(entry.id);
                     rejects.push(q);
                 }

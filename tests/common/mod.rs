@@ -278,7 +278,11 @@ pub fn spawn_paused(
     loop {
         line.clear();
         let n = err.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "matchpoint ended before reaching {point}:\n{}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "matchpoint ended before reaching {point}:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(line.as_bytes());
         if line.trim() == format!("paused at {point}") {
             break;

@@ -26,7 +26,10 @@ pub async fn sync(env: &Env, names: &[String], full: bool, json: bool) -> anyhow
     });
     let expired = ctx.store.expire_sealed(chrono::Utc::now()).await?;
     if expired > 0 {
-        tracing::info!(expired, "Deleted sealed raw copies of quarantined records past their retention.");
+        tracing::info!(
+            expired,
+            "Deleted sealed raw copies of quarantined records past their retention."
+        );
     }
     let mut results: Vec<RunRecord> = Vec::new();
     for source in sources {

@@ -83,7 +83,11 @@ fn the_age_limit_applies_to_youth_records_only() {
     );
     let adult = with(adult, "status", Some("actief"));
     assert_eq!(m.map(&adult).expect("maps").purge_after, None);
-    let child = with(with(good(), "periode/@eind", None), "status", Some("actief"));
+    let child = with(
+        with(good(), "periode/@eind", None),
+        "status",
+        Some("actief"),
+    );
     assert_eq!(
         m.map(&child).expect("maps").purge_after,
         NaiveDate::from_ymd_opt(2038, 3, 1)
