@@ -29,9 +29,9 @@ regenerate=0
 keep=0
 seed=7
 bad_share=0.02
-# `matchpoint generate` writes about 1.629 records per person (households: parents' and
-# children's involvements); persons = records / 1.629.
-records_per_kilo_person=1629
+# `matchpoint generate` writes about 1.602 records per person at scale (1.63 for tiny runs:
+# households of parents and children); persons = records / 1.602.
+records_per_kilo_person=1602
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 

@@ -247,6 +247,14 @@ impl PgStore {
                 }
                 out.duplicates.sort_by_key(|(i, _)| *i);
             }
+            // Counted durably beside the run: an UNLOGGED table is emptied when PostgreSQL
+            // restarts after a crash, and publication must notice rather than end everything.
+            sqlx::query("UPDATE runs SET staged = staged + $2 WHERE id = $1")
+                .bind(run)
+                .bind(i64::try_from(staged.len()).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(e(op))?;
         }
         insert_quarantine(&mut tx, run, &rejects).await?;
         tx.commit().await.map_err(e(op))?;
@@ -269,6 +277,15 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let op = "fail run";
         let mut tx = self.pool.begin().await.map_err(e(op))?;
+        // Serialised with a publication or `begin_run` of the same source.
+        let source: Option<String> = sqlx::query_scalar("SELECT source FROM runs WHERE id = $1")
+            .bind(run)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(e(op))?;
+        if let Some(source) = source {
+            lock_source(&mut tx, &source).await?;
+        }
         sqlx::query(
             "UPDATE runs SET status = 'failed', finished_at = $2, error = $3, read = $4,
              rejected = (SELECT count(*) FROM quarantine WHERE run_id = $1)
@@ -605,11 +622,12 @@ impl PgStore {
             .ok_or(StoreError::NoSuchRun(run))?;
         lock_source(&mut tx, &source).await?;
         // Re-read under the lock: another process may have published, failed or superseded it.
-        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1 FOR UPDATE")
-            .bind(run)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(e(op))?;
+        let (status, recorded): (String, i64) =
+            sqlx::query_as("SELECT status, staged FROM runs WHERE id = $1 FOR UPDATE")
+                .bind(run)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(e(op))?;
         let expected = if accepting {
             RunStatus::Held
         } else {
@@ -662,6 +680,16 @@ impl PgStore {
         .map_err(e(op))?;
         let (staged, rejected, total, active) =
             (count(staged), count(rejected), count(total), count(active));
+        if staged != count(recorded) {
+            return Err(StoreError::RunState {
+                run,
+                status,
+                what: format!(
+                    "its staging table holds {staged} of the {recorded} records staged \
+                     (PostgreSQL restarted?); nothing was published, run the sync again"
+                ),
+            });
+        }
         let would_end = if c.mode == RunMode::Full {
             let n: i64 = sqlx::query_scalar(sql(format!(
                 "SELECT count(*) FROM involvements i WHERE {}",

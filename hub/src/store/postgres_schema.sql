@@ -25,6 +25,8 @@ CREATE TABLE runs (
     updated bigint NOT NULL DEFAULT 0,
     unchanged bigint NOT NULL DEFAULT 0,
     ended bigint NOT NULL DEFAULT 0,
+    -- Rows written to the run's UNLOGGED staging table, to detect one emptied by a crash.
+    staged bigint NOT NULL DEFAULT 0,
     error text,
     pid bigint
 );

@@ -248,6 +248,14 @@ impl SqliteStore {
                     }
                 }
             }
+            // A durable count of staged rows: the staging file runs without a journal, so
+            // publication checks it is complete (e.g. after a power loss while held).
+            let staged = (records.len() - out.duplicates.len()) as i64;
+            tx.execute(
+                "UPDATE runs SET staged = staged + ?2 WHERE id = ?1",
+                params![run, staged],
+            )
+            .map_err(e("stage"))?;
             insert_quarantine(&tx, run, &rejects)?;
             tx.commit().map_err(e("stage"))?;
             Ok(out)
@@ -819,6 +827,16 @@ fn publish(
         .query_row("SELECT source FROM runs WHERE id = ?1", [run], |r| r.get(0))
         .map_err(e("publish"))?;
     let staged = count(&tx, &format!("SELECT count(*) FROM {s}.staging"), [])?;
+    let recorded = count(&tx, "SELECT staged FROM runs WHERE id = ?1", [run])?;
+    if staged != recorded {
+        return Err(StoreError::RunState {
+            run,
+            status: "incomplete".into(),
+            what: format!(
+                "its staging holds {staged} records but {recorded} were staged; run the sync again"
+            ),
+        });
+    }
     let rejected = count(
         &tx,
         "SELECT count(*) FROM quarantine WHERE run_id = ?1",

@@ -21,6 +21,7 @@ CREATE TABLE runs (
     updated INTEGER NOT NULL DEFAULT 0,
     unchanged INTEGER NOT NULL DEFAULT 0,
     ended INTEGER NOT NULL DEFAULT 0,
+    staged INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     pid INTEGER
 );

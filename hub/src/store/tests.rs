@@ -753,6 +753,49 @@ async fn newer_successful_run_supersedes_an_older_held_run() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepting_a_held_run_while_a_newer_run_publishes_leaves_the_newer_state() {
+    on_every_backend(async |b| {
+        let s = &b.store;
+        let rs = records(SRC, 0..10);
+        publish_full(s, SRC, &rs).await;
+        let held = publish_full(s, SRC, &rs[..3]).await;
+        assert_eq!(held.status, RunStatus::Held);
+        let newer_rs: Vec<_> = rs.iter().cloned().map(changed).collect();
+        let newer = s.begin_run(SRC, RunMode::Full).await.expect("begin");
+        s.stage(newer, newer_rs.clone(), Vec::new())
+            .await
+            .expect("stage");
+
+        // Either order is valid; the two publications must not interleave.
+        let (accepted, published) =
+            tokio::join!(s.accept_run(held.id), s.complete_run(newer, full(10)));
+        let published = published.expect("complete");
+        assert_eq!(published.status, RunStatus::Succeeded);
+        match accepted {
+            Ok(rec) => {
+                assert_eq!(rec.status, RunStatus::Accepted);
+                assert_eq!(published.counts.updated, 10);
+            }
+            Err(err) => {
+                assert!(matches!(err, StoreError::RunState { .. }), "{err}");
+                let rec = s.run(held.id).await.expect("run");
+                assert_eq!(rec.status, RunStatus::Superseded);
+                assert_eq!(published.counts.updated, 10);
+            }
+        }
+        assert_eq!(
+            s.involvements(SRC).await.expect("read"),
+            stored_all(&newer_rs)
+        );
+        assert_eq!(
+            s.relations(SRC).await.expect("relations"),
+            relations_of(&newer_rs)
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn failed_run_publishes_nothing_and_an_unfinished_run_is_marked_interrupted() {
     on_every_backend(async |b| {
@@ -1247,6 +1290,53 @@ async fn publication_is_invisible_to_readers_until_it_commits() {
             s.relations(SRC).await.expect("relations"),
             relations_of(&second_rs)
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn staging_emptied_by_a_database_restart_is_refused_rather_than_published() {
+    // PostgreSQL empties UNLOGGED staging tables after a crash; a held run accepted from an
+    // empty staging table would end the whole source.
+    // SQLite's staging file runs without a journal, so a power loss can leave it partial.
+    on_every_backend(async |b| {
+        let s = &b.store;
+        let rs = records(SRC, 0..10);
+        publish_full(s, SRC, &rs).await;
+        let held = publish_full(s, SRC, &rs[..2]).await;
+        assert_eq!(held.status, RunStatus::Held);
+        let running = s.begin_run("other", RunMode::Full).await.expect("begin");
+        s.stage(running, records("other", 0..3), Vec::new())
+            .await
+            .expect("stage");
+        match &b.target.kind {
+            Kind::Postgres { .. } => {
+                b.target
+                    .exec(&format!(
+                        "TRUNCATE staging_run_{}; TRUNCATE staging_run_{running}",
+                        held.id
+                    ))
+                    .await;
+            }
+            Kind::Sqlite { path, .. } => {
+                let mut dir = path.as_os_str().to_owned();
+                dir.push(".staging");
+                for id in [held.id, running] {
+                    let file = std::path::Path::new(&dir).join(format!("run-{id}.db"));
+                    let conn = rusqlite::Connection::open(&file).expect("open staging");
+                    conn.execute_batch("DELETE FROM staging")
+                        .expect("empty staging");
+                }
+            }
+        }
+
+        let refused = s.accept_run(held.id).await;
+        assert!(is_run_state(&refused), "{refused:?}");
+        assert_eq!(s.involvements(SRC).await.expect("read"), stored_all(&rs));
+        assert_eq!(s.run(held.id).await.expect("run").status, RunStatus::Held);
+        let refused = s.complete_run(running, full(3)).await;
+        assert!(is_run_state(&refused), "{refused:?}");
+        assert!(s.involvements("other").await.expect("read").is_empty());
     })
     .await;
 }
