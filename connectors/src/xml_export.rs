@@ -138,19 +138,33 @@ impl Building {
         if let Some(open) = self.group.as_mut() {
             let rel = full_path[open.path_len..].trim_start_matches('/');
             let rel = if rel.is_empty() { "." } else { rel };
-            if open.seen.insert(rel.to_owned()) {
+            if !already_has(&open.group.fields, &mut open.seen, rel) {
                 open.group.fields.push((rel.to_owned(), value));
             } else {
                 self.fail(full_path, "field appears twice in one group");
             }
             return;
         }
-        if self.seen.insert(full_path.to_owned()) {
+        if !already_has(&self.record.fields, &mut self.seen, full_path) {
             self.record.fields.push((full_path.to_owned(), value));
         } else {
             self.fail(full_path, "field appears twice in one record");
         }
     }
+}
+
+/// Whether `path` is already among `fields`: a linear scan for the usual handful of fields,
+/// a hash set once a record has many (so a hostile record cannot make reading quadratic).
+/// `seen` is either empty or holds every path in `fields`.
+fn already_has(fields: &[(String, String)], seen: &mut HashSet<String>, path: &str) -> bool {
+    const LINEAR: usize = 32;
+    if fields.len() < LINEAR {
+        return fields.iter().any(|(p, _)| p == path);
+    }
+    if seen.is_empty() {
+        seen.extend(fields.iter().map(|(p, _)| p.clone()));
+    }
+    !seen.insert(path.to_owned())
 }
 
 /// Streaming reader of one XML export; an iterator of records.
@@ -287,22 +301,26 @@ impl<R: BufRead> XmlExportReader<R> {
             }
             self.counter.mark();
             let start_offset = self.reader.buffer_position();
-            self.buf.clear();
-            let event = match self.reader.read_event_into(&mut self.buf) {
-                Ok(ev) => ev.into_owned(),
+            // The event borrows a buffer taken out of `self`, so handlers can take `&mut self`
+            // without copying every event.
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            let step = match self.reader.read_event_into(&mut buf) {
+                Ok(event) => match self.phase {
+                    Phase::Prolog => self.on_prolog(event),
+                    Phase::InRoot => self.on_in_root(event, start_offset),
+                    Phase::AfterRoot => self.on_after_root(event),
+                    Phase::Done => Ok(None),
+                },
                 Err(e) => {
                     let e = self.map_xml_error(e);
+                    self.buf = buf;
                     self.phase = Phase::Done;
                     self.current = None;
                     return Some(Err(e));
                 }
             };
-            let step = match self.phase {
-                Phase::Prolog => self.on_prolog(event),
-                Phase::InRoot => self.on_in_root(event, start_offset),
-                Phase::AfterRoot => self.on_after_root(event),
-                Phase::Done => return None,
-            };
+            self.buf = buf;
             match step {
                 Ok(Some(rec)) => return Some(Ok(rec)),
                 Ok(None) => {}
@@ -315,7 +333,7 @@ impl<R: BufRead> XmlExportReader<R> {
         }
     }
 
-    fn on_prolog(&mut self, event: Event<'static>) -> Result<Option<RecordResult>, DeliveryError> {
+    fn on_prolog(&mut self, event: Event<'_>) -> Result<Option<RecordResult>, DeliveryError> {
         match event {
             Event::Decl(d) => {
                 match d.encoding() {
@@ -379,10 +397,7 @@ impl<R: BufRead> XmlExportReader<R> {
         Ok(())
     }
 
-    fn on_after_root(
-        &mut self,
-        event: Event<'static>,
-    ) -> Result<Option<RecordResult>, DeliveryError> {
+    fn on_after_root(&mut self, event: Event<'_>) -> Result<Option<RecordResult>, DeliveryError> {
         match event {
             Event::Comment(_) | Event::PI(_) => Ok(None),
             Event::Text(t) if t.iter().all(|&b| is_xml_whitespace(char::from(b))) => Ok(None),
@@ -402,7 +417,7 @@ impl<R: BufRead> XmlExportReader<R> {
 
     fn on_in_root(
         &mut self,
-        event: Event<'static>,
+        event: Event<'_>,
         start_offset: u64,
     ) -> Result<Option<RecordResult>, DeliveryError> {
         if let Some(b) = self.current.as_mut() {

@@ -20,6 +20,19 @@ use crate::failpoint;
 
 const MIGRATIONS: &[&str] = &[include_str!("sqlite_schema.sql")];
 
+/// Indexes on pseudonyms. Inserting many rows in random pseudonym order into them costs far
+/// more than building them anew by sorting, so a publication that adds more rows than the
+/// tables hold drops and rebuilds them inside its transaction.
+const PERSON_INDEXES: &str = "
+    CREATE INDEX IF NOT EXISTS involvements_person ON involvements (person);
+    CREATE INDEX IF NOT EXISTS relations_person ON relations (person);
+    CREATE INDEX IF NOT EXISTS relations_other ON relations (other);";
+
+const DROP_PERSON_INDEXES: &str = "
+    DROP INDEX IF EXISTS involvements_person;
+    DROP INDEX IF EXISTS relations_person;
+    DROP INDEX IF EXISTS relations_other;";
+
 /// The embedded store.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -111,6 +124,7 @@ impl SqliteStore {
             tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
                 .map_err(e("migrate"))?;
         }
+        tx.execute_batch(PERSON_INDEXES).map_err(e("migrate"))?;
         tx.commit().map_err(e("migrate"))?;
         let mut staging_dir = path.as_os_str().to_owned();
         staging_dir.push(".staging");
@@ -812,6 +826,20 @@ fn count(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<u6
 }
 
 /// Shrink guard, then compare and apply, in one IMMEDIATE transaction.
+/// Logs how long each publish step took (debug level), to see where time goes.
+struct StepTimer(std::time::Instant);
+
+impl StepTimer {
+    fn lap(&mut self, step: &str) {
+        tracing::debug!(
+            step,
+            ms = self.0.elapsed().as_millis() as u64,
+            "Publish step done."
+        );
+        self.0 = std::time::Instant::now();
+    }
+}
+
 /// Returns the run and the ids of older held runs it superseded.
 fn publish(
     conn: &mut Connection,
@@ -823,6 +851,7 @@ fn publish(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(e("publish"))?;
     failpoint::hit("publish:begin");
+    let mut timer = StepTimer(std::time::Instant::now());
     let source: String = tx
         .query_row("SELECT source FROM runs WHERE id = ?1", [run], |r| r.get(0))
         .map_err(e("publish"))?;
@@ -865,6 +894,7 @@ fn publish(
         0
     };
     let now = now_text();
+    timer.lap("guard counts");
     if let (Some(guard), RunMode::Full) = (c.guard, c.mode) {
         let empty = staged == 0 && total > 0;
         let shrink = active > 0 && (would_end as f64) > guard.max_end_share * active as f64;
@@ -900,6 +930,13 @@ fn publish(
         }
     }
 
+    let present = count(&tx, "SELECT count(*) FROM involvements", [])?;
+    let rebuild_indexes = staged > present;
+    if rebuild_indexes {
+        tx.execute_batch(DROP_PERSON_INDEXES)
+            .map_err(e("publish"))?;
+    }
+
     // Relations of new and changed records: replace them.
     let changed_or_new = format!(
         "FROM {s}.staging s LEFT JOIN involvements i
@@ -914,6 +951,7 @@ fn publish(
         [&source],
     )
     .map_err(e("publish relations"))?;
+    timer.lap("relations deleted");
     failpoint::hit("publish:relations");
     {
         let mut sel = tx
@@ -940,6 +978,7 @@ fn publish(
             }
         }
     }
+    timer.lap("relations inserted");
     failpoint::hit("publish:relations-inserted");
 
     let updated = tx
@@ -962,6 +1001,7 @@ fn publish(
             params![source, run],
         )
         .map_err(e("publish updates"))? as u64;
+    timer.lap("updated");
     failpoint::hit("publish:updated");
 
     let inserted = tx
@@ -984,6 +1024,7 @@ fn publish(
             params![source, run, now],
         )
         .map_err(e("publish inserts"))? as u64;
+    timer.lap("inserted");
     failpoint::hit("publish:inserted");
 
     let ended = if c.mode == RunMode::Full {
@@ -1001,6 +1042,12 @@ fn publish(
     } else {
         0
     };
+    timer.lap("ended");
+    if rebuild_indexes {
+        tx.execute_batch(PERSON_INDEXES)
+            .map_err(e("publish indexes"))?;
+        timer.lap("indexes rebuilt");
+    }
     failpoint::hit("publish:ended");
 
     let status = if c.accept {
@@ -1038,6 +1085,7 @@ fn publish(
     let superseded = supersede_older_held(&tx, &source, run)?;
     failpoint::hit("publish:commit");
     tx.commit().map_err(e("publish commit"))?;
+    timer.lap("committed");
     failpoint::hit("publish:committed");
     Ok((read_run(conn, run)?, superseded))
 }

@@ -55,7 +55,7 @@ CREATE TABLE involvements (
     ended_by_run INTEGER,
     PRIMARY KEY (source, source_record_id)
 ) WITHOUT ROWID;
-CREATE INDEX involvements_person ON involvements (person);
+-- The person index is created by the store (PERSON_INDEXES in sqlite.rs).
 
 -- Relations between pseudonyms, with the record that delivered them.
 CREATE TABLE relations (
@@ -67,8 +67,7 @@ CREATE TABLE relations (
     key_id TEXT NOT NULL,
     PRIMARY KEY (source, source_record_id, kind, other)
 ) WITHOUT ROWID;
-CREATE INDEX relations_person ON relations (person);
-CREATE INDEX relations_other ON relations (other);
+-- The relation indexes on person and other: PERSON_INDEXES in sqlite.rs.
 
 -- Rejected records: reason in words (never a BSN or name); the raw record only sealed.
 CREATE TABLE quarantine (
