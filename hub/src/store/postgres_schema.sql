@@ -72,7 +72,7 @@ CREATE TABLE relations (
     key_id text NOT NULL,
     PRIMARY KEY (source, source_record_id, kind, other)
 );
-CREATE INDEX relations_person ON relations (person);
+-- Relations from a person are found through the person's involvements and the primary key.
 CREATE INDEX relations_other ON relations (other);
 
 -- Rejected records: reason in words (never a BSN or name); the raw record only sealed.

@@ -67,7 +67,8 @@ CREATE TABLE relations (
     key_id TEXT NOT NULL,
     PRIMARY KEY (source, source_record_id, kind, other)
 ) WITHOUT ROWID;
--- The relation indexes on person and other: PERSON_INDEXES in sqlite.rs.
+-- The relation index on other: PERSON_INDEXES in sqlite.rs. Relations from a person are
+-- found through the person's involvements and the primary key.
 
 -- Rejected records: reason in words (never a BSN or name); the raw record only sealed.
 CREATE TABLE quarantine (
