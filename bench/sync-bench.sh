@@ -10,7 +10,7 @@
 # Each sync and the baseline run under /usr/bin/time -v (wall time, peak RSS).
 #
 # Usage: bench/sync-bench.sh [--records N] [--rss-scale] [--scale-records M] [--dir DIR]
-#                            [--regenerate] [--keep]
+#                            [--regenerate] [--keep] [--only LIST]
 #   --records N        records in the export (default 1000000)
 #   --rss-scale        also run the first SQLite sync at M records (default 5N) and compare
 #                      its peak RSS with the one at N
@@ -19,6 +19,8 @@
 #                      exports are kept there and reused by later runs of the same size
 #   --regenerate       generate the exports again even if present
 #   --keep             keep index databases (and the PostgreSQL database) after the run
+#   --only LIST        measure only these, comma-separated: floor,sqlite,postgres,python
+#                      (ratios need floor and python in the same run)
 set -euo pipefail
 
 records=1000000
@@ -27,6 +29,7 @@ scale_records=
 scratch="${TMPDIR:-/tmp}/matchpoint-bench"
 regenerate=0
 keep=0
+only=floor,sqlite,postgres,python
 seed=7
 bad_share=0.02
 # `matchpoint generate` writes about 1.602 records per person at scale (1.63 for tiny runs:
@@ -43,6 +46,7 @@ while [[ $# -gt 0 ]]; do
     --dir) scratch=$2; shift 2 ;;
     --regenerate) regenerate=1; shift ;;
     --keep) keep=1; shift ;;
+    --only) only=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -59,22 +63,35 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 command -v python3 >/dev/null || { echo "python3 is needed for the baseline and for reading results" >&2; exit 1; }
 
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-mp="$target_dir/release/matchpoint"
-
 log() { echo "== $*" >&2; }
-
-log "building release (cargo build --release -p matchpoint-hub; bench floor)"
-cargo build --release -q -p matchpoint-hub
-cargo bench -q -p matchpoint-hub --bench floor --no-run 2>/dev/null ||
-  cargo bench -p matchpoint-hub --bench floor --no-run
+wanted() { [[ ",$only," == *",$1,"* ]]; }
 
 mkdir -p "$scratch"
 scratch=$(cd "$scratch" && pwd)
 results="$scratch/results-$(date +%Y%m%dT%H%M%S)"
 mkdir -p "$results"
 log "scratch folder: $scratch (results in $results)"
+
+log "building release (cargo build --release -p matchpoint-hub; cargo bench --bench floor --no-run)"
+cargo build --release -q -p matchpoint-hub
+floor_exe=$(cargo bench -q -p matchpoint-hub --bench floor --no-run --message-format=json |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floor" and m.get("executable"):
+        print(m["executable"])')
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+# The target folder may be shared and rebuilt by others while this runs: every measurement
+# uses copies of the binaries taken now, and the table names the commit they came from.
+cp "$target_dir/release/matchpoint" "$results/matchpoint"
+cp "$floor_exe" "$results/floor"
+mp="$results/matchpoint"
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+[[ -z "$(git status --porcelain --untracked-files=no -- hub connectors mapping schemas 2>/dev/null)" ]] ||
+  commit="$commit+uncommitted changes"
+echo "$commit" >"$results/commit.txt"
+log "code: $commit"
 
 # The installation: key, registry, mapping (configs are written per store below).
 install="$scratch/install"
@@ -88,7 +105,9 @@ export_for() {
   local n=$1
   local persons=$(( (n * 1000 + records_per_kilo_person - 1) / records_per_kilo_person ))
   local dir="$scratch/data-$n"
-  local stamp="persons=$persons seed=$seed bad_share=$bad_share"
+  local gen
+  gen=$(git log -1 --format=%h -- hub/src/generate 2>/dev/null || true)
+  local stamp="persons=$persons seed=$seed bad_share=$bad_share generator=$gen"
   if [[ $regenerate -eq 1 || ! -f "$dir/okc-2/export.xml" || "$(cat "$dir/.stamp" 2>/dev/null)" != "$stamp" ]]; then
     log "generating $persons persons (~$n records) into $dir"
     rm -rf "$dir"
@@ -119,13 +138,22 @@ mapping = "$install/mappings/okc-2.toml"
 EOF
 }
 
-# Wall seconds and peak RSS (MB) from a `time -v` report: prints "SECONDS MB".
+# Wall seconds, peak RSS (MB) and CPU seconds (user + system) from a `time -v` report.
 time_report() {
   awk -F': ' '
     /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i] }
     /Maximum resident set size/ { rss = $2 / 1024 }
-    END { printf "%.3f %.1f\n", s, rss }' "$1"
+    /User time \(seconds\)|System time \(seconds\)/ { cpu += $2 }
+    END { printf "%.3f %.1f %.2f\n", s, rss, cpu }' "$1"
 }
+
+# Busy CPU time of the whole machine so far, in 1/100 s (from /proc/stat).
+busy_cs() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
+# CPU seconds the rest of the machine used while a measurement ran: busy before ($1) and
+# after ($2), the measured process's own CPU seconds ($3). Other engineers' builds on the
+# same two cores show up here; for PostgreSQL it includes the server's own work.
+other_cpu() { awk -v a="$1" -v b="$2" -v own="$3" 'BEGIN { o = (b - a) / 100 - own; printf "%.1f\n", o < 0 ? 0 : o }'; }
 
 # Table rows: label records seconds rss_mb note, one per line in $rows.
 rows="$results/rows.tsv"
@@ -137,10 +165,15 @@ phases="$results/phases.tsv"
 measure_sync() {
   local label=$1 config=$2 slug=${1// /-}
   log "$label"
-  local rc=0
-  NO_COLOR=1 MATCHPOINT_LOG=info /usr/bin/time -v -o "$results/$slug.time" \
+  local rc=0 busy0
+  busy0=$(busy_cs)
+  # Store logs at debug level: the SQLite store logs how long each publish step took.
+  NO_COLOR=1 MATCHPOINT_LOG="info,matchpoint_hub::store=debug" /usr/bin/time -v -o "$results/$slug.time" \
     "$mp" sync --config "$config" --json >"$results/$slug.json" 2>"$results/$slug.log" || rc=$?
-  read -r secs rss < <(time_report "$results/$slug.time")
+  local busy1 secs rss cpu other
+  busy1=$(busy_cs)
+  read -r secs rss cpu < <(time_report "$results/$slug.time")
+  other=$(other_cpu "$busy0" "$busy1" "$cpu")
   local summary
   summary=$(python3 - "$results/$slug.json" "$results/$slug.log" "$rc" <<'PY'
 import json, re, sys
@@ -159,10 +192,17 @@ if run.get("finished_at"):
     start, fin = ts(run["started_at"]), ts(run["finished_at"])
     stage = f'{(fin - start).total_seconds():.2f}'
     ansi = re.compile(r"\x1b\[[0-9;]*m")
+    steps = []
     for line in open(logpath, errors="replace"):
         line = ansi.sub("", line)
         if "Sync run published." in line:
             publish = f'{(ts(line.split()[0]) - fin).total_seconds():.2f}'
+        m = re.search(r'Publish step done\. step="?([^"=]+?)"? ms=(\d+)', line)
+        if m:
+            steps.append(f"{m.group(1).strip()}={int(m.group(2)) / 1000:.2f}s")
+    if steps:
+        with open(logpath + ".steps", "w") as f:
+            f.write(" ".join(steps) + "\n")
 note = (f'{run["status"]}: read={c["read"]} inserted={c["inserted"]} updated={c["updated"]} '
         f'unchanged={c["unchanged"]} rejected={c["rejected"]}')
 if run.get("error"):
@@ -173,9 +213,12 @@ PY
 )
   local ok read phase note
   read -r ok read phase note <<<"$summary"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$read" "$secs" "$rss" "$note" >>"$rows"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$read" "$secs" "$rss" "$note" "$other" >>"$rows"
   printf '%s\t%s\t%s\n' "$label" "$secs" "$phase" >>"$phases"
-  log "  $secs s, peak RSS $rss MB, $note"
+  if [[ -f "$results/$slug.log.steps" ]]; then
+    printf '%s\t%s\n' "$label" "$(cat "$results/$slug.log.steps")" >>"$results/steps.tsv"
+  fi
+  log "  $secs s, peak RSS $rss MB, CPU elsewhere ${other}s, $note"
   [[ $ok == OK ]]
 }
 
@@ -183,24 +226,34 @@ export_n=$(export_for "$records")
 ls -l "$export_n" >&2
 
 # 1. Floor.
-log "floor (cargo bench -p matchpoint-hub --bench floor -- $export_n)"
-floor_line=$(cargo bench -q -p matchpoint-hub --bench floor -- "$export_n" 2> >(cat >&2) | grep '^floor ')
+if wanted floor; then
+log "floor (the executable of: cargo bench -p matchpoint-hub --bench floor -- $export_n)"
+busy0=$(busy_cs)
+floor_line=$(/usr/bin/time -v -o "$results/floor.time" "$results/floor" --bench "$export_n" | grep '^floor ')
+busy1=$(busy_cs)
+read -r _ _ floor_cpu < <(time_report "$results/floor.time")
+floor_other=$(other_cpu "$busy0" "$busy1" "$floor_cpu")
 echo "$floor_line" >"$results/floor.txt"
 floor_records=$(sed -E 's/.*records=([0-9]+).*/\1/' <<<"$floor_line")
 floor_secs=$(sed -E 's/.*seconds=([0-9.]+).*/\1/' <<<"$floor_line")
-printf '%s\t%s\t%s\t%s\t%s\n' "floor" "$floor_records" "$floor_secs" "-" "median of 3, no store" >>"$rows"
+printf '%s\t%s\t%s\t%s\t%s\t%s\n' "floor" "$floor_records" "$floor_secs" "-" "median of 3 passes, no store" "$floor_other" >>"$rows"
+fi
 
 # 2. SQLite: first sync into an empty index, then re-sync of the unchanged export.
 sqlite_db="$scratch/index-$records.db"
+if wanted sqlite; then
 rm -rf "$sqlite_db" "$sqlite_db"-* "$sqlite_db.staging"
 write_config "$results/sqlite.toml" "sqlite://$sqlite_db" "$export_n"
 measure_sync "sqlite first" "$results/sqlite.toml" || log "SQLite first sync failed (see $results)"
 measure_sync "sqlite re-sync" "$results/sqlite.toml" || log "SQLite re-sync failed (see $results)"
 [[ -f "$sqlite_db" ]] && log "SQLite index size: $(du -sh "$sqlite_db" | cut -f1)"
+fi
 
 # 3. PostgreSQL, on a fresh database, when a maintenance URL is given.
 pg_db=
-if [[ -n "${MATCHPOINT_BENCH_POSTGRES_URL:-}" ]]; then
+if ! wanted postgres; then
+  :
+elif [[ -n "${MATCHPOINT_BENCH_POSTGRES_URL:-}" ]]; then
   if command -v psql >/dev/null; then
     pg_db="matchpoint_bench_$$"
     maint=$MATCHPOINT_BENCH_POSTGRES_URL
@@ -228,19 +281,24 @@ else
 fi
 
 # 4. Python baseline.
+if wanted python; then
 log "python baseline (bench/baseline.py)"
+busy0=$(busy_cs)
 /usr/bin/time -v -o "$results/python.time" \
   python3 bench/baseline.py "$export_n" --db "$scratch/python-$records.db" \
   --key "$install/matchpoint.key" >"$results/python.txt"
 py_line=$(grep '^python ' "$results/python.txt")
-read -r py_secs py_rss < <(time_report "$results/python.time")
+busy1=$(busy_cs)
+read -r py_secs py_rss py_cpu < <(time_report "$results/python.time")
+py_other=$(other_cpu "$busy0" "$busy1" "$py_cpu")
 py_records=$(sed -E 's/.*records=([0-9]+).*/\1/' <<<"$py_line")
 py_inner=$(sed -E 's/.*seconds=([0-9.]+).*/\1/' <<<"$py_line")
-printf '%s\t%s\t%s\t%s\t%s\n' "python" "$py_records" "$py_secs" "$py_rss" "in-script ${py_inner}s" >>"$rows"
+printf '%s\t%s\t%s\t%s\t%s\t%s\n' "python" "$py_records" "$py_secs" "$py_rss" "in-script ${py_inner}s" "$py_other" >>"$rows"
 rm -f "$scratch/python-$records.db"
+fi
 
 # 5. Peak RSS against input size.
-if [[ $rss_scale -eq 1 ]]; then
+if [[ $rss_scale -eq 1 ]] && wanted sqlite; then
   export_m=$(export_for "$scale_records")
   big_db="$scratch/index-$scale_records.db"
   rm -rf "$big_db" "$big_db"-* "$big_db.staging"
@@ -252,7 +310,8 @@ fi
 [[ $keep -eq 1 ]] || rm -rf "$sqlite_db" "$sqlite_db"-* "$sqlite_db.staging"
 
 # The table.
-python3 - "$rows" "$phases" "$records" <<'PY'
+touch "$results/steps.tsv"
+python3 - "$rows" "$phases" "$records" "$results/steps.tsv" "$commit" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 phases = {l.split("\t")[0]: l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()}
@@ -264,9 +323,9 @@ def rate(r):
 by = {r[0]: r for r in rows}
 floor = rate(by["floor"]) if "floor" in by else None
 py = rate(by["python"]) if "python" in by else None
-print(f"\nSync benchmark, {sys.argv[3]} records requested, this machine:\n")
+print(f"\nSync benchmark, {sys.argv[3]} records requested, code {sys.argv[5]}, this machine:\n")
 hdr = ["measurement", "records", "seconds", "records/s", "x floor", "x python", "peak RSS MB",
-       "stage/publish s"]
+       "stage/publish s", "CPU elsewhere s"]
 out = []
 for r in rows:
     rr = rate(r)
@@ -274,7 +333,7 @@ for r in rows:
         r[0], r[1], r[2], f"{rr:,.0f}" if rr else "-",
         f"{rr / floor:.2f}" if rr and floor else "-",
         f"{rr / py:.1f}" if rr and py else "-",
-        r[3], phases.get(r[0], ["", "", "-"])[2],
+        r[3], phases.get(r[0], ["", "", "-"])[2], r[5] if len(r) > 5 else "-",
     ])
 w = [max(len(str(x)) for x in col) for col in zip(hdr, *out)]
 line = lambda cells: "  ".join(f"{c:<{n}}" if i == 0 else f"{c:>{n}}" for i, (c, n) in enumerate(zip(cells, w)))
@@ -285,6 +344,16 @@ print()
 for r in rows:
     if r[4] and r[0] not in ("floor",):
         print(f"  {r[0]}: {r[4]}")
+busy = [r for r in rows if len(r) > 5 and not r[0].startswith("postgres")
+        and float(r[5]) > 0.1 * float(r[2])]
+if busy:
+    print("\n  WARNING: other processes used the CPU during " + ", ".join(r[0] for r in busy)
+          + " (CPU elsewhere > 10% of wall time): two cores are shared, re-run when idle.")
+steps = [l.rstrip("\n").split("\t") for l in open(sys.argv[4]) if l.strip()]
+if steps:
+    print("\nPublish steps (SQLite store, debug log):")
+    for label, st in steps:
+        print(f"  {label}: {st}")
 # Targets from the issue.
 print("\nTargets:")
 def check(label, ok, detail):

@@ -109,11 +109,21 @@ pub async fn demo(dir: &Path, persons: u64, seed: u64) -> anyhow::Result<ExitCod
     let env = Env::load(&cfg_path).await?;
     let code = sync_cmd::sync(&env, &[], false, false).await?;
     let shown = cfg_path.display();
+    // The binary as the user can type it (e.g. ./target/release/matchpoint after `cargo run`).
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let cwd = std::env::current_dir().ok()?;
+            exe.strip_prefix(&cwd)
+                .ok()
+                .map(|rel| format!("./{}", rel.display()))
+        })
+        .unwrap_or_else(|| "matchpoint".to_owned());
     println!();
     println!("Next:");
-    println!("  matchpoint stats --config {shown}");
-    println!("  matchpoint runs --config {shown}");
-    println!("  matchpoint quarantine --config {shown}");
-    println!("  matchpoint sync --config {shown}     # a second sync changes nothing");
+    println!("  {me} stats --config {shown}");
+    println!("  {me} runs --config {shown}");
+    println!("  {me} quarantine --config {shown}");
+    println!("  {me} sync --config {shown}     # a second sync changes nothing");
     Ok(code)
 }
