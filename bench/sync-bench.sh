@@ -155,7 +155,7 @@ busy_cs() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 # same two cores show up here; for PostgreSQL it includes the server's own work.
 other_cpu() { awk -v a="$1" -v b="$2" -v own="$3" 'BEGIN { o = (b - a) / 100 - own; printf "%.1f\n", o < 0 ? 0 : o }'; }
 
-# Table rows: label records seconds rss_mb note, one per line in $rows.
+# Table rows: label, records, seconds, peak RSS MB, note, CPU seconds elsewhere (tab-separated).
 rows="$results/rows.tsv"
 : >"$rows"
 phases="$results/phases.tsv"
@@ -231,12 +231,12 @@ log "floor (the executable of: cargo bench -p matchpoint-hub --bench floor -- $e
 busy0=$(busy_cs)
 floor_line=$(/usr/bin/time -v -o "$results/floor.time" "$results/floor" --bench "$export_n" | grep '^floor ')
 busy1=$(busy_cs)
-read -r _ _ floor_cpu < <(time_report "$results/floor.time")
+read -r _ floor_rss floor_cpu < <(time_report "$results/floor.time")
 floor_other=$(other_cpu "$busy0" "$busy1" "$floor_cpu")
 echo "$floor_line" >"$results/floor.txt"
 floor_records=$(sed -E 's/.*records=([0-9]+).*/\1/' <<<"$floor_line")
 floor_secs=$(sed -E 's/.*seconds=([0-9.]+).*/\1/' <<<"$floor_line")
-printf '%s\t%s\t%s\t%s\t%s\t%s\n' "floor" "$floor_records" "$floor_secs" "-" "median of 3 passes, no store" "$floor_other" >>"$rows"
+printf '%s\t%s\t%s\t%s\t%s\t%s\n' "floor" "$floor_records" "$floor_secs" "$floor_rss" "median of 3 passes, no store" "$floor_other" >>"$rows"
 fi
 
 # 2. SQLite: first sync into an empty index, then re-sync of the unchanged export.
