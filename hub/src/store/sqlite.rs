@@ -218,10 +218,26 @@ impl SqliteStore {
             attach_staging(conn, inner, run)?;
             let tx = conn.transaction().map_err(e("stage"))?;
             let mut out = StageOutcome::default();
+            let mut full_rows = 0i64;
             {
+                let source: String = tx
+                    .query_row("SELECT source FROM runs WHERE id = ?1", [run], |r| r.get(0))
+                    .map_err(e("stage"))?;
+                let mut id_ins = tx
+                    .prepare_cached(&format!(
+                        "INSERT OR IGNORE INTO {}.ids (source_record_id) VALUES (?1)",
+                        stg(run)
+                    ))
+                    .map_err(e("stage"))?;
+                let mut current = tx
+                    .prepare_cached(
+                        "SELECT content_hash FROM involvements
+                         WHERE source = ?1 AND source_record_id = ?2",
+                    )
+                    .map_err(e("stage"))?;
                 let mut ins = tx
                     .prepare_cached(&format!(
-                        "INSERT OR IGNORE INTO {}.staging (source_record_id, person, key_id,
+                        "INSERT INTO {}.staging (source_record_id, person, key_id,
                          organisation_code, organisation_name, team, life_domain, goal,
                          contact_name, contact_role, contact_phone, contact_email,
                          start_date, end_date, status, coordinator, sensitive, purge_after,
@@ -232,41 +248,52 @@ impl SqliteStore {
                     ))
                     .map_err(e("stage"))?;
                 for (i, r) in records.iter().enumerate() {
-                    let n = ins
-                        .execute(params![
-                            r.source_record_id,
-                            &r.person.as_bytes()[..],
-                            r.key_id,
-                            r.organisation_code,
-                            r.organisation_name,
-                            r.team,
-                            r.life_domain.as_str(),
-                            r.goal,
-                            r.contact.name,
-                            r.contact.role,
-                            r.contact.phone,
-                            r.contact.email,
-                            r.start_date.to_string(),
-                            r.end_date.map(|d| d.to_string()),
-                            r.status.as_str(),
-                            r.coordinator,
-                            r.sensitive,
-                            r.purge_after.map(|d| d.to_string()),
-                            encode_relations(&r.relations),
-                            &r.content_hash()[..],
-                        ])
-                        .map_err(e("stage"))?;
-                    if n == 0 {
+                    if id_ins.execute([&r.source_record_id]).map_err(e("stage"))? == 0 {
                         out.duplicates.push((i, r.source_record_id.clone()));
+                        continue;
                     }
+                    // Compare while staging: an unchanged record is only noted as delivered;
+                    // only new and changed records are staged in full.
+                    let hash = r.content_hash();
+                    let stored: Option<Vec<u8>> = current
+                        .query_row(params![source, r.source_record_id], |row| row.get(0))
+                        .optional()
+                        .map_err(e("stage"))?;
+                    if stored.as_deref() == Some(&hash[..]) {
+                        continue;
+                    }
+                    full_rows += 1;
+                    ins.execute(params![
+                        r.source_record_id,
+                        &r.person.as_bytes()[..],
+                        r.key_id,
+                        r.organisation_code,
+                        r.organisation_name,
+                        r.team,
+                        r.life_domain.as_str(),
+                        r.goal,
+                        r.contact.name,
+                        r.contact.role,
+                        r.contact.phone,
+                        r.contact.email,
+                        r.start_date.to_string(),
+                        r.end_date.map(|d| d.to_string()),
+                        r.status.as_str(),
+                        r.coordinator,
+                        r.sensitive,
+                        r.purge_after.map(|d| d.to_string()),
+                        encode_relations(&r.relations),
+                        &hash[..],
+                    ])
+                    .map_err(e("stage"))?;
                 }
             }
-            // A durable count of staged rows: the staging file runs without a journal, so
+            // Durable counts of what was staged: the staging file runs without a journal, so
             // publication checks it is complete (e.g. after a power loss while held).
-            let staged = (records.len() - out.duplicates.len()) as i64;
+            let delivered = (records.len() - out.duplicates.len()) as i64;
             tx.execute(
-                "UPDATE runs SET staged = staged + ?2 WHERE id = ?1",
-                params![run, staged],
+                "UPDATE runs SET staged = staged + ?2, staged_full = staged_full + ?3 WHERE id = ?1",
+                params![run, delivered, full_rows],
             )
             .map_err(e("stage"))?;
             insert_quarantine(&tx, run, &rejects)?;
@@ -767,7 +794,8 @@ fn create_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), St
             start_date TEXT NOT NULL, end_date TEXT, status TEXT NOT NULL,
             coordinator INTEGER NOT NULL, sensitive INTEGER NOT NULL, purge_after TEXT,
             rels BLOB NOT NULL, content_hash BLOB NOT NULL
-         ) WITHOUT ROWID;",
+         ) WITHOUT ROWID;
+         CREATE TABLE {s}.ids (source_record_id TEXT PRIMARY KEY) WITHOUT ROWID;",
         s = stg(run)
     ))
     .map_err(e("staging"))
@@ -811,7 +839,7 @@ fn drop_staging(conn: &Connection, inner: &Inner, run: RunId) {
 fn ending_clause(run: RunId) -> String {
     format!(
         "i.source = ?1 AND i.status <> 'ended'
-         AND NOT EXISTS (SELECT 1 FROM {s}.staging s WHERE s.source_record_id = i.source_record_id)
+         AND NOT EXISTS (SELECT 1 FROM {s}.ids s WHERE s.source_record_id = i.source_record_id)
          AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.run_id = ?2
                          AND q.source_record_id = i.source_record_id)",
         s = stg(run)
@@ -854,14 +882,22 @@ fn publish(
     let source: String = tx
         .query_row("SELECT source FROM runs WHERE id = ?1", [run], |r| r.get(0))
         .map_err(e("publish"))?;
-    let staged = count(&tx, &format!("SELECT count(*) FROM {s}.staging"), [])?;
-    let recorded = count(&tx, "SELECT staged FROM runs WHERE id = ?1", [run])?;
-    if staged != recorded {
+    let staged = count(&tx, &format!("SELECT count(*) FROM {s}.ids"), [])?;
+    let full_rows = count(&tx, &format!("SELECT count(*) FROM {s}.staging"), [])?;
+    let (recorded, recorded_full): (i64, i64) = tx
+        .query_row(
+            "SELECT staged, staged_full FROM runs WHERE id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(e("publish"))?;
+    if staged as i64 != recorded || full_rows as i64 != recorded_full {
         return Err(StoreError::RunState {
             run,
             status: "incomplete".into(),
             what: format!(
-                "its staging holds {staged} records but {recorded} were staged; run the sync again"
+                "its staging holds {staged}/{full_rows} records but {recorded}/{recorded_full} \
+                 were staged; run the sync again"
             ),
         });
     }

@@ -22,6 +22,7 @@ CREATE TABLE runs (
     unchanged INTEGER NOT NULL DEFAULT 0,
     ended INTEGER NOT NULL DEFAULT 0,
     staged INTEGER NOT NULL DEFAULT 0,
+    staged_full INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     pid INTEGER
 );

@@ -1324,7 +1324,7 @@ async fn staging_emptied_by_a_database_restart_is_refused_rather_than_published(
                 for id in [held.id, running] {
                     let file = std::path::Path::new(&dir).join(format!("run-{id}.db"));
                     let conn = rusqlite::Connection::open(&file).expect("open staging");
-                    conn.execute_batch("DELETE FROM staging")
+                    conn.execute_batch("DELETE FROM staging; DELETE FROM ids")
                         .expect("empty staging");
                 }
             }
