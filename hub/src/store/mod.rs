@@ -212,6 +212,33 @@ pub struct ShrinkGuard {
     pub max_end_share: f64,
 }
 
+impl ShrinkGuard {
+    /// The shrink guard's verdict: why a full run must be held, or `None` to publish.
+    /// `staged` records delivered, `total`/`active` the source's rows in the index, `would_end`
+    /// how many the run would end.
+    pub fn hold_reason(
+        &self,
+        staged: u64,
+        total: u64,
+        active: u64,
+        would_end: u64,
+    ) -> Option<String> {
+        if staged == 0 && total > 0 {
+            return Some(format!(
+                "held: the delivery holds no records while the index holds {total} for this source"
+            ));
+        }
+        if active > 0 && (would_end as f64) > self.max_end_share * active as f64 {
+            return Some(format!(
+                "held: the run would end {would_end} of {active} active involvements ({:.1}%, limit {:.1}%)",
+                100.0 * would_end as f64 / active as f64,
+                100.0 * self.max_end_share
+            ));
+        }
+        None
+    }
+}
+
 /// How to complete a run.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -487,5 +514,33 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::ShrinkGuard;
+
+    #[test]
+    fn the_guard_holds_an_empty_delivery_and_a_large_shrink_only() {
+        let g = ShrinkGuard {
+            max_end_share: 0.10,
+        };
+        assert!(
+            g.hold_reason(0, 5, 5, 5)
+                .is_some_and(|w| w.contains("no records"))
+        );
+        assert!(
+            g.hold_reason(0, 0, 0, 0).is_none(),
+            "a first, empty delivery is fine"
+        );
+        assert!(
+            g.hold_reason(90, 100, 100, 10).is_none(),
+            "exactly 10% is allowed"
+        );
+        assert!(
+            g.hold_reason(89, 100, 100, 11)
+                .is_some_and(|w| w.contains("11 of 100"))
+        );
     }
 }

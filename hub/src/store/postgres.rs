@@ -705,39 +705,28 @@ impl PgStore {
             0
         };
         let now = now();
-        if let (Some(guard), RunMode::Full) = (c.guard, c.mode) {
-            let empty = staged == 0 && total > 0;
-            let shrink = active > 0 && (would_end as f64) > guard.max_end_share * active as f64;
-            if empty || shrink {
-                let why = if empty {
-                    format!(
-                        "held: the delivery holds no records while the index holds {total} for this source"
-                    )
-                } else {
-                    format!(
-                        "held: the run would end {would_end} of {active} active involvements ({:.1}%, limit {:.1}%)",
-                        100.0 * would_end as f64 / active as f64,
-                        100.0 * guard.max_end_share
-                    )
-                };
-                sqlx::query(
-                    "UPDATE runs SET status = 'held', phase = 'held', finished_at = $2, error = $3,
+        if let Some(why) = c
+            .guard
+            .filter(|_| c.mode == RunMode::Full)
+            .and_then(|g| g.hold_reason(staged, total, active, would_end))
+        {
+            sqlx::query(
+                "UPDATE runs SET status = 'held', phase = 'held', finished_at = $2, error = $3,
                      read = $4, accepted = $5, rejected = $6, ended = $7 WHERE id = $1",
-                )
-                .bind(run)
-                .bind(now)
-                .bind(why)
-                .bind(int(c.read))
-                .bind(int(staged))
-                .bind(int(rejected))
-                .bind(int(would_end))
-                .execute(&mut *tx)
-                .await
-                .map_err(e("hold run"))?;
-                supersede_older_held(&mut tx, &source, run).await?;
-                tx.commit().await.map_err(e("hold run"))?;
-                return read_run(&self.pool, run).await;
-            }
+            )
+            .bind(run)
+            .bind(now)
+            .bind(why)
+            .bind(int(c.read))
+            .bind(int(staged))
+            .bind(int(rejected))
+            .bind(int(would_end))
+            .execute(&mut *tx)
+            .await
+            .map_err(e("hold run"))?;
+            supersede_older_held(&mut tx, &source, run).await?;
+            tx.commit().await.map_err(e("hold run"))?;
+            return read_run(&self.pool, run).await;
         }
 
         // Relations of new and changed records: replace them.

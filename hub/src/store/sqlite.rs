@@ -930,39 +930,28 @@ fn publish(
     };
     let now = now_text();
     timer.lap("guard counts");
-    if let (Some(guard), RunMode::Full) = (c.guard, c.mode) {
-        let empty = staged == 0 && total > 0;
-        let shrink = active > 0 && (would_end as f64) > guard.max_end_share * active as f64;
-        if empty || shrink {
-            let why = if empty {
-                format!(
-                    "held: the delivery holds no records while the index holds {total} for this source"
-                )
-            } else {
-                format!(
-                    "held: the run would end {would_end} of {active} active involvements ({:.1}%, limit {:.1}%)",
-                    100.0 * would_end as f64 / active as f64,
-                    100.0 * guard.max_end_share
-                )
-            };
-            tx.execute(
-                "UPDATE runs SET status = 'held', phase = 'held', finished_at = ?2, error = ?3,
+    if let Some(why) = c
+        .guard
+        .filter(|_| c.mode == RunMode::Full)
+        .and_then(|g| g.hold_reason(staged, total, active, would_end))
+    {
+        tx.execute(
+            "UPDATE runs SET status = 'held', phase = 'held', finished_at = ?2, error = ?3,
                  read = ?4, accepted = ?5, rejected = ?6, ended = ?7 WHERE id = ?1",
-                params![
-                    run,
-                    now,
-                    why,
-                    c.read as i64,
-                    staged as i64,
-                    rejected as i64,
-                    would_end as i64
-                ],
-            )
-            .map_err(e("hold run"))?;
-            let superseded = supersede_older_held(&tx, &source, run)?;
-            tx.commit().map_err(e("hold run"))?;
-            return Ok((read_run(conn, run)?, superseded));
-        }
+            params![
+                run,
+                now,
+                why,
+                c.read as i64,
+                staged as i64,
+                rejected as i64,
+                would_end as i64
+            ],
+        )
+        .map_err(e("hold run"))?;
+        let superseded = supersede_older_held(&tx, &source, run)?;
+        tx.commit().map_err(e("hold run"))?;
+        return Ok((read_run(conn, run)?, superseded));
     }
 
     // Relations of new and changed records: replace them.
