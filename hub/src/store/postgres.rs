@@ -136,7 +136,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(e(op))?;
-        sqlx::query(sql(format!(
+        sqlx::raw_sql(sql(format!(
             "CREATE UNLOGGED TABLE {s} (
                 source_record_id text COLLATE \"C\" PRIMARY KEY,
                 person bytea NOT NULL, key_id text NOT NULL,
@@ -146,7 +146,8 @@ impl PgStore {
                 contact_email text, start_date date NOT NULL, end_date date, status text NOT NULL,
                 coordinator boolean NOT NULL, sensitive boolean NOT NULL, purge_after date,
                 rels bytea NOT NULL, content_hash bytea NOT NULL
-             )",
+             );
+             CREATE UNLOGGED TABLE {s}_ids (source_record_id text COLLATE \"C\" PRIMARY KEY)",
             s = stg(run)
         )))
         .execute(&mut *tx)
@@ -187,7 +188,55 @@ impl PgStore {
         let mut tx = self.pool.begin().await.map_err(e(op))?;
         if !keep.is_empty() {
             let rs: Vec<&Involvement> = keep.iter().map(|&i| &records[i]).collect();
+            // Cross-batch duplicates conflict with an id staged earlier: not returned.
+            let ids: Vec<String> = sqlx::query_scalar(sql(format!(
+                "INSERT INTO {s}_ids (source_record_id) SELECT * FROM UNNEST($1::text[])
+                 ON CONFLICT (source_record_id) DO NOTHING RETURNING source_record_id",
+                s = stg(run)
+            )))
+            .bind(
+                rs.iter()
+                    .map(|r| r.source_record_id.as_str())
+                    .collect::<Vec<&str>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|err| staging_error(op, run, err))?;
+            let fresh: HashSet<&str> = ids.iter().map(String::as_str).collect();
+            if fresh.len() < keep.len() {
+                for &i in &keep {
+                    let id = &records[i].source_record_id;
+                    if !fresh.contains(id.as_str()) {
+                        out.duplicates.push((i, id.clone()));
+                    }
+                }
+                out.duplicates.sort_by_key(|(i, _)| *i);
+            }
+            // Compare while staging: unchanged records are only noted as delivered (the ids
+            // table); new and changed ones are staged in full.
+            let stored: Vec<(String, Vec<u8>)> = sqlx::query_as(
+                "SELECT source_record_id, content_hash FROM involvements
+                 WHERE source = (SELECT source FROM runs WHERE id = $1)
+                   AND source_record_id = ANY($2::text[])",
+            )
+            .bind(run)
+            .bind(ids.iter().map(String::as_str).collect::<Vec<&str>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(e(op))?;
+            let stored: std::collections::HashMap<&str, &[u8]> = stored
+                .iter()
+                .map(|(id, h)| (id.as_str(), h.as_slice()))
+                .collect();
             let hashes: Vec<[u8; 32]> = rs.iter().map(|r| r.content_hash()).collect();
+            let (rs, hashes): (Vec<&Involvement>, Vec<[u8; 32]>) = rs
+                .into_iter()
+                .zip(hashes)
+                .filter(|(r, h)| {
+                    fresh.contains(r.source_record_id.as_str())
+                        && stored.get(r.source_record_id.as_str()) != Some(&&h[..])
+                })
+                .unzip();
             let rels: Vec<Vec<u8>> = rs.iter().map(|r| encode_relations(&r.relations)).collect();
             let strs = |f: fn(&Involvement) -> &str| rs.iter().map(|r| f(r)).collect::<Vec<&str>>();
             let opts = |f: fn(&Involvement) -> Option<&str>| {
@@ -196,65 +245,58 @@ impl PgStore {
             let dates = |f: fn(&Involvement) -> Option<NaiveDate>| {
                 rs.iter().map(|r| f(r)).collect::<Vec<_>>()
             };
-            // Cross-batch duplicates conflict with the staged row: not returned.
-            let staged: Vec<String> = sqlx::query_scalar(sql(format!(
-                "INSERT INTO {s} (source_record_id, person, key_id, organisation_code,
-                   organisation_name, team, life_domain, goal, contact_name, contact_role,
-                   contact_phone, contact_email, start_date, end_date, status, coordinator,
-                   sensitive, purge_after, rels, content_hash)
-                 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[],
-                   $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                   $11::text[], $12::text[], $13::date[], $14::date[], $15::text[],
-                   $16::boolean[], $17::boolean[], $18::date[], $19::bytea[], $20::bytea[])
-                 ON CONFLICT (source_record_id) DO NOTHING
-                 RETURNING source_record_id",
-                s = stg(run)
-            )))
-            .bind(strs(|r| &r.source_record_id))
-            .bind(
-                rs.iter()
-                    .map(|r| &r.person.as_bytes()[..])
-                    .collect::<Vec<&[u8]>>(),
-            )
-            .bind(strs(|r| &r.key_id))
-            .bind(strs(|r| &r.organisation_code))
-            .bind(strs(|r| &r.organisation_name))
-            .bind(opts(|r| r.team.as_deref()))
-            .bind(strs(|r| r.life_domain.as_str()))
-            .bind(opts(|r| r.goal.as_deref()))
-            .bind(strs(|r| &r.contact.name))
-            .bind(opts(|r| r.contact.role.as_deref()))
-            .bind(opts(|r| r.contact.phone.as_deref()))
-            .bind(opts(|r| r.contact.email.as_deref()))
-            .bind(rs.iter().map(|r| r.start_date).collect::<Vec<NaiveDate>>())
-            .bind(dates(|r| r.end_date))
-            .bind(strs(|r| r.status.as_str()))
-            .bind(rs.iter().map(|r| r.coordinator).collect::<Vec<bool>>())
-            .bind(rs.iter().map(|r| r.sensitive).collect::<Vec<bool>>())
-            .bind(dates(|r| r.purge_after))
-            .bind(rels.iter().map(Vec::as_slice).collect::<Vec<&[u8]>>())
-            .bind(hashes.iter().map(|h| &h[..]).collect::<Vec<&[u8]>>())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|err| staging_error(op, run, err))?;
-            if staged.len() < keep.len() {
-                let staged: HashSet<&str> = staged.iter().map(String::as_str).collect();
-                for &i in &keep {
-                    let id = &records[i].source_record_id;
-                    if !staged.contains(id.as_str()) {
-                        out.duplicates.push((i, id.clone()));
-                    }
-                }
-                out.duplicates.sort_by_key(|(i, _)| *i);
+            if !rs.is_empty() {
+                sqlx::query(sql(format!(
+                    "INSERT INTO {s} (source_record_id, person, key_id, organisation_code,
+                       organisation_name, team, life_domain, goal, contact_name, contact_role,
+                       contact_phone, contact_email, start_date, end_date, status, coordinator,
+                       sensitive, purge_after, rels, content_hash)
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[],
+                       $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                       $11::text[], $12::text[], $13::date[], $14::date[], $15::text[],
+                       $16::boolean[], $17::boolean[], $18::date[], $19::bytea[], $20::bytea[])",
+                    s = stg(run)
+                )))
+                .bind(strs(|r| &r.source_record_id))
+                .bind(
+                    rs.iter()
+                        .map(|r| &r.person.as_bytes()[..])
+                        .collect::<Vec<&[u8]>>(),
+                )
+                .bind(strs(|r| &r.key_id))
+                .bind(strs(|r| &r.organisation_code))
+                .bind(strs(|r| &r.organisation_name))
+                .bind(opts(|r| r.team.as_deref()))
+                .bind(strs(|r| r.life_domain.as_str()))
+                .bind(opts(|r| r.goal.as_deref()))
+                .bind(strs(|r| &r.contact.name))
+                .bind(opts(|r| r.contact.role.as_deref()))
+                .bind(opts(|r| r.contact.phone.as_deref()))
+                .bind(opts(|r| r.contact.email.as_deref()))
+                .bind(rs.iter().map(|r| r.start_date).collect::<Vec<NaiveDate>>())
+                .bind(dates(|r| r.end_date))
+                .bind(strs(|r| r.status.as_str()))
+                .bind(rs.iter().map(|r| r.coordinator).collect::<Vec<bool>>())
+                .bind(rs.iter().map(|r| r.sensitive).collect::<Vec<bool>>())
+                .bind(dates(|r| r.purge_after))
+                .bind(rels.iter().map(Vec::as_slice).collect::<Vec<&[u8]>>())
+                .bind(hashes.iter().map(|h| &h[..]).collect::<Vec<&[u8]>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| staging_error(op, run, err))?;
             }
             // Counted durably beside the run: an UNLOGGED table is emptied when PostgreSQL
             // restarts after a crash, and publication must notice rather than end everything.
-            sqlx::query("UPDATE runs SET staged = staged + $2 WHERE id = $1")
-                .bind(run)
-                .bind(i64::try_from(staged.len()).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
-                .await
-                .map_err(e(op))?;
+            sqlx::query(
+                "UPDATE runs SET staged = staged + $2, staged_full = staged_full + $3
+                 WHERE id = $1",
+            )
+            .bind(run)
+            .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+            .bind(i64::try_from(rs.len()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(e(op))?;
         }
         insert_quarantine(&mut tx, run, &rejects).await?;
         tx.commit().await.map_err(e(op))?;
@@ -622,8 +664,8 @@ impl PgStore {
             .ok_or(StoreError::NoSuchRun(run))?;
         lock_source(&mut tx, &source).await?;
         // Re-read under the lock: another process may have published, failed or superseded it.
-        let (status, recorded): (String, i64) =
-            sqlx::query_as("SELECT status, staged FROM runs WHERE id = $1 FOR UPDATE")
+        let (status, recorded, recorded_full): (String, i64, i64) =
+            sqlx::query_as("SELECT status, staged, staged_full FROM runs WHERE id = $1 FOR UPDATE")
                 .bind(run)
                 .fetch_one(&mut *tx)
                 .await
@@ -659,28 +701,31 @@ impl PgStore {
         // statements below (the join key only: analysing every column costs ~10x more). JIT
         // compilation, triggered by the relation decoding's inflated estimate, costs more
         // than it saves here.
-        sqlx::query(sql(format!("ANALYZE {s} (source_record_id)")))
-            .execute(&mut *tx)
-            .await
-            .map_err(e(op))?;
+        sqlx::raw_sql(sql(format!(
+            "ANALYZE {s} (source_record_id); ANALYZE {s}_ids (source_record_id)"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(e(op))?;
         sqlx::query("SET LOCAL jit = off")
             .execute(&mut *tx)
             .await
             .map_err(e(op))?;
-        let (staged, rejected, total, active): (i64, i64, i64, i64) = sqlx::query_as(sql(format!(
-            "SELECT (SELECT count(*) FROM {s}),
+        let (staged, full_rows, rejected, total, active): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(sql(format!(
+                "SELECT (SELECT count(*) FROM {s}_ids), (SELECT count(*) FROM {s}),
                     (SELECT count(*) FROM quarantine WHERE run_id = $2),
                     count(*), count(*) FILTER (WHERE status <> 'ended')
              FROM involvements WHERE source = $1"
-        )))
-        .bind(&source)
-        .bind(run)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(e(op))?;
+            )))
+            .bind(&source)
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(e(op))?;
         let (staged, rejected, total, active) =
             (count(staged), count(rejected), count(total), count(active));
-        if staged != count(recorded) {
+        if staged != count(recorded) || full_rows != recorded_full {
             return Err(StoreError::RunState {
                 run,
                 status,
@@ -947,10 +992,13 @@ async fn staging_exists(conn: &mut PgConnection, run: RunId) -> Result<bool, Sto
 }
 
 async fn drop_staging(conn: &mut PgConnection, run: RunId) -> Result<(), StoreError> {
-    sqlx::query(sql(format!("DROP TABLE IF EXISTS {}", stg(run))))
-        .execute(conn)
-        .await
-        .map_err(e("drop staging"))?;
+    sqlx::raw_sql(sql(format!(
+        "DROP TABLE IF EXISTS {s}, {s}_ids",
+        s = stg(run)
+    )))
+    .execute(conn)
+    .await
+    .map_err(e("drop staging"))?;
     Ok(())
 }
 
@@ -972,7 +1020,7 @@ fn staging_error(op: &'static str, run: RunId, err: sqlx::Error) -> StoreError {
 fn ending_clause(run: RunId) -> String {
     format!(
         "i.source = $1 AND i.status <> 'ended'
-         AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.source_record_id = i.source_record_id)
+         AND NOT EXISTS (SELECT 1 FROM {s}_ids s WHERE s.source_record_id = i.source_record_id)
          AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.run_id = $2
                          AND q.source_record_id = i.source_record_id)",
         s = stg(run)

@@ -27,6 +27,7 @@ CREATE TABLE runs (
     ended bigint NOT NULL DEFAULT 0,
     -- Rows written to the run's UNLOGGED staging table, to detect one emptied by a crash.
     staged bigint NOT NULL DEFAULT 0,
+    staged_full bigint NOT NULL DEFAULT 0,
     error text,
     pid bigint
 );

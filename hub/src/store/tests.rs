@@ -1313,8 +1313,9 @@ async fn staging_emptied_by_a_database_restart_is_refused_rather_than_published(
             Kind::Postgres { .. } => {
                 b.target
                     .exec(&format!(
-                        "TRUNCATE staging_run_{}; TRUNCATE staging_run_{running}",
-                        held.id
+                        "TRUNCATE staging_run_{h}, staging_run_{h}_ids, staging_run_{running}, \
+                         staging_run_{running}_ids",
+                        h = held.id
                     ))
                     .await;
             }
