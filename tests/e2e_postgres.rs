@@ -20,7 +20,11 @@ struct PgDb {
 impl PgDb {
     fn create(tag: &str) -> Option<PgDb> {
         let Ok(admin) = std::env::var("MATCHPOINT_TEST_POSTGRES_URL") else {
-            eprintln!("PostgreSQL end-to-end tests SKIPPED: set MATCHPOINT_TEST_POSTGRES_URL");
+            // Straight to stderr: the test harness captures only `eprintln!`.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"PostgreSQL end-to-end tests SKIPPED: set MATCHPOINT_TEST_POSTGRES_URL\n",
+            );
             return None;
         };
         let name = format!(
