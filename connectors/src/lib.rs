@@ -2,9 +2,11 @@
 //! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
 //!
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
+//! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
 pub mod location;
+pub mod paged;
 pub mod xml_export;
 
 use matchpoint_schemas::{RawRecord, RecordPosition};

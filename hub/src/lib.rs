@@ -1,12 +1,14 @@
 //! The Matchpoint hub: the index store, the sync pipeline, configuration, synthetic data and
 //! the commands of the `matchpoint` binary.
 //!
+//! - [`audit`]: the hash-chained audit trail of every access to personal data.
 //! - [`config`]: the TOML configuration, checked completely at start-up.
 //! - [`store`]: the published index, runs, staging and quarantine (SQLite or PostgreSQL).
 //! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
 //! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
 //! - [`failpoint`]: named pause points used by the crash-safety tests.
 
+pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
