@@ -50,3 +50,27 @@ pub enum DeliveryError {
 
 /// What a connector yields for each record.
 pub type RecordResult = Result<RawRecord, RecordError>;
+
+/// One delivery being read, whatever the connector kind: records in delivery order, then the
+/// cursor the delivery proves. The sync pipeline reads every kind through this trait on its
+/// reader thread (so implementations need not be `Send`).
+pub trait RecordStream {
+    /// The next record: `Ok(Some(Ok(_)))` a record, `Ok(Some(Err(_)))` a record for
+    /// quarantine, `Ok(None)` the end of the delivery, `Err(_)` a failed delivery (nothing is
+    /// published; the stream yields nothing more).
+    fn next_record(&mut self) -> Result<Option<RecordResult>, DeliveryError>;
+
+    /// Bytes received so far (progress).
+    fn bytes_read(&self) -> u64;
+
+    /// Total bytes of the delivery, when known in advance (progress).
+    fn total_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// The cursor to commit with this delivery's data (incremental sources), once the
+    /// stream has ended; `None` keeps the committed cursor as it is.
+    fn cursor(&self) -> Option<String> {
+        None
+    }
+}

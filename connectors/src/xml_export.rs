@@ -749,5 +749,14 @@ impl<R: BufRead> Iterator for XmlExportReader<R> {
     }
 }
 
+impl<R: BufRead> crate::RecordStream for XmlExportReader<R> {
+    fn next_record(&mut self) -> Result<Option<RecordResult>, DeliveryError> {
+        self.next_inner().transpose()
+    }
+    fn bytes_read(&self) -> u64 {
+        self.counter.total()
+    }
+}
+
 #[cfg(test)]
 mod tests;

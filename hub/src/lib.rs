@@ -4,6 +4,7 @@
 //! - [`audit`]: the hash-chained audit trail of every access to personal data.
 //! - [`config`]: the TOML configuration, checked completely at start-up.
 //! - [`store`]: the published index, runs, staging and quarantine (SQLite or PostgreSQL).
+//! - [`sources`]: one module per connector kind, from a configured source to raw records.
 //! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
 //! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
 //! - [`failpoint`]: named pause points used by the crash-safety tests.
@@ -12,5 +13,6 @@ pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
+pub mod sources;
 pub mod store;
 pub mod sync;

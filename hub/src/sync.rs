@@ -6,20 +6,18 @@
 //! size of the delivery. Publication is one transaction in the store; a failed, cancelled or
 //! crashed run publishes nothing.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use chrono::Utc;
-use matchpoint_connectors::xml_export::{XmlExportFormat, XmlExportReader};
-use matchpoint_connectors::{DeliveryError, RecordError, location};
+use matchpoint_connectors::{DeliveryError, RecordError};
 use matchpoint_mapping::{Mapper, RejectReason, Rejection};
 use matchpoint_schemas::{Involvement, KeyPurpose, MasterKey, RawRecord, Registry, Sealer};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{Config, SourceConfig, SourceKind, SourceMode};
+use crate::config::{Config, SourceConfig, SourceMode};
 use crate::failpoint;
+use crate::sources::{self, OpenContext};
 use crate::store::{
     Completion, QuarantineEntry, RunId, RunMode, RunRecord, RunStatus, ShrinkGuard, Store,
     StoreError,
@@ -155,51 +153,12 @@ fn malformed_reject(rec: RecordError) -> QuarantineEntry {
     }
 }
 
-/// The files one run reads: a file; for a folder, the newest `.xml` (full) or every `.xml`
-/// named after the cursor (incremental), in name order.
-fn deliveries(
-    source: &SourceConfig,
-    cursor: Option<&str>,
-    full: bool,
-) -> Result<Vec<String>, String> {
-    let loc = &source.location;
-    if loc.starts_with("http://") || loc.starts_with("https://") {
-        return Ok(vec![loc.clone()]);
-    }
-    let path = Path::new(loc);
-    if !path.is_dir() {
-        return Ok(vec![loc.clone()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| format!("cannot list {loc}: {e}"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
-        .collect();
-    files.sort();
-    if full || source.mode == SourceMode::Full {
-        return files
-            .pop()
-            .map(|p| vec![p.display().to_string()])
-            .ok_or_else(|| format!("no .xml export in folder {loc}; nothing was published"));
-    }
-    Ok(files
-        .into_iter()
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            cursor.is_none_or(|c| name.as_str() > c)
-        })
-        .map(|p| p.display().to_string())
-        .collect())
-}
-
 /// Reads every delivery of the run on this (blocking) thread and sends batches.
 #[allow(clippy::too_many_arguments)]
 fn produce(
     source: SourceConfig,
-    files: Vec<String>,
+    cursor: Option<String>,
+    full: bool,
     mapper: Mapper,
     sealer: Sealer,
     keep_days: u32,
@@ -208,105 +167,94 @@ fn produce(
     progress: Arc<Progress>,
     tx: tokio::sync::mpsc::Sender<Message>,
 ) {
+    let opened = sources::open(&OpenContext {
+        source: &source,
+        cursor: cursor.as_deref(),
+        full,
+        cancel: cancel.clone(),
+    });
+    let mut stream = match opened {
+        Ok(Some(o)) => o.stream,
+        Ok(None) => {
+            // A quiet night for an incremental source: nothing new.
+            let _ = tx.blocking_send(Message::Done {
+                read: 0,
+                cursor: None,
+            });
+            return;
+        }
+        Err(message) => {
+            let _ = tx.blocking_send(Message::Fatal { read: 0, message });
+            return;
+        }
+    };
+    if let Some(total) = stream.total_bytes() {
+        progress.total_bytes.store(total, Ordering::Relaxed);
+    }
     let mut read = 0u64;
     let mut batch = Batch::with_capacity(batch_size);
-    let mut cursor = None;
-    for file in &files {
-        if let Ok(meta) = std::fs::metadata(file) {
-            progress
-                .total_bytes
-                .fetch_add(meta.len(), Ordering::Relaxed);
+    let mut last_bytes = 0u64;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            let _ = tx.blocking_send(Message::Fatal {
+                read,
+                message: "cancelled (interrupt): nothing was published".into(),
+            });
+            return;
         }
-        let input = match location::open(
-            file,
-            Duration::from_secs(source.limits.timeout_secs),
-            source.limits.max_bytes,
-        ) {
-            Ok(i) => i,
+        match stream.next_record() {
+            Ok(None) => break,
             Err(e) => {
-                let _ = tx.blocking_send(Message::Fatal {
-                    read,
-                    message: e.to_string(),
-                });
+                let msg = match &e {
+                    DeliveryError::Truncated { .. } => e.to_string(),
+                    _ => format!("{e}; nothing was published"),
+                };
+                let _ = tx.blocking_send(Message::Fatal { read, message: msg });
                 return;
             }
-        };
-        let format = XmlExportFormat {
-            max_depth: source.limits.max_depth,
-            max_record_bytes: source.limits.max_record_bytes,
-            limits: location::ReadLimits {
-                max_bytes: source.limits.max_bytes,
-                max_event_bytes: source.limits.max_element_bytes,
-            },
-            ..XmlExportFormat::default()
-        };
-        let mut reader = XmlExportReader::new(input, file, format);
-        let mut last_bytes = 0u64;
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                let _ = tx.blocking_send(Message::Fatal {
-                    read,
-                    message: "cancelled (interrupt): nothing was published".into(),
-                });
-                return;
+            Ok(Some(Err(rec))) => {
+                read += 1;
+                batch.rejects.push(malformed_reject(rec));
             }
-            let Some(item) = reader.next() else { break };
-            match item {
-                Err(e) => {
-                    let msg = match &e {
-                        DeliveryError::Truncated { .. } => e.to_string(),
-                        _ => format!("{e}; nothing was published"),
-                    };
-                    let _ = tx.blocking_send(Message::Fatal { read, message: msg });
-                    return;
-                }
-                Ok(Err(rec)) => {
-                    read += 1;
-                    batch.rejects.push(malformed_reject(rec));
-                }
-                Ok(Ok(raw)) => {
-                    read += 1;
-                    match mapper.map(&raw) {
-                        Ok(inv) => {
-                            batch.records.push(inv);
-                            batch
-                                .positions
-                                .push((raw.position.index, raw.position.byte_offset));
-                        }
-                        Err(rej) => batch.rejects.push(sealed_reject(
-                            &sealer,
-                            &source.name,
-                            &raw,
-                            rej,
-                            keep_days,
-                        )),
+            Ok(Some(Ok(raw))) => {
+                read += 1;
+                match mapper.map(&raw) {
+                    Ok(inv) => {
+                        batch.records.push(inv);
+                        batch
+                            .positions
+                            .push((raw.position.index, raw.position.byte_offset));
                     }
-                }
-            }
-            if batch.len() >= batch_size {
-                progress.records.store(read, Ordering::Relaxed);
-                let b = reader.bytes_read();
-                progress.bytes.fetch_add(b - last_bytes, Ordering::Relaxed);
-                last_bytes = b;
-                let full = std::mem::replace(&mut batch, Batch::with_capacity(batch_size));
-                if tx.blocking_send(Message::Batch(full)).is_err() {
-                    return;
+                    Err(rej) => batch.rejects.push(sealed_reject(
+                        &sealer,
+                        &source.name,
+                        &raw,
+                        rej,
+                        keep_days,
+                    )),
                 }
             }
         }
-        progress
-            .bytes
-            .fetch_add(reader.bytes_read() - last_bytes, Ordering::Relaxed);
-        cursor = Path::new(file)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
+        if batch.len() >= batch_size {
+            progress.records.store(read, Ordering::Relaxed);
+            let b = stream.bytes_read();
+            progress.bytes.fetch_add(b - last_bytes, Ordering::Relaxed);
+            last_bytes = b;
+            let full = std::mem::replace(&mut batch, Batch::with_capacity(batch_size));
+            if tx.blocking_send(Message::Batch(full)).is_err() {
+                return;
+            }
+        }
     }
+    progress
+        .bytes
+        .fetch_add(stream.bytes_read() - last_bytes, Ordering::Relaxed);
     progress.records.store(read, Ordering::Relaxed);
     if batch.len() > 0 {
         let _ = tx.blocking_send(Message::Batch(batch));
     }
     let cursor = if source.mode == SourceMode::Incremental {
-        cursor
+        stream.cursor()
     } else {
         None
     };
@@ -379,33 +327,6 @@ async fn run_inner(
     } else {
         ctx.store.cursor(&source.name).await?
     };
-    let files = match source.kind {
-        SourceKind::XmlExport => deliveries(source, cursor.as_deref(), full),
-    };
-    let files = match files {
-        Ok(f) => f,
-        Err(msg) => {
-            ctx.store.fail_run(run, 0, &msg).await?;
-            return Ok(ctx.store.run(run).await?);
-        }
-    };
-    if files.is_empty() && !full {
-        // A quiet night for an incremental source: nothing new.
-        let rec = ctx
-            .store
-            .complete_run(
-                run,
-                Completion {
-                    read: 0,
-                    mode: RunMode::Incremental,
-                    cursor: None,
-                    guard: None,
-                    accept: false,
-                },
-            )
-            .await?;
-        return Ok(rec);
-    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(4);
     let producer = {
         let source = source.clone();
@@ -417,7 +338,7 @@ async fn run_inner(
             .name(format!("read-{}", source.name))
             .spawn(move || {
                 produce(
-                    source, files, mapper, sealer, keep, batch, cancel, progress, tx,
+                    source, cursor, full, mapper, sealer, keep, batch, cancel, progress, tx,
                 )
             })
             .map_err(|e| StoreError::db("spawn reader", e))?

@@ -1,0 +1,45 @@
+//! From a configured source to a stream of raw records: one module per connector kind, and
+//! one registration line per kind in [`open`].
+//!
+//! File kinds (XML export, CSV drop, iWmo messages) share [`files::FileDeliveries`]: a file,
+//! an HTTP(S) URL, or a folder (full: the newest file; incremental: every file named after
+//! the cursor, in name order). Paged kinds (REST/JSON, FHIR, SOAP, SQL) go through the shared
+//! runner in `matchpoint_connectors`.
+
+pub mod files;
+pub mod xml_export;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use matchpoint_connectors::RecordStream;
+
+use crate::config::{SourceConfig, SourceKind};
+
+/// What a run reads.
+pub struct Opened {
+    /// The delivery, record by record.
+    pub stream: Box<dyn RecordStream>,
+}
+
+/// Everything a connector may need to open a run's delivery.
+pub struct OpenContext<'a> {
+    /// The source.
+    pub source: &'a SourceConfig,
+    /// The committed cursor of the last successful run (`None` on a full run).
+    pub cursor: Option<&'a str>,
+    /// Whether the run is a full reconciliation.
+    pub full: bool,
+    /// Set on Ctrl-C; long waits (retries, backoff) must watch it.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Opens the delivery of one run. `Ok(None)`: an incremental source has nothing new (a quiet
+/// night). `Err`: the run fails with this message and nothing is published.
+///
+/// Runs on the run's reader thread.
+pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
+    match cx.source.kind {
+        SourceKind::XmlExport => xml_export::open(cx),
+    }
+}
