@@ -20,7 +20,13 @@ use super::{
 };
 use crate::failpoint;
 
-const MIGRATIONS: &[&str] = &[include_str!("postgres_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres_schema.sql"),
+    include_str!("postgres_users.sql"),
+];
+
+#[path = "lookup_postgres.rs"]
+mod lookup;
 
 /// Advisory lock (one-bigint key space) held while migrating, so concurrent opens serialise.
 const MIGRATION_LOCK: i64 = 0x4d50_5f53_4348_454d;

@@ -18,7 +18,13 @@ use super::{
 };
 use crate::failpoint;
 
-const MIGRATIONS: &[&str] = &[include_str!("sqlite_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sqlite_schema.sql"),
+    include_str!("sqlite_users.sql"),
+];
+
+#[path = "lookup_sqlite.rs"]
+mod lookup;
 
 /// Indexes on pseudonyms. (Relations *from* a person need no index of their own: they are
 /// found through the person's involvements and the relations' primary key.) Inserting many rows in random pseudonym order into them costs far
