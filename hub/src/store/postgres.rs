@@ -22,6 +22,9 @@ use crate::failpoint;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("postgres_schema.sql"),
+    // Audit trail (issue 4): self-contained, may be reordered with other new migrations.
+    include_str!("../audit/postgres_migration.sql"),
+    // API users and the shielded flag (issue 4, lookup API).
     include_str!("postgres_users.sql"),
 ];
 

@@ -20,6 +20,9 @@ use crate::failpoint;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("sqlite_schema.sql"),
+    // Audit trail (issue 4): self-contained, may be reordered with other new migrations.
+    include_str!("../audit/sqlite_migration.sql"),
+    // API users and the shielded flag (issue 4, lookup API).
     include_str!("sqlite_users.sql"),
 ];
 

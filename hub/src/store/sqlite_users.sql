@@ -1,4 +1,4 @@
--- Matchpoint schema, SQLite, version 2: API users and the shielded-person flag.
+-- Matchpoint schema, SQLite: API users and the shielded-person flag.
 -- Users of the lookup API. The token is stored only as its SHA-256 hash.
 CREATE TABLE users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
