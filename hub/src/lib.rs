@@ -11,7 +11,7 @@
 //! - [`api`]: the lookup service's JSON API (axum router).
 //! - [`failpoint`]: named pause points used by the crash-safety tests.
 
-// pub mod api; (enabled once the audit log is merged)
+pub mod api;
 pub mod audit;
 pub mod config;
 pub mod failpoint;
