@@ -180,26 +180,42 @@ pub struct LookupResponse {
     pub break_glass: bool,
 }
 
-/// True when `text` holds something that looks like a BSN: 8 or more digits, possibly split
-/// by spaces, dots or dashes (`123456782`, `1234.56.782`, `12 34 56 782`).
+/// True when `text` holds something that looks like a BSN: 9 or more digits, or 8 digits
+/// (an old BSN without its leading zero), possibly split by single spaces, dots or dashes
+/// (`123456782`, `1234.56.782`, `12 34 56 782`). Eight digits shaped like a date (4-2-2 or
+/// 2-2-4, as in `2024-01-31`) are allowed.
 pub fn looks_like_bsn(text: &str) -> bool {
-    let mut run = 0usize;
-    let mut pending_separator = false;
+    fn bsn_like(groups: &[usize]) -> bool {
+        let total: usize = groups.iter().sum();
+        total >= 9 || (total == 8 && !matches!(groups, [4, 2, 2] | [2, 2, 4]))
+    }
+    let mut groups: Vec<usize> = Vec::new();
+    let mut current = 0usize;
+    let mut after_separator = false;
     for c in text.chars() {
         if c.is_ascii_digit() {
-            run += 1;
-            pending_separator = false;
-            if run >= 8 {
+            current += 1;
+            after_separator = false;
+        } else if matches!(c, ' ' | '.' | '-') && current > 0 && !after_separator {
+            groups.push(current);
+            current = 0;
+            after_separator = true;
+        } else {
+            if current > 0 {
+                groups.push(current);
+                current = 0;
+            }
+            if bsn_like(&groups) {
                 return true;
             }
-        } else if matches!(c, ' ' | '.' | '-') && run > 0 && !pending_separator {
-            pending_separator = true;
-        } else {
-            run = 0;
-            pending_separator = false;
+            groups.clear();
+            after_separator = false;
         }
     }
-    false
+    if current > 0 {
+        groups.push(current);
+    }
+    bsn_like(&groups)
 }
 
 fn check_break_glass(reason: &BreakGlassReason) -> Result<(), String> {

@@ -47,7 +47,9 @@ async fn begin(
     what: &str,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<ListQuery, ApiError> {
-    caller.require(ROLES)?;
+    caller
+        .require_audited(state, ROLES, AuditAction::OperatorView)
+        .await?;
     let mut entry = caller.entry(AuditAction::OperatorView, AuditOutcome::Granted);
     entry.checks.extend(["role".to_owned(), format!("view:{what}")]);
     let q = query
