@@ -18,7 +18,10 @@ use super::{
 };
 use crate::failpoint;
 
-const MIGRATIONS: &[&str] = &[include_str!("sqlite_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sqlite_schema.sql"),
+    super::lease_sqlite::MIGRATION,
+];
 
 /// Indexes on pseudonyms. (Relations *from* a person need no index of their own: they are
 /// found through the person's involvements and the relations' primary key.) Inserting many rows in random pseudonym order into them costs far
@@ -133,6 +136,15 @@ impl SqliteStore {
                 staging_dir: PathBuf::from(staging_dir),
             }),
         })
+    }
+
+    /// Runs `f` on the connection on a blocking thread (for the store's sibling modules).
+    pub(super) async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with(move |conn, _| f(conn)).await
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
