@@ -220,7 +220,11 @@ fn due_since(
 }
 
 /// Whether a source should run now, and how; pure (the history comes from the store).
-pub fn decide(plan: &SourcePlan, history: &ScheduleHistory, now: DateTime<Utc>) -> Option<Decision> {
+pub fn decide(
+    plan: &SourcePlan,
+    history: &ScheduleHistory,
+    now: DateTime<Utc>,
+) -> Option<Decision> {
     let Some(last) = history.last_started else {
         return Some(Decision {
             full: plan.full_mode,
@@ -252,7 +256,11 @@ pub fn decide(plan: &SourcePlan, history: &ScheduleHistory, now: DateTime<Utc>) 
 }
 
 /// When the source will next be due after its history, if ever (now when never run).
-pub fn next_due(plan: &SourcePlan, history: &ScheduleHistory, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub fn next_due(
+    plan: &SourcePlan,
+    history: &ScheduleHistory,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let Some(last) = history.last_started else {
         return Some(now);
     };
@@ -269,7 +277,11 @@ pub fn next_due(plan: &SourcePlan, history: &ScheduleHistory, now: DateTime<Utc>
 
 /// Whether a source whose last successful run finished at `last_success` is stale at `now`:
 /// never succeeded, or longer ago than `stale_after`.
-pub fn is_stale(last_success: Option<DateTime<Utc>>, now: DateTime<Utc>, stale_after: Duration) -> bool {
+pub fn is_stale(
+    last_success: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+) -> bool {
     match last_success {
         None => true,
         Some(t) => now - t > stale_after,

@@ -200,7 +200,10 @@ impl<C: Clock> Scheduler<C> {
             }
         };
         let Some(decision) = decide(plan, &history, self.clock.now()) else {
-            info!(source = name, "Source was run by another instance meanwhile; skipped.");
+            info!(
+                source = name,
+                "Source was run by another instance meanwhile; skipped."
+            );
             self.release(name).await;
             return Ok(Action::AlreadyRun);
         };
