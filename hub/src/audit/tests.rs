@@ -288,7 +288,7 @@ async fn group_commit_batches_fifty_concurrent_appends_into_few_transactions() {
         }
         let commits = log.commits() - before;
         assert!(
-            commits < 50 && commits <= 2,
+            commits <= 2,
             "{}: 50 appends took {commits} transactions",
             t.name
         );
