@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to one module per command.
 
+mod audit;
 mod demo;
 mod output;
 mod runs;
@@ -133,6 +134,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify the audit trail's hash chain or make a signed checkpoint of it.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: audit::AuditCommand,
+    },
     /// First-time experience on SQLite: key, synthetic data, config, sync and summary, all
     /// under one folder.
     Demo {
@@ -222,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs::stats(&env, json).await
         }
         Command::Demo { dir, persons, seed } => demo::demo(&dir, persons, seed).await,
+        Command::Audit { config, action } => audit::run(&config.config, action).await,
     }
 }
 
