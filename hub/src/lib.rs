@@ -7,8 +7,11 @@
 //! - [`sources`]: one module per connector kind, from a configured source to raw records.
 //! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
 //! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
+//! - [`users`]: API users, roles and bearer tokens.
+//! - [`api`]: the lookup service's JSON API (axum router).
 //! - [`failpoint`]: named pause points used by the crash-safety tests.
 
+pub mod api;
 pub mod audit;
 pub mod config;
 pub mod failpoint;
@@ -16,3 +19,4 @@ pub mod generate;
 pub mod sources;
 pub mod store;
 pub mod sync;
+pub mod users;

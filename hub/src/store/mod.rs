@@ -8,6 +8,7 @@
 //! [`Store::complete_run`] compares, applies and records the run in one transaction.
 
 mod codec;
+pub mod lookup;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
