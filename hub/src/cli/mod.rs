@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to one module per command.
 
+mod audit;
 mod demo;
 mod output;
 mod run;
@@ -148,6 +149,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify the audit trail's hash chain or make a signed checkpoint of it.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: audit::AuditCommand,
+    },
     /// Serve the lookup API (JSON under /api/v1; OpenAPI at /api/v1/openapi.json).
     Serve {
         #[command(flatten)]
@@ -261,6 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load_store_only(&config.config).await?;
             runs::stats(&env, json).await
         }
+        Command::Audit { config, action } => audit::run(&config.config, action).await,
         Command::Serve { config, listen } => serve::serve(&config.config, listen).await,
         Command::Users { config, action } => users::users(&config.config, action).await,
         Command::Demo {
