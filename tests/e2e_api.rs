@@ -126,7 +126,16 @@ fn the_audit_entry_of_a_200_survives_sigkill_and_the_server_log_holds_no_bsn() {
     assert!(out.status.success(), "sync: {}", stderr(&out));
     let (prof_id, prof) = add_user(&install, "professional", "SD-NOORD");
     let (_, officer) = add_user(&install, "privacy_officer", "GGD-AMS");
-    let bad = install.mp(&["users", "add", "--name", "x", "--role", "root", "--organisation", "GGD-AMS"]);
+    let bad = install.mp(&[
+        "users",
+        "add",
+        "--name",
+        "x",
+        "--role",
+        "root",
+        "--organisation",
+        "GGD-AMS",
+    ]);
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("unknown role"), "{}", stderr(&bad));
     let listed = install.mp(&["users", "list", "--json"]);
@@ -169,7 +178,11 @@ fn the_audit_entry_of_a_200_survives_sigkill_and_the_server_log_holds_no_bsn() {
     // A disabled user's token is refused from then on (the change is audited).
     let out = install.mp(&["users", "disable", &prof_id.to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let (status, _, _) = server.post(&prof, "/api/v1/lookups", json!({ "bsn": bsn, "purpose": "intake" }));
+    let (status, _, _) = server.post(
+        &prof,
+        "/api/v1/lookups",
+        json!({ "bsn": bsn, "purpose": "intake" }),
+    );
     assert_eq!(status, 401);
     let (_, _, mgmt) = server.post(
         &officer,
@@ -202,6 +215,10 @@ fn the_audit_entry_of_a_200_survives_sigkill_and_the_server_log_holds_no_bsn() {
             .into_iter()
             .filter(|d| bsn_set.contains(d))
             .collect();
-        assert!(leaked.is_empty(), "{} BSNs reached the server log", leaked.len());
+        assert!(
+            leaked.is_empty(),
+            "{} BSNs reached the server log",
+            leaked.len()
+        );
     }
 }

@@ -160,7 +160,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/audit/break-glass/{seq}/reviews",
             post(privacy::review),
         )
-        .route("/api/v1/audit/subject-access", post(privacy::subject_access))
+        .route(
+            "/api/v1/audit/subject-access",
+            post(privacy::subject_access),
+        )
         .route("/api/v1/audit/verify", get(privacy::verify))
         .route("/api/v1/sync/runs", get(operator::runs))
         .route("/api/v1/sync/quarantine", get(operator::quarantine))
@@ -189,7 +192,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store().ping().await;
     let fresh = state.store().source_freshness().await;
     match (store, fresh) {
-        (Ok(()), Ok(sources)) => Json(json!({ "status": "ready", "sources": sources })).into_response(),
+        (Ok(()), Ok(sources)) => {
+            Json(json!({ "status": "ready", "sources": sources })).into_response()
+        }
         (Err(error), _) | (_, Err(error)) => {
             tracing::warn!(%error, "Readiness check failed.");
             (
@@ -204,8 +209,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 fn valid_request_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
