@@ -28,6 +28,8 @@ pub enum AuditAction {
     OperatorView,
     /// Entries removed at the end of their retention (the privileged path).
     RetentionPurge,
+    /// A signed checkpoint of the chain was made (CLI or API).
+    AuditCheckpoint,
 }
 
 /// How the request ended.
@@ -98,7 +100,7 @@ pub struct AuditEntry {
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 11] = [
         AuditAction::Lookup,
         AuditAction::BreakGlassLookup,
         AuditAction::AuditSearch,
@@ -109,6 +111,7 @@ impl AuditAction {
         AuditAction::UserManagement,
         AuditAction::OperatorView,
         AuditAction::RetentionPurge,
+        AuditAction::AuditCheckpoint,
     ];
 
     /// Stored code (the same as the JSON form).
@@ -124,6 +127,7 @@ impl AuditAction {
             AuditAction::UserManagement => "user_management",
             AuditAction::OperatorView => "operator_view",
             AuditAction::RetentionPurge => "retention_purge",
+            AuditAction::AuditCheckpoint => "audit_checkpoint",
         }
     }
 

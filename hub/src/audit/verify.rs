@@ -29,6 +29,21 @@ pub enum FailureKind {
     HeadMismatch,
 }
 
+impl FailureKind {
+    /// The code (as in the JSON form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Changed => "changed",
+            FailureKind::Removed => "removed",
+            FailureKind::Reordered => "reordered",
+            FailureKind::Truncated => "truncated",
+            FailureKind::CheckpointMismatch => "checkpoint_mismatch",
+            FailureKind::AnchorInvalid => "anchor_invalid",
+            FailureKind::HeadMismatch => "head_mismatch",
+        }
+    }
+}
+
 /// The first problem found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyFailure {

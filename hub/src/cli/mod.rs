@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to one module per command.
 
+mod audit;
 mod demo;
 mod output;
 mod runs;
@@ -150,6 +151,13 @@ pub enum Command {
         #[command(subcommand)]
         action: users::UsersAction,
     },
+    /// Verify the audit trail's hash chain or make a signed checkpoint of it.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: audit::AuditCommand,
+    },
     /// First-time experience on SQLite: key, synthetic data, config, sync and summary, all
     /// under one folder; then serves the lookup API with demo users.
     Demo {
@@ -253,6 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             no_serve,
         } => demo::demo(&dir, persons, seed, (!no_serve).then_some(listen)).await,
+        Command::Audit { config, action } => audit::run(&config.config, action).await,
     }
 }
 

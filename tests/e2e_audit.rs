@@ -1,0 +1,95 @@
+//! End-to-end: `matchpoint audit checkpoint` and `audit verify` through the real binary on
+//! SQLite — a clean trail verifies, tampering done directly in the database makes `verify`
+//! exit non-zero and name the entry, and both commands leave their own audit entry.
+
+mod common;
+
+use common::{Install, stderr, stdout};
+
+fn verify_json(inst: &Install, checkpoint: Option<&str>) -> (bool, serde_json::Value) {
+    let mut args = vec!["audit", "verify", "--json"];
+    if let Some(cp) = checkpoint {
+        args.extend(["--checkpoint", cp]);
+    }
+    let out = inst.mp(&args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify --json output: {e}\n{}", stderr(&out)));
+    (out.status.success(), v)
+}
+
+#[test]
+fn verify_and_checkpoint_detect_tampering_and_audit_themselves() {
+    let inst = Install::new(20, 3, 0.0);
+    let out = inst.mp(&["audit", "checkpoint", "--out", "cp1.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = inst.mp(&["audit", "checkpoint"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(inst.path("cp2.json"), stdout(&out)).expect("write");
+    let out = inst.mp(&["audit", "verify", "--checkpoint", "cp2.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("checkpoint matches"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Every command left one entry with role `cli`: 2 checkpoints + 1 verify so far.
+    let conn = rusqlite::Connection::open(inst.db()).expect("open");
+    let actions: Vec<(String, String)> = conn
+        .prepare("SELECT role, action FROM audit_log ORDER BY seq")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .expect("entries");
+    let expected: Vec<(String, String)> = ["audit_checkpoint", "audit_checkpoint", "audit_verify"]
+        .iter()
+        .map(|a| ("cli".to_owned(), (*a).to_owned()))
+        .collect();
+    assert_eq!(actions, expected);
+
+    // The trigger refuses a plain UPDATE; an attacker drops it first.
+    assert!(
+        conn.execute("UPDATE audit_log SET role = 'admin' WHERE seq = 2", [])
+            .is_err()
+    );
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET role = 'admin' WHERE seq = 2;",
+    )
+    .expect("tamper");
+    let out = inst.mp(&["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("FAILED at entry 2 (changed)"),
+        "{}",
+        stderr(&out)
+    );
+    let (ok, v) = verify_json(&inst, None);
+    assert!(!ok);
+    assert_eq!(v["failure"]["seq"], 2, "{v}");
+    assert_eq!(v["failure"]["kind"], "changed", "{v}");
+    conn.execute_batch("UPDATE audit_log SET role = 'cli' WHERE seq = 2;")
+        .expect("restore");
+    let (ok, v) = verify_json(&inst, Some("cp2.json"));
+    assert!(ok, "{v}");
+
+    // Truncate the tail and fix the head: only the checkpoint reveals it.
+    let head: String = conn
+        .query_row("SELECT hash FROM audit_log WHERE seq = 1", [], |r| r.get(0))
+        .expect("hash");
+    conn.execute_batch(&format!(
+        "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 1; \
+         UPDATE audit_head SET seq = 1, hash = '{head}' WHERE id = 1;"
+    ))
+    .expect("truncate");
+    let (ok, v) = verify_json(&inst, Some("cp2.json"));
+    assert!(!ok, "{v}");
+    assert_eq!(v["failure"]["kind"], "truncated", "{v}");
+    assert_eq!(v["failure"]["seq"], 2, "{v}");
+
+    // A checkpoint that was edited is refused outright.
+    let edited = std::fs::read_to_string(inst.path("cp2.json"))
+        .expect("read")
+        .replace("\"size\":2", "\"size\":1");
+    std::fs::write(inst.path("cp3.json"), edited).expect("write");
+    let out = inst.mp(&["audit", "verify", "--checkpoint", "cp3.json"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("signature"), "{}", stderr(&out));
+}
