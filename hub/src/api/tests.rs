@@ -94,7 +94,7 @@ struct People {
     child: String,
     /// Unrelated: GGZ-AMSTELSTAD active, OKC-OOST active (no coordinator).
     other: String,
-    /// Shielded: OKC-WEST active.
+    /// Shielded (delivered so by the source): OKC-WEST active.
     shielded: String,
     /// Never indexed.
     unknown: String,
@@ -141,6 +141,7 @@ fn inv(
         status,
         coordinator,
         sensitive,
+        shielded: record == "R6",
         purge_after: None,
         source: "okc-2".into(),
         source_record_id: record.to_owned(),
@@ -260,28 +261,6 @@ impl Fx {
             )
             .await
             .expect("publish");
-        // The mapping does not deliver `shielded` yet: set it as a source would.
-        let shielded = key
-            .pseudonymiser(KeyPurpose::Index)
-            .pseudonymise(&Bsn::parse(&people.shielded).expect("bsn"));
-        exec(
-            &url,
-            &format!(
-                "UPDATE involvements SET shielded = {} WHERE person = {}",
-                if url.starts_with("sqlite") {
-                    "1"
-                } else {
-                    "true"
-                },
-                if url.starts_with("sqlite") {
-                    format!("X'{}'", shielded.to_hex())
-                } else {
-                    format!("'\\x{}'::bytea", shielded.to_hex())
-                }
-            ),
-        )
-        .await;
-
         let mut tokens = HashMap::new();
         for (name, role, org) in [
             ("parent_org", Role::Professional, "WPI-AMS"),
