@@ -222,3 +222,103 @@ fn the_audit_entry_of_a_200_survives_sigkill_and_the_server_log_holds_no_bsn() {
         );
     }
 }
+
+/// One printed curl line: (url, token, body).
+fn parse_curl(line: &str) -> (String, String, Option<String>) {
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("url")
+        .to_owned();
+    let token = line
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("token")
+        .to_owned();
+    let body = line
+        .split(" -d '")
+        .nth(1)
+        .and_then(|r| r.strip_suffix('\''))
+        .map(str::to_owned);
+    (url, token, body)
+}
+
+#[test]
+fn the_demo_serves_and_its_printed_requests_give_granted_refused_and_break_the_glass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["demo", "--persons", "300", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("MATCHPOINT_LOG", "debug")
+        .env_remove("MATCHPOINT_KEY_FILE")
+        .env_remove("MATCHPOINT_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn demo");
+    let mut err = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut printed = String::new();
+    let mut curls = Vec::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).expect("read") == 0 {
+            panic!("the demo ended before printing its requests:\n{printed}");
+        }
+        printed.push_str(&line);
+        if line.starts_with("curl -s") {
+            curls.push(line.trim_end().to_owned());
+        }
+        if line.starts_with("# The API description") {
+            break;
+        }
+    }
+    assert!(curls.len() >= 5, "{printed}");
+    let client = reqwest::blocking::Client::new();
+    let mut statuses = Vec::new();
+    for line in &curls[..3] {
+        let (url, token, body) = parse_curl(line);
+        let resp = client
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.expect("a body"))
+            .send()
+            .expect("send");
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 403, 200],
+        "granted, refused, break-the-glass"
+    );
+    for line in &curls[3..5] {
+        let (url, token, _) = parse_curl(line);
+        let resp = client.get(url).bearer_auth(token).send().expect("send");
+        assert_eq!(resp.status().as_u16(), 200, "{line}");
+    }
+    // Ctrl-C stops it cleanly.
+    let int = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(int.success());
+    let status = child.wait().expect("wait");
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("Stopped."), "{rest}");
+    // The generated BSNs may be printed on the terminal, never in the log.
+    let log = log.join().expect("log");
+    let bsns = export_bsns(&dir.path().join("matchpoint-demo/data/okc-2/export.xml"));
+    assert!(
+        nine_digit_runs(&log).iter().all(|d| !bsns.contains(d)),
+        "no BSN in the demo's log"
+    );
+}

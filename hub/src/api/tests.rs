@@ -245,9 +245,23 @@ impl Fx {
                 vec![],
             ),
         ];
-        let n = records.len() as u64;
+        // Three rejected records, one per data-quality category.
+        let reject = |i: u64, code: &str, field: &str| crate::store::QuarantineEntry {
+            record_index: i,
+            reason_code: code.to_owned(),
+            reason: format!("test {code}"),
+            field: Some(field.to_owned()),
+            source_record_id: Some(format!("Q{i}")),
+            ..Default::default()
+        };
+        let rejects = vec![
+            reject(7, "invalid_bsn", "client/bsn"),
+            reject(8, "missing_field", "contactpersoon/naam"),
+            reject(9, "unknown_code", "domein"),
+        ];
+        let n = records.len() as u64 + 3;
         let run = store.begin_run("okc-2", RunMode::Full).await.expect("run");
-        store.stage(run, records, vec![]).await.expect("stage");
+        store.stage(run, records, rejects).await.expect("stage");
         store
             .complete_run(
                 run,
@@ -943,6 +957,66 @@ async fn authorisation_matrix_every_role_on_every_endpoint() {
             assert_eq!(status, StatusCode::OK, "{method} {path}");
         }
     }
+}
+
+#[tokio::test]
+async fn operators_see_runs_quarantine_and_the_share_of_each_defect_per_run() {
+    let fx = Fx::sqlite(17).await;
+    let (status, q) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/quality?source=okc-2",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    let run = &q[0];
+    assert_eq!(run["read"], 9);
+    assert_eq!(run["rejected"], 3);
+    for (count, share) in [
+        ("invalid_bsn", "invalid_bsn_share"),
+        ("missing_contact", "missing_contact_share"),
+        ("unknown_code", "unknown_code_share"),
+    ] {
+        assert_eq!(run[count], 1, "{count}: {run}");
+        let s = run[share].as_f64().expect("share");
+        assert!((s - 1.0 / 9.0).abs() < 1e-9, "{share}: {s}");
+    }
+    let (status, list) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/quarantine",
+            Some("admin"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    let (status, runs) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/runs?limit=5",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(runs[0]["status"], "succeeded", "{runs}");
+    let (status, _) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/runs?limit=0",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fx.last_entry().await.entry.outcome, AuditOutcome::Invalid);
 }
 
 #[tokio::test]
