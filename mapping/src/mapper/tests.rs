@@ -180,8 +180,16 @@ fn a_mapped_shielded_flag_marks_the_involvement_and_an_unknown_code_is_rejected(
     let spec = MappingSpec::parse(&text, "okc-2.toml").expect("spec");
     let registry = Arc::new(Registry::parse(REGISTRY, "reg").expect("registry"));
     let key = MasterKey::from_secret("k1", &[9u8; 32]).expect("key");
-    let m = Mapper::new("okc-2", spec, registry, key.pseudonymiser(KeyPurpose::Index));
-    assert!(!m.map(&good()).expect("maps").shielded, "absent: not shielded");
+    let m = Mapper::new(
+        "okc-2",
+        spec,
+        registry,
+        key.pseudonymiser(KeyPurpose::Index),
+    );
+    assert!(
+        !m.map(&good()).expect("maps").shielded,
+        "absent: not shielded"
+    );
     let shielded = with(good(), "client/@afgeschermd", Some("ja"));
     assert!(m.map(&shielded).expect("maps").shielded);
     let unknown = with(good(), "client/@afgeschermd", Some("misschien"));
