@@ -1457,3 +1457,122 @@ async fn captured_logs_of_the_api_tests_never_contain_a_looked_up_bsn() {
         );
     }
 }
+
+/// A fixture on a fresh PostgreSQL database, or `None` (with a SKIPPED line) without one.
+async fn pg_fx(offset: u32) -> Option<(Fx, String, String)> {
+    let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "PostgreSQL API test SKIPPED: set {POSTGRES_URL_VAR}"
+        );
+        return None;
+    };
+    use sqlx::Connection;
+    let database = format!("mp_api_{:08x}", rand::random::<u32>());
+    let mut c = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("admin");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut c)
+        .await
+        .expect("create database");
+    let _ = c.close().await;
+    let (base, _) = admin_url.rsplit_once('/').expect("url with a database");
+    let url = format!("{base}/{database}");
+    let fx = Fx::with_url(tempfile::tempdir().expect("tempdir"), url, offset).await;
+    Some((fx, admin_url, database))
+}
+
+async fn drop_pg(admin_url: &str, database: &str) {
+    use sqlx::Connection;
+    if let Ok(mut c) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&mut c)
+        .await;
+        let _ = c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_rules_hold_on_postgresql_too() {
+    let Some((fx, admin_url, database)) = pg_fx(18).await else {
+        return;
+    };
+    // Household, both directions.
+    let (status, v) = fx
+        .lookup(
+            "parent_org",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(orgs(&v), ["JH-KOERS", "OKC-ZUID"]);
+    assert_eq!(
+        household_orgs(&v),
+        [("parent".to_owned(), "WPI-AMS".to_owned())]
+    );
+    let koers = v["involvements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["organisation"]["code"] == "JH-KOERS")
+        .expect("listed")
+        .clone();
+    assert_eq!(koers["restricted"], true);
+    assert_eq!(koers["goal"], Value::Null);
+    // Identical refusals.
+    let mut bodies = Vec::new();
+    for bsn in [&fx.people.child, &fx.people.unknown] {
+        let (status, _, body) = fx
+            .call_raw(
+                Method::POST,
+                "/api/v1/lookups",
+                Some("outsider"),
+                Some(json!({ "bsn": bsn, "purpose": "coordinating_care" })),
+                &[],
+                true,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    // Break-the-glass, and never for the shielded person (flag published by the pipeline).
+    let glass = |bsn: &str| {
+        json!({ "bsn": bsn, "purpose": "safety_assessment",
+                "break_glass_reason": { "code": "acute_safety", "justification": "Acute danger at home" } })
+    };
+    let (status, v) = fx.lookup("outsider", glass(&fx.people.other)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["break_glass"], true);
+    let (status, _) = fx.lookup("outsider", glass(&fx.people.shielded)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Data quality.
+    let (status, q) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/quality",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(q[0]["missing_contact"], 1, "{q}");
+    // Subject access.
+    let (status, r) = fx
+        .call(
+            Method::POST,
+            "/api/v1/audit/subject-access",
+            Some("privacy_officer"),
+            Some(json!({ "bsn": fx.people.child })),
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(r["accesses"].as_array().map(Vec::len), Some(2), "{r}");
+    drop(fx);
+    drop_pg(&admin_url, &database).await;
+}
