@@ -1369,14 +1369,15 @@ async fn lookups_fail_closed_on_postgresql_when_insert_on_the_audit_table_is_rev
     assert_lookups_fail_closed(&limited).await;
     drop(limited);
     drop(owner);
+    drop_pg(&admin_url, &database).await;
+    // Separate statements: DROP DATABASE cannot share an implicit transaction.
     let mut c = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("admin");
-    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database} WITH (FORCE); DROP ROLE IF EXISTS {role}"
-    )))
-    .execute(&mut c)
-    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&mut c)
+        .await
+        .expect("drop role");
     let _ = c.close().await;
 }
 
