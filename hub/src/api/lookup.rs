@@ -315,11 +315,10 @@ pub async fn lookup(
     entry.purpose = purpose;
     entry.subject = Some(subject);
     entry.subject_key_id = Some(subject_key_id);
-    let loaded = async {
-        let relations = state.store().person_relations(person.clone()).await?;
+    let loaded = state.store().household_rows(person.clone()).await.map(|h| {
         // One relation kind per member: parent/child win over household_member.
         let mut members: BTreeMap<Vec<u8>, String> = BTreeMap::new();
-        for r in relations {
+        for r in h.relations {
             if r.other == person {
                 continue;
             }
@@ -328,19 +327,13 @@ pub async fn lookup(
                 *slot = r.kind;
             }
         }
-        let mut wanted = vec![person.clone()];
-        wanted.extend(members.keys().cloned());
-        let rows = state.store().person_involvements(wanted).await?;
-        let fresh: HashMap<String, Option<DateTime<Utc>>> = state
-            .store()
-            .source_freshness()
-            .await?
+        let fresh: HashMap<String, Option<DateTime<Utc>>> = h
+            .freshness
             .into_iter()
             .map(|f| (f.source, f.last_success_at))
             .collect();
-        Ok::<_, crate::store::StoreError>((members, rows, fresh))
-    }
-    .await;
+        (members, h.rows, fresh)
+    });
     let (members, rows, fresh) = match loaded {
         Ok(l) => l,
         Err(error) => {
