@@ -160,6 +160,18 @@ impl Mapper {
             })?,
             None => false,
         };
+        let shielded = match self.opt(raw, &f.shielded) {
+            Some(code) => *self.spec.shielded.get(code).ok_or_else(|| {
+                Rejection::at(
+                    f.shielded.as_deref().unwrap_or("shielded"),
+                    RejectReason::UnknownCode {
+                        table: "shielded",
+                        code: code.to_owned(),
+                    },
+                )
+            })?,
+            None => false,
+        };
 
         let mut relations = Vec::new();
         if let Some(rp) = &self.spec.relations {
@@ -221,6 +233,7 @@ impl Mapper {
             status,
             coordinator,
             sensitive: self.spec.sensitive_domains.contains(&life_domain),
+            shielded,
             purge_after,
             source: self.source.clone(),
             source_record_id: record_id.to_owned(),

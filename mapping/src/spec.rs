@@ -62,6 +62,10 @@ pub struct FieldPaths {
     /// Coordinator flag (looked up in `codes.coordinator`).
     #[serde(default)]
     pub coordinator: Option<String>,
+    /// Shielded-person flag (looked up in `codes.shielded`): a shielded person is never
+    /// answered through break-the-glass. Absent: not shielded.
+    #[serde(default)]
+    pub shielded: Option<String>,
 }
 
 /// Where relations to other persons are found.
@@ -137,6 +141,9 @@ pub struct CodeTables {
     /// Source coordinator flag → true/false.
     #[serde(default)]
     pub coordinator: BTreeMap<String, bool>,
+    /// Source shielded flag → true/false.
+    #[serde(default)]
+    pub shielded: BTreeMap<String, bool>,
 }
 
 /// Which involvements are sensitive.
@@ -193,6 +200,8 @@ pub struct MappingSpec {
     pub relation_kinds: BTreeMap<String, RelationKind>,
     /// Source coordinator flag → bool.
     pub coordinator: BTreeMap<String, bool>,
+    /// Source shielded flag → bool.
+    pub shielded: BTreeMap<String, bool>,
     /// Sensitive life domains.
     pub sensitive_domains: Vec<LifeDomain>,
     /// Defaults.
@@ -293,6 +302,11 @@ impl MappingSpec {
                 "{origin}: fields.status is mapped but the code table [codes.status] is missing"
             ));
         }
+        if file.fields.shielded.is_some() && file.codes.shielded.is_empty() {
+            problems.push(format!(
+                "{origin}: fields.shielded is mapped but the code table [codes.shielded] is missing"
+            ));
+        }
         if file.fields.coordinator.is_some() && file.codes.coordinator.is_empty() {
             problems.push(format!(
                 "{origin}: fields.coordinator is mapped but the code table [codes.coordinator] is missing"
@@ -341,6 +355,7 @@ impl MappingSpec {
             &file.fields.end_date,
             &file.fields.status,
             &file.fields.coordinator,
+            &file.fields.shielded,
         ]
         .into_iter()
         .flatten()
@@ -372,6 +387,7 @@ impl MappingSpec {
             statuses,
             relation_kinds,
             coordinator: file.codes.coordinator,
+            shielded: file.codes.shielded,
             sensitive_domains,
             defaults: file.defaults,
             origin: origin.to_owned(),

@@ -232,6 +232,9 @@ pub struct Involvement {
     pub coordinator: bool,
     /// Marked sensitive by the mapping (shelters, addiction care, domestic violence).
     pub sensitive: bool,
+    /// The person is shielded (e.g. a protected address): the lookup service never answers
+    /// for them through break-the-glass. Delivered by the mapping's `shielded` field.
+    pub shielded: bool,
     /// The day after which retention removes this record, when it can be computed.
     pub purge_after: Option<NaiveDate>,
     /// The source system's configured name.
@@ -268,6 +271,10 @@ impl Involvement {
         put(self.status.as_str().as_bytes());
         put(&[u8::from(self.coordinator), u8::from(self.sensitive)]);
         put(opt(&self.purge_after.map(|d| d.to_string())).as_bytes());
+        // Only when set, so hashes of records published before the flag existed stay valid.
+        if self.shielded {
+            put(b"shielded");
+        }
         let mut rels = self.relations.clone();
         rels.sort();
         for r in &rels {

@@ -240,6 +240,18 @@ fn check_break_glass(reason: &BreakGlassReason) -> Result<(), String> {
     Ok(())
 }
 
+/// The 400 message for a BSN that does not parse; never holds the digits.
+pub fn bsn_message(e: matchpoint_schemas::BsnError) -> String {
+    match e {
+        matchpoint_schemas::BsnError::Elfproef => {
+            "The BSN fails the elfproef (the check on its digits); check the number. It is \
+             not repeated here."
+                .to_owned()
+        }
+        other => format!("The BSN is malformed: {other}. It is not repeated here."),
+    }
+}
+
 fn codes(list: &[(&str, &str)]) -> String {
     list.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
 }
@@ -280,13 +292,7 @@ pub async fn lookup(
     let bsn = match Bsn::parse(&req.bsn) {
         Ok(b) => b,
         Err(e) => {
-            let (entry, error) = invalid(
-                format!(
-                    "The BSN fails the elfproef or is malformed ({e}); check the number. It is \
-                     not repeated here."
-                ),
-                purpose,
-            );
+            let (entry, error) = invalid(bsn_message(e), purpose);
             state.record(entry).await?;
             return Err(error);
         }
@@ -304,21 +310,39 @@ pub async fn lookup(
 
     let person = state.index_pseudonym(&bsn);
     drop(bsn);
-    let relations = state.store().person_relations(person.clone()).await?;
-    // One relation kind per member: parent/child win over household_member.
-    let mut members: BTreeMap<Vec<u8>, String> = BTreeMap::new();
-    for r in relations {
-        if r.other == person {
-            continue;
+    let mut entry = caller.entry(AuditAction::Lookup, AuditOutcome::Granted);
+    entry.checks.push("role".to_owned());
+    entry.purpose = purpose;
+    entry.subject = Some(subject);
+    entry.subject_key_id = Some(subject_key_id);
+    let loaded = state.store().household_rows(person.clone()).await.map(|h| {
+        // One relation kind per member: parent/child win over household_member.
+        let mut members: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+        for r in h.relations {
+            if r.other == person {
+                continue;
+            }
+            let slot = members.entry(r.other).or_insert_with(|| r.kind.clone());
+            if slot == "household_member" {
+                *slot = r.kind;
+            }
         }
-        let slot = members.entry(r.other).or_insert_with(|| r.kind.clone());
-        if slot == "household_member" {
-            *slot = r.kind;
+        let fresh: HashMap<String, Option<DateTime<Utc>>> = h
+            .freshness
+            .into_iter()
+            .map(|f| (f.source, f.last_success_at))
+            .collect();
+        (members, h.rows, fresh)
+    });
+    let (members, rows, fresh) = match loaded {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, "Lookup failed in the store.");
+            entry.outcome = AuditOutcome::Error;
+            state.record(entry).await?;
+            return Err(ApiError::Internal);
         }
-    }
-    let mut wanted = vec![person.clone()];
-    wanted.extend(members.keys().cloned());
-    let rows = state.store().person_involvements(wanted).await?;
+    };
     let org = caller.user.organisation.as_str();
     let involved_with = |p: &[u8]| {
         rows.iter()
@@ -332,11 +356,6 @@ pub async fn lookup(
         None
     };
 
-    let mut entry = caller.entry(AuditAction::Lookup, AuditOutcome::Granted);
-    entry.checks.push("role".to_owned());
-    entry.purpose = purpose;
-    entry.subject = Some(subject);
-    entry.subject_key_id = Some(subject_key_id);
     let break_glass = match (relationship, &req.break_glass_reason) {
         (Some(rel), _) => {
             entry.checks.push(rel.to_owned());
@@ -364,13 +383,6 @@ pub async fn lookup(
         }
     };
 
-    let fresh: HashMap<String, Option<DateTime<Utc>>> = state
-        .store()
-        .source_freshness()
-        .await?
-        .into_iter()
-        .map(|f| (f.source, f.last_success_at))
-        .collect();
     let view = |r: &LookupRow| involvement_view(&state, org, &fresh, r);
     let own: Vec<InvolvementView> = rows
         .iter()

@@ -150,12 +150,7 @@ fn audit_failed(error: crate::audit::AuditError) -> ApiError {
 }
 
 fn parse_bsn(text: &str) -> Result<Bsn, ApiError> {
-    Bsn::parse(text).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "The BSN fails the elfproef or is malformed ({e}); check the number. It is not \
-             repeated here."
-        ))
-    })
+    Bsn::parse(text).map_err(|e| ApiError::BadRequest(super::lookup::bsn_message(e)))
 }
 
 /// `POST /api/v1/audit/search`.

@@ -94,7 +94,7 @@ struct People {
     child: String,
     /// Unrelated: GGZ-AMSTELSTAD active, OKC-OOST active (no coordinator).
     other: String,
-    /// Shielded: OKC-WEST active.
+    /// Shielded (delivered so by the source): OKC-WEST active.
     shielded: String,
     /// Never indexed.
     unknown: String,
@@ -141,6 +141,7 @@ fn inv(
         status,
         coordinator,
         sensitive,
+        shielded: record == "R6",
         purge_after: None,
         source: "okc-2".into(),
         source_record_id: record.to_owned(),
@@ -244,9 +245,23 @@ impl Fx {
                 vec![],
             ),
         ];
-        let n = records.len() as u64;
+        // Three rejected records, one per data-quality category.
+        let reject = |i: u64, code: &str, field: &str| crate::store::QuarantineEntry {
+            record_index: i,
+            reason_code: code.to_owned(),
+            reason: format!("test {code}"),
+            field: Some(field.to_owned()),
+            source_record_id: Some(format!("Q{i}")),
+            ..Default::default()
+        };
+        let rejects = vec![
+            reject(7, "invalid_bsn", "client/bsn"),
+            reject(8, "missing_field", "contactpersoon/naam"),
+            reject(9, "unknown_code", "domein"),
+        ];
+        let n = records.len() as u64 + 3;
         let run = store.begin_run("okc-2", RunMode::Full).await.expect("run");
-        store.stage(run, records, vec![]).await.expect("stage");
+        store.stage(run, records, rejects).await.expect("stage");
         store
             .complete_run(
                 run,
@@ -260,28 +275,6 @@ impl Fx {
             )
             .await
             .expect("publish");
-        // The mapping does not deliver `shielded` yet: set it as a source would.
-        let shielded = key
-            .pseudonymiser(KeyPurpose::Index)
-            .pseudonymise(&Bsn::parse(&people.shielded).expect("bsn"));
-        exec(
-            &url,
-            &format!(
-                "UPDATE involvements SET shielded = {} WHERE person = {}",
-                if url.starts_with("sqlite") {
-                    "1"
-                } else {
-                    "true"
-                },
-                if url.starts_with("sqlite") {
-                    format!("X'{}'", shielded.to_hex())
-                } else {
-                    format!("'\\x{}'::bytea", shielded.to_hex())
-                }
-            ),
-        )
-        .await;
-
         let mut tokens = HashMap::new();
         for (name, role, org) in [
             ("parent_org", Role::Professional, "WPI-AMS"),
@@ -812,7 +805,15 @@ async fn authorisation_matrix_every_role_on_every_endpoint() {
     let review = json!({ "verdict": "needs_follow_up", "note": "Asked the team for context" });
     let review_path = format!("/api/v1/audit/break-glass/{review_seq}/reviews");
     // (method, path, body, roles allowed, success status, audited for authenticated callers)
-    let endpoints: Vec<(Method, &str, Option<Value>, Vec<&str>, StatusCode, bool)> = vec![
+    type Endpoint<'a> = (
+        Method,
+        &'a str,
+        Option<Value>,
+        Vec<&'a str>,
+        StatusCode,
+        bool,
+    );
+    let endpoints: Vec<Endpoint<'_>> = vec![
         (
             Method::GET,
             "/api/v1/me",
@@ -956,6 +957,66 @@ async fn authorisation_matrix_every_role_on_every_endpoint() {
             assert_eq!(status, StatusCode::OK, "{method} {path}");
         }
     }
+}
+
+#[tokio::test]
+async fn operators_see_runs_quarantine_and_the_share_of_each_defect_per_run() {
+    let fx = Fx::sqlite(17).await;
+    let (status, q) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/quality?source=okc-2",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    let run = &q[0];
+    assert_eq!(run["read"], 9);
+    assert_eq!(run["rejected"], 3);
+    for (count, share) in [
+        ("invalid_bsn", "invalid_bsn_share"),
+        ("missing_contact", "missing_contact_share"),
+        ("unknown_code", "unknown_code_share"),
+    ] {
+        assert_eq!(run[count], 1, "{count}: {run}");
+        let s = run[share].as_f64().expect("share");
+        assert!((s - 1.0 / 9.0).abs() < 1e-9, "{share}: {s}");
+    }
+    let (status, list) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/quarantine",
+            Some("admin"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    let (status, runs) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/runs?limit=5",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(runs[0]["status"], "succeeded", "{runs}");
+    let (status, _) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/runs?limit=0",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fx.last_entry().await.entry.outcome, AuditOutcome::Invalid);
 }
 
 #[tokio::test]
@@ -1308,14 +1369,15 @@ async fn lookups_fail_closed_on_postgresql_when_insert_on_the_audit_table_is_rev
     assert_lookups_fail_closed(&limited).await;
     drop(limited);
     drop(owner);
+    drop_pg(&admin_url, &database).await;
+    // Separate statements: DROP DATABASE cannot share an implicit transaction.
     let mut c = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("admin");
-    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database} WITH (FORCE); DROP ROLE IF EXISTS {role}"
-    )))
-    .execute(&mut c)
-    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&mut c)
+        .await
+        .expect("drop role");
     let _ = c.close().await;
 }
 
@@ -1395,4 +1457,123 @@ async fn captured_logs_of_the_api_tests_never_contain_a_looked_up_bsn() {
             "a looked-up BSN reached the log"
         );
     }
+}
+
+/// A fixture on a fresh PostgreSQL database, or `None` (with a SKIPPED line) without one.
+async fn pg_fx(offset: u32) -> Option<(Fx, String, String)> {
+    let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "PostgreSQL API test SKIPPED: set {POSTGRES_URL_VAR}"
+        );
+        return None;
+    };
+    use sqlx::Connection;
+    let database = format!("mp_api_{:08x}", rand::random::<u32>());
+    let mut c = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("admin");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut c)
+        .await
+        .expect("create database");
+    let _ = c.close().await;
+    let (base, _) = admin_url.rsplit_once('/').expect("url with a database");
+    let url = format!("{base}/{database}");
+    let fx = Fx::with_url(tempfile::tempdir().expect("tempdir"), url, offset).await;
+    Some((fx, admin_url, database))
+}
+
+async fn drop_pg(admin_url: &str, database: &str) {
+    use sqlx::Connection;
+    if let Ok(mut c) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&mut c)
+        .await;
+        let _ = c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_rules_hold_on_postgresql_too() {
+    let Some((fx, admin_url, database)) = pg_fx(18).await else {
+        return;
+    };
+    // Household, both directions.
+    let (status, v) = fx
+        .lookup(
+            "parent_org",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(orgs(&v), ["JH-KOERS", "OKC-ZUID"]);
+    assert_eq!(
+        household_orgs(&v),
+        [("parent".to_owned(), "WPI-AMS".to_owned())]
+    );
+    let koers = v["involvements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["organisation"]["code"] == "JH-KOERS")
+        .expect("listed")
+        .clone();
+    assert_eq!(koers["restricted"], true);
+    assert_eq!(koers["goal"], Value::Null);
+    // Identical refusals.
+    let mut bodies = Vec::new();
+    for bsn in [&fx.people.child, &fx.people.unknown] {
+        let (status, _, body) = fx
+            .call_raw(
+                Method::POST,
+                "/api/v1/lookups",
+                Some("outsider"),
+                Some(json!({ "bsn": bsn, "purpose": "coordinating_care" })),
+                &[],
+                true,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    // Break-the-glass, and never for the shielded person (flag published by the pipeline).
+    let glass = |bsn: &str| {
+        json!({ "bsn": bsn, "purpose": "safety_assessment",
+                "break_glass_reason": { "code": "acute_safety", "justification": "Acute danger at home" } })
+    };
+    let (status, v) = fx.lookup("outsider", glass(&fx.people.other)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["break_glass"], true);
+    let (status, _) = fx.lookup("outsider", glass(&fx.people.shielded)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Data quality.
+    let (status, q) = fx
+        .call(
+            Method::GET,
+            "/api/v1/sync/quality",
+            Some("operator"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(q[0]["missing_contact"], 1, "{q}");
+    // Subject access.
+    let (status, r) = fx
+        .call(
+            Method::POST,
+            "/api/v1/audit/subject-access",
+            Some("privacy_officer"),
+            Some(json!({ "bsn": fx.people.child })),
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(r["accesses"].as_array().map(Vec::len), Some(2), "{r}");
+    drop(fx);
+    drop_pg(&admin_url, &database).await;
 }

@@ -3,7 +3,6 @@
 mod audit;
 mod demo;
 mod output;
-mod run;
 mod runs;
 mod serve;
 mod sync_cmd;
@@ -42,8 +41,7 @@ pub struct ConfigArg {
         long,
         short = 'c',
         env = "MATCHPOINT_CONFIG",
-        default_value = "matchpoint.toml",
-        global = true
+        default_value = "matchpoint.toml"
     )]
     pub config: PathBuf,
 }
@@ -92,17 +90,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the scheduler: sync each source when its schedule says so, until Ctrl-C.
-    ///
-    /// Never two runs of one source at once, also with several instances on one database
-    /// (a lease in the store). Missed slots after downtime are caught up with one run.
-    Run {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Run what is due now, then exit (non-zero when a run failed or was held).
-        #[arg(long)]
-        once: bool,
-    },
     /// Show the run history, one run, or accept a held run.
     Runs {
         #[command(flatten)]
@@ -149,13 +136,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify the audit trail's hash chain or make a signed checkpoint of it.
-    Audit {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(subcommand)]
-        action: audit::AuditCommand,
-    },
     /// Serve the lookup API (JSON under /api/v1; OpenAPI at /api/v1/openapi.json).
     Serve {
         #[command(flatten)]
@@ -170,6 +150,13 @@ pub enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         action: users::UsersAction,
+    },
+    /// Verify the audit trail's hash chain or make a signed checkpoint of it.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: audit::AuditCommand,
     },
     /// First-time experience on SQLite: key, synthetic data, config, sync and summary, all
     /// under one folder; then serves the lookup API with demo users.
@@ -233,10 +220,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load(&config.config).await?;
             sync_cmd::sync(&env, &sources, full, json).await
         }
-        Command::Run { config, once } => {
-            let env = Env::load(&config.config).await?;
-            run::run(&env, once).await
-        }
         Command::Runs {
             config,
             action,
@@ -269,7 +252,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load_store_only(&config.config).await?;
             runs::stats(&env, json).await
         }
-        Command::Audit { config, action } => audit::run(&config.config, action).await,
         Command::Serve { config, listen } => serve::serve(&config.config, listen).await,
         Command::Users { config, action } => users::users(&config.config, action).await,
         Command::Demo {
@@ -279,6 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             no_serve,
         } => demo::demo(&dir, persons, seed, (!no_serve).then_some(listen)).await,
+        Command::Audit { config, action } => audit::run(&config.config, action).await,
     }
 }
 

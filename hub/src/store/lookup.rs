@@ -55,6 +55,17 @@ pub struct PersonRelation {
     pub other: Vec<u8>,
 }
 
+/// Everything one lookup reads, fetched in one store call.
+#[derive(Debug, Clone, Default)]
+pub struct HouseholdRows {
+    /// The person's relations (one hop, both directions), from the person's point of view.
+    pub relations: Vec<PersonRelation>,
+    /// Involvements of the person and of every related person.
+    pub rows: Vec<LookupRow>,
+    /// Last successful sync per source.
+    pub freshness: Vec<SourceFreshness>,
+}
+
 /// When a source last synced successfully.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceFreshness {
@@ -151,6 +162,12 @@ impl Store {
         person: Vec<u8>,
     ) -> Result<Vec<PersonRelation>, StoreError> {
         dispatch!(self, s => s.person_relations(person).await)
+    }
+
+    /// The person's relations, the involvements of the person and of every related person,
+    /// and source freshness, in one call (one hop to the store's thread on SQLite).
+    pub async fn household_rows(&self, person: Vec<u8>) -> Result<HouseholdRows, StoreError> {
+        dispatch!(self, s => s.household_rows(person).await)
     }
 
     /// Last successful sync per source.

@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::{PgStore, count, e, limit, now};
 use crate::store::StoreError;
 use crate::store::lookup::{
-    LookupRow, PersonRelation, QualityRow, SourceFreshness, inverse_kind, role_of,
+    HouseholdRows, LookupRow, PersonRelation, QualityRow, SourceFreshness, inverse_kind, role_of,
 };
 use crate::users::{Role, User};
 
@@ -159,6 +159,26 @@ impl PgStore {
             });
         }
         Ok(out)
+    }
+
+    pub(in crate::store) async fn household_rows(
+        &self,
+        person: Vec<u8>,
+    ) -> Result<HouseholdRows, StoreError> {
+        let relations = self.person_relations(person.clone()).await?;
+        let mut persons = vec![person];
+        for r in &relations {
+            if !persons.contains(&r.other) {
+                persons.push(r.other.clone());
+            }
+        }
+        let (rows, freshness) =
+            tokio::try_join!(self.person_involvements(persons), self.source_freshness())?;
+        Ok(HouseholdRows {
+            relations,
+            rows,
+            freshness,
+        })
     }
 
     pub(in crate::store) async fn source_freshness(

@@ -5,8 +5,10 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, e, now_text, parse_time};
 use crate::store::StoreError;
+use rusqlite::Connection;
+
 use crate::store::lookup::{
-    LookupRow, PersonRelation, QualityRow, SourceFreshness, inverse_kind, role_of,
+    HouseholdRows, LookupRow, PersonRelation, QualityRow, SourceFreshness, inverse_kind, role_of,
 };
 use crate::users::{Role, User};
 
@@ -119,92 +121,34 @@ impl SqliteStore {
         &self,
         persons: Vec<Vec<u8>>,
     ) -> Result<Vec<LookupRow>, StoreError> {
-        self.with(move |conn, _| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT source, person, organisation_code, organisation_name, team,
-                            life_domain, goal, contact_name, contact_role, contact_phone,
-                            contact_email, start_date, end_date, status, coordinator,
-                            sensitive, shielded
-                     FROM involvements WHERE person = ?1
-                     ORDER BY source, source_record_id",
-                )
-                .map_err(e("lookup"))?;
-            let mut out = Vec::new();
-            for p in &persons {
-                let rows = st
-                    .query_map([p], |r| {
-                        Ok(LookupRow {
-                            source: r.get(0)?,
-                            person: r.get(1)?,
-                            organisation_code: r.get(2)?,
-                            organisation_name: r.get(3)?,
-                            team: r.get(4)?,
-                            life_domain: r.get(5)?,
-                            goal: r.get(6)?,
-                            contact_name: r.get(7)?,
-                            contact_role: r.get(8)?,
-                            contact_phone: r.get(9)?,
-                            contact_email: r.get(10)?,
-                            start_date: r.get(11)?,
-                            end_date: r.get(12)?,
-                            status: r.get(13)?,
-                            coordinator: r.get(14)?,
-                            sensitive: r.get(15)?,
-                            shielded: r.get(16)?,
-                        })
-                    })
-                    .map_err(e("lookup"))?;
-                for row in rows {
-                    out.push(row.map_err(e("lookup"))?);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.with(move |conn, _| involvements_of(conn, &persons))
+            .await
     }
 
     pub(in crate::store) async fn person_relations(
         &self,
         person: Vec<u8>,
     ) -> Result<Vec<PersonRelation>, StoreError> {
+        self.with(move |conn, _| relations_of(conn, &person)).await
+    }
+
+    pub(in crate::store) async fn household_rows(
+        &self,
+        person: Vec<u8>,
+    ) -> Result<HouseholdRows, StoreError> {
         self.with(move |conn, _| {
-            let mut out = Vec::new();
-            {
-                // Relations delivered with the person's own records.
-                let mut st = conn
-                    .prepare_cached(
-                        "SELECT DISTINCT r.kind, r.other FROM involvements i
-                         JOIN relations r ON r.source = i.source
-                                         AND r.source_record_id = i.source_record_id
-                         WHERE i.person = ?1",
-                    )
-                    .map_err(e("lookup relations"))?;
-                let rows = st
-                    .query_map([&person], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
-                    .map_err(e("lookup relations"))?;
-                for row in rows {
-                    let (kind, other) = row.map_err(e("lookup relations"))?;
-                    out.push(PersonRelation { kind, other });
+            let relations = relations_of(conn, &person)?;
+            let mut persons = vec![person.clone()];
+            for r in &relations {
+                if !persons.contains(&r.other) {
+                    persons.push(r.other.clone());
                 }
             }
-            {
-                // Relations other persons' records hold towards this person.
-                let mut st = conn
-                    .prepare_cached("SELECT DISTINCT kind, person FROM relations WHERE other = ?1")
-                    .map_err(e("lookup relations"))?;
-                let rows = st
-                    .query_map([&person], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
-                    .map_err(e("lookup relations"))?;
-                for row in rows {
-                    let (kind, other) = row.map_err(e("lookup relations"))?;
-                    out.push(PersonRelation {
-                        kind: inverse_kind(&kind).to_owned(),
-                        other,
-                    });
-                }
-            }
-            Ok(out)
+            Ok(HouseholdRows {
+                rows: involvements_of(conn, &persons)?,
+                relations,
+                freshness: freshness(conn)?,
+            })
         })
         .await
     }
@@ -212,21 +156,7 @@ impl SqliteStore {
     pub(in crate::store) async fn source_freshness(
         &self,
     ) -> Result<Vec<SourceFreshness>, StoreError> {
-        self.with(move |conn, _| {
-            let mut st = conn
-                .prepare_cached("SELECT name, last_success_at FROM sources ORDER BY name")
-                .map_err(e("freshness"))?;
-            st.query_map([], |r| {
-                Ok(SourceFreshness {
-                    source: r.get(0)?,
-                    last_success_at: r.get::<_, Option<String>>(1)?.map(|s| parse_time(&s)),
-                })
-            })
-            .map_err(e("freshness"))?
-            .collect::<Result<_, _>>()
-            .map_err(e("freshness"))
-        })
-        .await
+        self.with(move |conn, _| freshness(conn)).await
     }
 
     pub(in crate::store) async fn data_quality(
@@ -277,4 +207,99 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+fn involvements_of(conn: &Connection, persons: &[Vec<u8>]) -> Result<Vec<LookupRow>, StoreError> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT source, person, organisation_code, organisation_name, team,
+                    life_domain, goal, contact_name, contact_role, contact_phone,
+                    contact_email, start_date, end_date, status, coordinator,
+                    sensitive, shielded
+             FROM involvements WHERE person = ?1
+             ORDER BY source, source_record_id",
+        )
+        .map_err(e("lookup"))?;
+    let mut out = Vec::new();
+    for p in persons {
+        let rows = st
+            .query_map([p], |r| {
+                Ok(LookupRow {
+                    source: r.get(0)?,
+                    person: r.get(1)?,
+                    organisation_code: r.get(2)?,
+                    organisation_name: r.get(3)?,
+                    team: r.get(4)?,
+                    life_domain: r.get(5)?,
+                    goal: r.get(6)?,
+                    contact_name: r.get(7)?,
+                    contact_role: r.get(8)?,
+                    contact_phone: r.get(9)?,
+                    contact_email: r.get(10)?,
+                    start_date: r.get(11)?,
+                    end_date: r.get(12)?,
+                    status: r.get(13)?,
+                    coordinator: r.get(14)?,
+                    sensitive: r.get(15)?,
+                    shielded: r.get(16)?,
+                })
+            })
+            .map_err(e("lookup"))?;
+        for row in rows {
+            out.push(row.map_err(e("lookup"))?);
+        }
+    }
+    Ok(out)
+}
+
+fn relations_of(conn: &Connection, person: &[u8]) -> Result<Vec<PersonRelation>, StoreError> {
+    let mut out = Vec::new();
+    {
+        // Relations delivered with the person's own records.
+        let mut st = conn
+            .prepare_cached(
+                "SELECT DISTINCT r.kind, r.other FROM involvements i
+                 JOIN relations r ON r.source = i.source
+                                 AND r.source_record_id = i.source_record_id
+                 WHERE i.person = ?1",
+            )
+            .map_err(e("lookup relations"))?;
+        let rows = st
+            .query_map([person], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
+            .map_err(e("lookup relations"))?;
+        for row in rows {
+            let (kind, other) = row.map_err(e("lookup relations"))?;
+            out.push(PersonRelation { kind, other });
+        }
+    }
+    // Relations other persons' records hold towards this person.
+    let mut st = conn
+        .prepare_cached("SELECT DISTINCT kind, person FROM relations WHERE other = ?1")
+        .map_err(e("lookup relations"))?;
+    let rows = st
+        .query_map([person], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
+        .map_err(e("lookup relations"))?;
+    for row in rows {
+        let (kind, other) = row.map_err(e("lookup relations"))?;
+        out.push(PersonRelation {
+            kind: inverse_kind(&kind).to_owned(),
+            other,
+        });
+    }
+    Ok(out)
+}
+
+fn freshness(conn: &Connection) -> Result<Vec<SourceFreshness>, StoreError> {
+    let mut st = conn
+        .prepare_cached("SELECT name, last_success_at FROM sources ORDER BY name")
+        .map_err(e("freshness"))?;
+    st.query_map([], |r| {
+        Ok(SourceFreshness {
+            source: r.get(0)?,
+            last_success_at: r.get::<_, Option<String>>(1)?.map(|s| parse_time(&s)),
+        })
+    })
+    .map_err(e("freshness"))?
+    .collect::<Result<_, _>>()
+    .map_err(e("freshness"))
 }

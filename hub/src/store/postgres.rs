@@ -161,7 +161,8 @@ impl PgStore {
                 contact_name text NOT NULL, contact_role text, contact_phone text,
                 contact_email text, start_date date NOT NULL, end_date date, status text NOT NULL,
                 coordinator boolean NOT NULL, sensitive boolean NOT NULL, purge_after date,
-                rels bytea NOT NULL, content_hash bytea NOT NULL
+                rels bytea NOT NULL, content_hash bytea NOT NULL,
+                shielded boolean NOT NULL DEFAULT false
              );
              CREATE UNLOGGED TABLE {s}_ids (source_record_id text COLLATE \"C\" PRIMARY KEY)",
             s = stg(run)
@@ -266,11 +267,12 @@ impl PgStore {
                     "INSERT INTO {s} (source_record_id, person, key_id, organisation_code,
                        organisation_name, team, life_domain, goal, contact_name, contact_role,
                        contact_phone, contact_email, start_date, end_date, status, coordinator,
-                       sensitive, purge_after, rels, content_hash)
+                       sensitive, purge_after, rels, content_hash, shielded)
                      SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[],
                        $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                        $11::text[], $12::text[], $13::date[], $14::date[], $15::text[],
-                       $16::boolean[], $17::boolean[], $18::date[], $19::bytea[], $20::bytea[])",
+                       $16::boolean[], $17::boolean[], $18::date[], $19::bytea[], $20::bytea[],
+                       $21::boolean[])",
                     s = stg(run)
                 )))
                 .bind(strs(|r| &r.source_record_id))
@@ -297,6 +299,7 @@ impl PgStore {
                 .bind(dates(|r| r.purge_after))
                 .bind(rels.iter().map(Vec::as_slice).collect::<Vec<&[u8]>>())
                 .bind(hashes.iter().map(|h| &h[..]).collect::<Vec<&[u8]>>())
+                .bind(rs.iter().map(|r| r.shielded).collect::<Vec<bool>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| staging_error(op, run, err))?;
@@ -837,6 +840,7 @@ impl PgStore {
                contact_phone = s.contact_phone, contact_email = s.contact_email,
                start_date = s.start_date, end_date = s.end_date, status = s.status,
                coordinator = s.coordinator, sensitive = s.sensitive, purge_after = s.purge_after,
+               shielded = s.shielded,
                content_hash = s.content_hash, changed_run = $2, ended_by_run = NULL
              FROM {s} s
              WHERE i.source = $1
@@ -856,12 +860,12 @@ impl PgStore {
                organisation_code, organisation_name, team, life_domain, goal,
                contact_name, contact_role, contact_phone, contact_email,
                start_date, end_date, status, coordinator, sensitive, purge_after,
-               content_hash, first_seen, changed_run)
+               shielded, content_hash, first_seen, changed_run)
              SELECT $1, s.source_record_id, s.person, s.key_id,
                s.organisation_code, s.organisation_name, s.team, s.life_domain, s.goal,
                s.contact_name, s.contact_role, s.contact_phone, s.contact_email,
                s.start_date, s.end_date, s.status, s.coordinator, s.sensitive, s.purge_after,
-               s.content_hash, $3, $2
+               s.shielded, s.content_hash, $3, $2
              FROM {s} s
              WHERE NOT EXISTS (SELECT 1 FROM involvements i
                                WHERE i.source = $1 AND i.source_record_id = s.source_record_id)"

@@ -261,9 +261,9 @@ impl SqliteStore {
                          organisation_code, organisation_name, team, life_domain, goal,
                          contact_name, contact_role, contact_phone, contact_email,
                          start_date, end_date, status, coordinator, sensitive, purge_after,
-                         rels, content_hash)
+                         rels, content_hash, shielded)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                                 ?15, ?16, ?17, ?18, ?19, ?20)",
+                                 ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                         stg(run)
                     ))
                     .map_err(e("stage"))?;
@@ -304,6 +304,7 @@ impl SqliteStore {
                         r.purge_after.map(|d| d.to_string()),
                         encode_relations(&r.relations),
                         &hash[..],
+                        r.shielded,
                     ])
                     .map_err(e("stage"))?;
                 }
@@ -813,7 +814,8 @@ fn create_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), St
             contact_name TEXT NOT NULL, contact_role TEXT, contact_phone TEXT, contact_email TEXT,
             start_date TEXT NOT NULL, end_date TEXT, status TEXT NOT NULL,
             coordinator INTEGER NOT NULL, sensitive INTEGER NOT NULL, purge_after TEXT,
-            rels BLOB NOT NULL, content_hash BLOB NOT NULL
+            rels BLOB NOT NULL, content_hash BLOB NOT NULL,
+            shielded INTEGER NOT NULL DEFAULT 0
          ) WITHOUT ROWID;
          CREATE TABLE {s}.ids (source_record_id TEXT PRIMARY KEY) WITHOUT ROWID;",
         s = stg(run)
@@ -1043,6 +1045,7 @@ fn publish(
                    contact_phone = s.contact_phone, contact_email = s.contact_email,
                    start_date = s.start_date, end_date = s.end_date, status = s.status,
                    coordinator = s.coordinator, sensitive = s.sensitive, purge_after = s.purge_after,
+                   shielded = s.shielded,
                    content_hash = s.content_hash, changed_run = ?2, ended_by_run = NULL
                  FROM {s}.staging s
                  WHERE involvements.source = ?1
@@ -1065,12 +1068,12 @@ fn publish(
                    organisation_code, organisation_name, team, life_domain, goal,
                    contact_name, contact_role, contact_phone, contact_email,
                    start_date, end_date, status, coordinator, sensitive, purge_after,
-                   content_hash, first_seen, changed_run)
+                   shielded, content_hash, first_seen, changed_run)
                  SELECT ?1, s.source_record_id, s.person, s.key_id,
                    s.organisation_code, s.organisation_name, s.team, s.life_domain, s.goal,
                    s.contact_name, s.contact_role, s.contact_phone, s.contact_email,
                    s.start_date, s.end_date, s.status, s.coordinator, s.sensitive, s.purge_after,
-                   s.content_hash, ?3, ?2
+                   s.shielded, s.content_hash, ?3, ?2
                  FROM {s}.staging s
                  WHERE NOT EXISTS (SELECT 1 FROM involvements i
                                    WHERE i.source = ?1 AND i.source_record_id = s.source_record_id)"

@@ -275,6 +275,7 @@ fn record(source: &str, n: usize) -> Involvement {
         },
         coordinator: n.is_multiple_of(5),
         sensitive: n.is_multiple_of(11),
+        shielded: false,
         purge_after: (n.is_multiple_of(4))
             .then(|| NaiveDate::from_ymd_opt(2031, 1, 1).expect("date")),
         source: source.into(),

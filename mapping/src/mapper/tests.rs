@@ -170,3 +170,37 @@ proptest! {
         let _ = m.map(&r);
     }
 }
+
+#[test]
+fn a_mapped_shielded_flag_marks_the_involvement_and_an_unknown_code_is_rejected() {
+    let text = include_str!("../../../deploy/mappings/okc-2.toml").replace(
+        "[fields]\n",
+        "[fields]\nshielded = \"client/@afgeschermd\"\n",
+    ) + "\n[codes.shielded]\nja = true\nnee = false\n";
+    let spec = MappingSpec::parse(&text, "okc-2.toml").expect("spec");
+    let registry = Arc::new(Registry::parse(REGISTRY, "reg").expect("registry"));
+    let key = MasterKey::from_secret("k1", &[9u8; 32]).expect("key");
+    let m = Mapper::new(
+        "okc-2",
+        spec,
+        registry,
+        key.pseudonymiser(KeyPurpose::Index),
+    );
+    assert!(
+        !m.map(&good()).expect("maps").shielded,
+        "absent: not shielded"
+    );
+    let shielded = with(good(), "client/@afgeschermd", Some("ja"));
+    assert!(m.map(&shielded).expect("maps").shielded);
+    let unknown = with(good(), "client/@afgeschermd", Some("misschien"));
+    let rejection = m.map(&unknown).expect_err("unknown code");
+    assert_eq!(rejection.field.as_deref(), Some("client/@afgeschermd"));
+    // The unshielded mapping ignores the field; a mapped field needs its code table.
+    assert!(!mapper().map(&shielded).expect("maps").shielded);
+    let missing = include_str!("../../../deploy/mappings/okc-2.toml").replace(
+        "[fields]\n",
+        "[fields]\nshielded = \"client/@afgeschermd\"\n",
+    );
+    let err = MappingSpec::parse(&missing, "okc-2.toml").expect_err("needs [codes.shielded]");
+    assert!(err.to_string().contains("codes.shielded"), "{err}");
+}
