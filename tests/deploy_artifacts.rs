@@ -89,7 +89,7 @@ fn the_dockerfile_is_multi_stage_non_root_and_passes_hadolint() {
     let user = last_stage
         .lines()
         .filter_map(|l| l.trim().strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("the runtime stage sets USER");
     assert!(
         !user.starts_with("root") && !user.starts_with("0"),

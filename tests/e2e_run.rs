@@ -93,3 +93,53 @@ fn run_once_skips_a_source_whose_lease_another_instance_holds() {
         .expect("count runs");
     assert_eq!(runs, 0, "nothing ran here");
 }
+
+#[test]
+fn the_long_running_scheduler_stops_cleanly_on_sigterm() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let inst = install();
+    let out = inst.mp(&["run", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = inst
+        .command(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn matchpoint run");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // Wait (by reading, not sleeping) until the scheduler has started.
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("stderr line");
+        let started = line.contains("Scheduler started.");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.contains("Scheduler started.")),
+        "{seen:?}"
+    );
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("Scheduler stopped.")),
+        "{rest:?}"
+    );
+    // Nothing ran in the meantime: still one run in the history.
+    let conn = rusqlite::Connection::open(inst.db()).expect("open db");
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .expect("count runs");
+    assert_eq!(runs, 1);
+}

@@ -1,7 +1,7 @@
 //! `matchpoint run`: the long-running scheduler. Syncs each source when its schedule says so
 //! (see `matchpoint_hub::schedule` and docs/scheduling.md), never two runs of one source at
-//! once, also across instances. Ctrl-C stops cleanly: the current run publishes nothing and
-//! its lease is released. `--once` runs what is due now and exits (tests, external cron).
+//! once, also across instances. Ctrl-C or SIGTERM stops cleanly: the current run publishes
+//! nothing and its lease is released. `--once` runs what is due now and exits (tests, external cron).
 //!
 //! The lead folds this loop into `serve` later; the loop itself stays here.
 
@@ -25,8 +25,9 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
     {
         let cancel = ctx.cancel.clone();
         let stop = stop.clone();
+        let signals = StopSignals::register();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if signals.recv().await {
                 eprintln!(
                     "Interrupted: stopping; a run in progress publishes nothing and its lease is released."
                 );
@@ -104,6 +105,56 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C (SIGINT) and, on Unix, SIGTERM (systemd, Kubernetes), registered when created so
+/// that a signal arriving before the first look at the schedules is not lost.
+struct StopSignals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            StopSignals {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            StopSignals {}
+        }
+    }
+
+    /// Waits for one of the signals; `false` when none can be awaited.
+    async fn recv(mut self) -> bool {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) -> bool {
+                match s {
+                    Some(s) => s.recv().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            }
+            if self.int.is_none() && self.term.is_none() {
+                return false;
+            }
+            tokio::select! {
+                r = next(&mut self.int) => r,
+                r = next(&mut self.term) => r,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.is_ok()
+        }
+    }
 }
 
 /// Collects the runs of a `--once` tick and says what was skipped; `true` when a due run
