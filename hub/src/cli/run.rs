@@ -43,6 +43,19 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         time_zone = %env.config.schedule.time_zone,
         "Scheduler started."
     );
+    for plan in scheduler.plans() {
+        let now = Utc::now();
+        info!(
+            source = %plan.source,
+            schedule = plan.schedule.expr(),
+            full_schedule = plan.full_schedule.as_ref().map_or("", |f| f.expr()),
+            next_slot = %plan
+                .schedule
+                .next_after(now)
+                .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339()),
+            "Source scheduled."
+        );
+    }
     let runner = SyncRunner { ctx };
     let cancelled = || ctx.cancel.load(Ordering::Relaxed);
     let poll =
@@ -71,15 +84,14 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
             break;
         }
         let now = Utc::now();
-        let wake = scheduler
-            .next_wake()
-            .await?
-            .map_or(now + poll, |w| w.min(now + poll));
-        // A source that is due but leased elsewhere is looked at again after `poll`.
-        let wait = (wake - now)
-            .max(chrono::Duration::seconds(1))
-            .to_std()
-            .unwrap_or(std::time::Duration::from_secs(1));
+        // Until the next slot, at most `poll`; a source still due now (leased elsewhere, or
+        // its run could not start) is looked at again after `poll`, not in a tight loop.
+        let wait = match scheduler.next_wake().await? {
+            Some(wake) if wake > now => (wake - now).min(poll),
+            _ => poll,
+        }
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.notified() => {}
