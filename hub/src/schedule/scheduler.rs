@@ -189,7 +189,7 @@ impl<C: Clock> Scheduler<C> {
                     until: expires_at,
                 });
             }
-            LeaseOutcome::Acquired => {}
+            LeaseOutcome::Acquired => crate::failpoint::hit("schedule:leased"),
         }
         // Another instance may have run it between our look and our lease.
         let history = match self.store.schedule_history(name).await {
