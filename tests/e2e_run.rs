@@ -34,6 +34,16 @@ fn install_on(store: Option<&str>) -> Install {
 #[test]
 fn run_once_syncs_a_never_run_source_and_then_finds_nothing_due() {
     let inst = install();
+    let plan = |inst: &Install| -> serde_json::Value {
+        let out = inst.mp(&["run", "--plan", "--json"]);
+        assert!(out.status.success(), "run --plan: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("plan json")
+    };
+    let before = plan(&inst);
+    assert_eq!(before[0]["source"], "okc-2");
+    assert_eq!(before[0]["stale"], true, "never succeeded: {before}");
+    assert!(before[0]["last_started"].is_null(), "{before}");
+
     let out = inst.mp(&["run", "--once"]);
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "run --once: {o}\n{e}");
@@ -58,6 +68,18 @@ fn run_once_syncs_a_never_run_source_and_then_finds_nothing_due() {
         "{}",
         stdout(&out)
     );
+
+    let after = plan(&inst);
+    assert_eq!(after[0]["stale"], false, "{after}");
+    assert!(after[0]["last_started"].is_string(), "{after}");
+    assert!(
+        after[0]["next_due"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2098-12-31T23:00:00")),
+        "next due is the far slot (1 Jan 2099 00:00 Amsterdam): {after}"
+    );
+    let out = inst.mp(&["run", "--plan"]);
+    assert!(stdout(&out).contains("fresh"), "{}", stdout(&out));
 
     let out = inst.mp(&["runs", "--json"]);
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("runs json");

@@ -96,8 +96,14 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
         /// Run what is due now, then exit (non-zero when a run failed or was held).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "plan")]
         once: bool,
+        /// Only show each source's schedule, last run, next due time and staleness.
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: JSON output.
+        #[arg(long, requires = "plan")]
+        json: bool,
     },
     /// Show the run history, one run, or accept a held run.
     Runs {
@@ -201,7 +207,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load(&config.config).await?;
             sync_cmd::sync(&env, &sources, full, json).await
         }
-        Command::Run { config, once } => {
+        Command::Run {
+            config,
+            once,
+            plan,
+            json,
+        } => {
+            if plan {
+                let env = Env::load_store_only(&config.config).await?;
+                return run::plan(&env, json).await;
+            }
             let env = Env::load(&config.config).await?;
             run::run(&env, once).await
         }

@@ -15,8 +15,8 @@ use matchpoint_hub::store::{RunRecord, RunStatus};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::Env;
 use super::sync_cmd::print_summary;
+use super::{Env, output};
 
 /// Runs the scheduler until Ctrl-C (or once, with `once`).
 pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
@@ -117,6 +117,65 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `matchpoint run --plan`: each source's schedule, last run, next due time and staleness.
+pub async fn plan(env: &Env, json: bool) -> anyhow::Result<ExitCode> {
+    let scheduler = Scheduler::from_config(&env.config, env.store.clone(), SystemClock)?;
+    let outlook = scheduler
+        .outlook(matchpoint_hub::schedule::stale_after(&env.config))
+        .await?;
+    if json {
+        output::json(&outlook)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |t: Option<chrono::DateTime<Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| {
+                t.with_timezone(&scheduler_tz(&env.config))
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            },
+        )
+    };
+    let rows: Vec<Vec<String>> = outlook
+        .iter()
+        .map(|o| {
+            vec![
+                o.source.clone(),
+                if o.full_mode { "full" } else { "incremental" }.to_owned(),
+                o.schedule.clone(),
+                o.full_schedule.clone().unwrap_or_else(|| "-".to_owned()),
+                time(o.last_started),
+                time(o.next_due),
+                time(o.last_success_at),
+                if o.stale { "STALE" } else { "fresh" }.to_owned(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "source",
+                "mode",
+                "schedule",
+                "full_schedule",
+                "last run",
+                "next due",
+                "last success",
+                "freshness"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configured time zone (checked at load), UTC if unusable.
+fn scheduler_tz(config: &matchpoint_hub::config::Config) -> chrono_tz::Tz {
+    config.schedule.time_zone.parse().unwrap_or(chrono_tz::UTC)
 }
 
 /// Ctrl-C (SIGINT) and, on Unix, SIGTERM (systemd, Kubernetes), registered when created so
