@@ -39,6 +39,9 @@ pub struct Config {
     /// Settings for every sync.
     #[serde(default)]
     pub sync: SyncSettings,
+    /// The lookup API server (`matchpoint serve`).
+    #[serde(default)]
+    pub server: ServerSettings,
     /// The scheduler of `matchpoint run`: time zone, full-run default, staleness, leases.
     #[serde(default)]
     pub schedule: ScheduleSettings,
@@ -98,6 +101,41 @@ impl Default for SyncSettings {
             max_end_share: default_max_end_share(),
             quarantine_raw_days: default_quarantine_days(),
             batch_size: default_batch_size(),
+        }
+    }
+}
+
+/// Settings of the lookup API server (`[server]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on; `--listen` overrides it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Longest a request may take before it is answered with 408.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Largest request body accepted (413 beyond it).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_request_timeout_secs() -> u64 {
+    30
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: default_listen(),
+            request_timeout_secs: default_request_timeout_secs(),
+            max_body_bytes: default_max_body_bytes(),
         }
     }
 }
@@ -339,6 +377,21 @@ impl Config {
             "sync.max_end_share",
             cfg.sync.max_end_share,
         );
+        if cfg.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "{origin}: server.listen must be an address like 127.0.0.1:8080"
+            ));
+        }
+        if cfg.server.request_timeout_secs == 0 || cfg.server.request_timeout_secs > 3600 {
+            problems.push(format!(
+                "{origin}: server.request_timeout_secs must be between 1 and 3600"
+            ));
+        }
+        if cfg.server.max_body_bytes < 1024 || cfg.server.max_body_bytes > 16 << 20 {
+            problems.push(format!(
+                "{origin}: server.max_body_bytes must be between 1024 and 16777216"
+            ));
+        }
         if cfg.sync.batch_size == 0 || cfg.sync.batch_size > 100_000 {
             problems.push(format!(
                 "{origin}: sync.batch_size must be between 1 and 100000"

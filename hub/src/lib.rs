@@ -8,8 +8,11 @@
 //! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
 //! - [`schedule`]: when each source runs (DST rule, catch-up, leases) and source staleness.
 //! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
+//! - [`users`]: API users, roles and bearer tokens.
+//! - [`api`]: the lookup service's JSON API (axum router).
 //! - [`failpoint`]: named pause points used by the crash-safety tests.
 
+pub mod api;
 pub mod audit;
 pub mod config;
 pub mod failpoint;
@@ -18,3 +21,4 @@ pub mod schedule;
 pub mod sources;
 pub mod store;
 pub mod sync;
+pub mod users;

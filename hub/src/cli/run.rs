@@ -105,7 +105,7 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         if results.is_empty() {
             println!("Nothing was due.");
         } else {
-            print_summary(&results);
+            print_summary(&env.config.path, &results);
         }
         let bad = results
             .iter()

@@ -10,6 +10,7 @@
 mod codec;
 mod lease_postgres;
 mod lease_sqlite;
+pub mod lookup;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]

@@ -22,8 +22,16 @@ use crate::failpoint;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("postgres_schema.sql"),
+    // Audit trail (issue 4): self-contained, may be reordered with other new migrations.
+    include_str!("../audit/postgres_migration.sql"),
+    // API users and the shielded flag (issue 4, lookup API).
+    include_str!("postgres_users.sql"),
+    // Source leases (issue 5, scheduler).
     super::lease_postgres::MIGRATION,
 ];
+
+#[path = "lookup_postgres.rs"]
+mod lookup;
 
 /// Advisory lock (one-bigint key space) held while migrating, so concurrent opens serialise.
 const MIGRATION_LOCK: i64 = 0x4d50_5f53_4348_454d;
