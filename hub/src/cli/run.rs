@@ -1,7 +1,7 @@
 //! `matchpoint run`: the long-running scheduler. Syncs each source when its schedule says so
 //! (see `matchpoint_hub::schedule` and docs/scheduling.md), never two runs of one source at
-//! once, also across instances. Ctrl-C stops cleanly: the current run publishes nothing and
-//! its lease is released. `--once` runs what is due now and exits (tests, external cron).
+//! once, also across instances. Ctrl-C or SIGTERM stops cleanly: the current run publishes
+//! nothing and its lease is released. `--once` runs what is due now and exits (tests, external cron).
 //!
 //! The lead folds this loop into `serve` later; the loop itself stays here.
 
@@ -15,8 +15,8 @@ use matchpoint_hub::store::{RunRecord, RunStatus};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::Env;
 use super::sync_cmd::print_summary;
+use super::{Env, output};
 
 /// Runs the scheduler until Ctrl-C (or once, with `once`).
 pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
@@ -25,8 +25,9 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
     {
         let cancel = ctx.cancel.clone();
         let stop = stop.clone();
+        let signals = StopSignals::register();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if signals.recv().await {
                 eprintln!(
                     "Interrupted: stopping; a run in progress publishes nothing and its lease is released."
                 );
@@ -42,6 +43,19 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         time_zone = %env.config.schedule.time_zone,
         "Scheduler started."
     );
+    for plan in scheduler.plans() {
+        let now = Utc::now();
+        info!(
+            source = %plan.source,
+            schedule = plan.schedule.expr(),
+            full_schedule = plan.full_schedule.as_ref().map_or("", |f| f.expr()),
+            next_slot = %plan
+                .schedule
+                .next_after(now)
+                .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339()),
+            "Source scheduled."
+        );
+    }
     let runner = SyncRunner { ctx };
     let cancelled = || ctx.cancel.load(Ordering::Relaxed);
     let poll =
@@ -70,15 +84,14 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
             break;
         }
         let now = Utc::now();
-        let wake = scheduler
-            .next_wake()
-            .await?
-            .map_or(now + poll, |w| w.min(now + poll));
-        // A source that is due but leased elsewhere is looked at again after `poll`.
-        let wait = (wake - now)
-            .max(chrono::Duration::seconds(1))
-            .to_std()
-            .unwrap_or(std::time::Duration::from_secs(1));
+        // Until the next slot, at most `poll`; a source still due now (leased elsewhere, or
+        // its run could not start) is looked at again after `poll`, not in a tight loop.
+        let wait = match scheduler.next_wake().await? {
+            Some(wake) if wake > now => (wake - now).min(poll),
+            _ => poll,
+        }
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.notified() => {}
@@ -104,6 +117,115 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `matchpoint run --plan`: each source's schedule, last run, next due time and staleness.
+pub async fn plan(env: &Env, json: bool) -> anyhow::Result<ExitCode> {
+    let scheduler = Scheduler::from_config(&env.config, env.store.clone(), SystemClock)?;
+    let outlook = scheduler
+        .outlook(matchpoint_hub::schedule::stale_after(&env.config))
+        .await?;
+    if json {
+        output::json(&outlook)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |t: Option<chrono::DateTime<Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| {
+                t.with_timezone(&scheduler_tz(&env.config))
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            },
+        )
+    };
+    let rows: Vec<Vec<String>> = outlook
+        .iter()
+        .map(|o| {
+            vec![
+                o.source.clone(),
+                if o.full_mode { "full" } else { "incremental" }.to_owned(),
+                o.schedule.clone(),
+                o.full_schedule.clone().unwrap_or_else(|| "-".to_owned()),
+                time(o.last_started),
+                time(o.next_due),
+                time(o.last_success_at),
+                if o.stale { "STALE" } else { "fresh" }.to_owned(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "source",
+                "mode",
+                "schedule",
+                "full_schedule",
+                "last run",
+                "next due",
+                "last success",
+                "freshness"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configured time zone (checked at load), UTC if unusable.
+fn scheduler_tz(config: &matchpoint_hub::config::Config) -> chrono_tz::Tz {
+    config.schedule.time_zone.parse().unwrap_or(chrono_tz::UTC)
+}
+
+/// Ctrl-C (SIGINT) and, on Unix, SIGTERM (systemd, Kubernetes), registered when created so
+/// that a signal arriving before the first look at the schedules is not lost.
+struct StopSignals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            StopSignals {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            StopSignals {}
+        }
+    }
+
+    /// Waits for one of the signals; `false` when none can be awaited.
+    async fn recv(mut self) -> bool {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) -> bool {
+                match s {
+                    Some(s) => s.recv().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            }
+            if self.int.is_none() && self.term.is_none() {
+                return false;
+            }
+            tokio::select! {
+                r = next(&mut self.int) => r,
+                r = next(&mut self.term) => r,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.is_ok()
+        }
+    }
 }
 
 /// Collects the runs of a `--once` tick and says what was skipped; `true` when a due run

@@ -56,7 +56,7 @@ pub use crate::store::ScheduleHistory;
 use crate::store::{Store, StoreError};
 pub use cron_tz::CronSchedule;
 pub use scheduler::{
-    Action, RETENTION_JOB, RunSource, Scheduler, SyncRunner, TickReport, holder_id,
+    Action, Outlook, RETENTION_JOB, RunSource, Scheduler, SyncRunner, TickReport, holder_id,
 };
 
 /// Where the scheduler gets the time from.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
-use super::{Clock, Decision, ScheduleError, SourcePlan, decide, next_due};
+use super::{Clock, Decision, ScheduleError, SourcePlan, decide, is_stale, next_due};
 use crate::config::{Config, SourceConfig};
 use crate::store::{LeaseOutcome, RunRecord, Store, StoreError};
 use crate::sync::{Progress, SyncContext, SyncError, sync_source};
@@ -65,6 +65,27 @@ pub struct TickReport {
     pub decision: Decision,
     /// What happened.
     pub action: Action,
+}
+
+/// One source as the scheduler sees it now (`matchpoint run --plan`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outlook {
+    /// Source name.
+    pub source: String,
+    /// Every run full (full-mode source).
+    pub full_mode: bool,
+    /// The `schedule` expression.
+    pub schedule: String,
+    /// The full-reconciliation expression (incremental sources).
+    pub full_schedule: Option<String>,
+    /// Start of the latest full or incremental run.
+    pub last_started: Option<DateTime<Utc>>,
+    /// When it is next due (now or earlier: due at the next look).
+    pub next_due: Option<DateTime<Utc>>,
+    /// End of the last successful run.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Whether the source is stale now.
+    pub stale: bool,
 }
 
 /// The scheduler of one process. Several may share one database: leases keep their runs of
@@ -189,7 +210,7 @@ impl<C: Clock> Scheduler<C> {
                     until: expires_at,
                 });
             }
-            LeaseOutcome::Acquired => {}
+            LeaseOutcome::Acquired => crate::failpoint::hit("schedule:leased"),
         }
         // Another instance may have run it between our look and our lease.
         let history = match self.store.schedule_history(name).await {
@@ -271,6 +292,26 @@ impl<C: Clock> Scheduler<C> {
         if let Err(e) = self.store.release_lease(name, &self.holder).await {
             warn!(source = name, error = %e, "Releasing the source lease failed; it expires by itself.");
         }
+    }
+
+    /// Every source's schedule, history, next due time and staleness, at the clock's now.
+    pub async fn outlook(&self, stale_after: Duration) -> Result<Vec<Outlook>, StoreError> {
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(self.plans.len());
+        for plan in &self.plans {
+            let h = self.store.schedule_history(&plan.source).await?;
+            out.push(Outlook {
+                source: plan.source.clone(),
+                full_mode: plan.full_mode,
+                schedule: plan.schedule.expr().to_owned(),
+                full_schedule: plan.full_schedule.as_ref().map(|f| f.expr().to_owned()),
+                last_started: h.last_started,
+                next_due: next_due(plan, &h, now),
+                last_success_at: h.last_success_at,
+                stale: is_stale(h.last_success_at, now, stale_after),
+            });
+        }
+        Ok(out)
     }
 
     /// The earliest instant any source is next due (now for a source that never ran).

@@ -738,3 +738,44 @@ async fn a_tick_stops_starting_runs_when_asked_to_stop() {
     assert!(r.is_empty());
     assert!(runner.calls().is_empty());
 }
+
+/// One cron field with values up to `max` (a little beyond, so invalid ones occur too): a
+/// wildcard, a value, a range, a step or a list.
+fn field(max: u32) -> impl Strategy<Value = String> {
+    let v = 0..max + 2;
+    prop_oneof![
+        Just("*".to_owned()),
+        v.clone().prop_map(|n| n.to_string()),
+        (v.clone(), v.clone()).prop_map(|(a, b)| format!("{a}-{b}")),
+        (1..max + 2).prop_map(|k| format!("*/{k}")),
+        (v.clone(), v).prop_map(|(a, b)| format!("{a},{b}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Arbitrary (sometimes invalid) expressions never panic; valid ones fire strictly later
+    /// each time, whatever the instant — the range covers the DST nights of 2026 and 2027.
+    #[test]
+    fn arbitrary_cron_expressions_never_panic_and_fire_forward(
+        sec in field(59),
+        min in field(59),
+        hour in field(23),
+        day in field(31),
+        month in field(12),
+        weekday in prop_oneof![Just("*"), Just("Sun"), Just("Mon-Fri"), Just("8")],
+        secs in 1_774_000_000i64..1_825_000_000i64,
+    ) {
+        let expr = format!("{sec} {min} {hour} {day} {month} {weekday}");
+        if let Ok(s) = CronSchedule::parse_in(&expr, "Europe/Amsterdam") {
+            let t = DateTime::from_timestamp(secs, 0).expect("timestamp");
+            if let Some(a) = s.next_after(t) {
+                prop_assert!(a > t, "{expr}: {a} after {t}");
+                if let Some(b) = s.next_after(a) {
+                    prop_assert!(b > a, "{expr}: {b} after {a}");
+                }
+            }
+        }
+    }
+}
