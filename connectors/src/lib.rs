@@ -3,10 +3,12 @@
 //!
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
 //! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
+//! - [`runner`]: the shared runner every paged kind goes through (retries, paging, cancel).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
 pub mod location;
 pub mod paged;
+pub mod runner;
 pub mod xml_export;
 
 use matchpoint_schemas::{RawRecord, RecordPosition};
