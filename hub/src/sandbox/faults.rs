@@ -11,7 +11,8 @@
 //!   then says `Connection: close`, so each request opens a new connection);
 //! - `truncate=SHARE`: cut that share of bodies in half;
 //! - `garbage=SHARE`: replace that share of bodies with text that is no valid page;
-//! - `malformed=SHARE`: the upstream renders that share of records malformed (per format).
+//! - `malformed=SHARE`: the upstream renders that share of records malformed (per format);
+//! - `empty=1`: the upstream delivers no records at all (a complete, empty delivery).
 //!
 //! Decisions are drawn from the sandbox seed and a per-upstream request counter, so the same
 //! seed and the same request sequence give the same faults. Paths under `/_sandbox/` are
@@ -56,6 +57,8 @@ pub struct FaultSpec {
     pub garbage: f64,
     /// Share of records rendered malformed.
     pub malformed: f64,
+    /// Above 0: deliveries are empty.
+    pub empty: f64,
 }
 
 fn share(key: &str, v: &str) -> Result<f64, String> {
@@ -96,6 +99,7 @@ impl FaultSpec {
                 "truncate" => f.truncate = share(key, value)?,
                 "garbage" => f.garbage = share(key, value)?,
                 "malformed" => f.malformed = share(key, value)?,
+                "empty" => f.empty = share(key, value)?,
                 "status" => {
                     let mut parts = value.split(':');
                     let code = parts
@@ -124,7 +128,7 @@ impl FaultSpec {
                 }
                 other => {
                     return Err(format!(
-                        "faults: unknown item `{other}` (known: latency, status, reset, truncate, garbage, malformed)"
+                        "faults: unknown item `{other}` (known: latency, status, reset, truncate, garbage, malformed, empty)"
                     ));
                 }
             }

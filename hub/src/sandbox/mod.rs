@@ -179,9 +179,17 @@ impl Upstream {
         faults::draw(self.seed ^ h, u64::from(self.generation())) < share
     }
 
+    /// Whether deliveries are empty now (the `empty` fault).
+    pub fn empty(&self) -> bool {
+        self.faults().empty > 0.0
+    }
+
     /// The records of the current generation changed after the generation of `since` (all
     /// without it), in id order; cached per (generation, since).
     pub fn changed_since(&self, since: Option<&str>) -> Arc<Vec<FeedRecord>> {
+        if self.empty() {
+            return Arc::new(Vec::new());
+        }
         let g = self.generation();
         let since_gen = since.and_then(|s| self.feed.generation_of(s));
         if let Ok(snap) = self.snapshot.lock()
