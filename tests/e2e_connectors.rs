@@ -53,6 +53,17 @@ pub const REST_JSON: KindUnderTest = KindUnderTest {
     malformed_page_error: "invalid JSON",
 };
 
+/// Kind `soap` (okc-6).
+pub const SOAP: KindUnderTest = KindUnderTest {
+    source: "okc-6",
+    kind: "soap",
+    mapping: "deploy/mappings/okc-6.toml",
+    http: "auth = \"basic\"\nusername = \"okc6\"\npassword_env = \"MATCHPOINT_TEST_OKC6_PASSWORD\"\n",
+    env: &[("MATCHPOINT_TEST_OKC6_PASSWORD", "sandbox-okc-6")],
+    golden: "tests/golden/okc-6.golden",
+    malformed_page_error: "malformed delivery",
+};
+
 /// A running `matchpoint sandbox`; killed when dropped.
 struct Sandbox {
     child: Child,
@@ -593,3 +604,4 @@ macro_rules! compliance_suite {
 }
 
 compliance_suite!(rest_json, REST_JSON);
+compliance_suite!(soap, SOAP);
