@@ -599,6 +599,52 @@ mapping = "missing.toml"
         }
     }
 
+    fn paged_source(extra: &str) -> String {
+        format!(
+            "[[source]]\nname = \"okc-1\"\nkind = \"rest_json\"\nlocation = \"http://127.0.0.1:1/x\"\n\
+             mode = \"incremental\"\nschedule = \"0 0 * * * *\"\nmapping = \"mappings/okc-1.toml\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn paged_sources_check_their_paging_and_auth_settings() {
+        let ok = paged_source(
+            "[source.paging]\npage_size = 10\n[source.http]\nauth = \"bearer\"\ntoken_file = \"secret/token\"\n",
+        );
+        let cfg = Config::parse(&ok, "m.toml", &deploy_dir()).expect("valid");
+        let s = &cfg.sources[0];
+        assert_eq!(s.paging.page_size, 10);
+        assert_eq!(s.paging.max_attempts, 6);
+        assert_eq!(
+            s.http.token_file.as_deref(),
+            Some(deploy_dir().join("secret/token").as_path()),
+            "secret paths resolve against the config folder"
+        );
+        for (extra, needle) in [
+            ("[source.http]\nauth = \"bearer\"\n", "token_env or token_file"),
+            (
+                "[source.http]\nauth = \"bearer\"\ntoken_env = \"A\"\ntoken_file = \"b\"\n",
+                "exactly one",
+            ),
+            ("[source.http]\nauth = \"basic\"\npassword_env = \"P\"\n", "username"),
+            ("[source.http]\nauth = \"basic\"\nusername = \"u\"\n", "password_env"),
+            ("[source.paging]\npage_size = 0\n", "page_size"),
+            ("[source.paging]\nmax_attempts = 0\n", "max_attempts"),
+            ("[source.paging]\nbase_delay_ms = 10\nmax_delay_ms = 5\n", "max_delay_ms"),
+            ("[source.http]\ntoken = \"s3cret\"\n", "unknown field"),
+        ] {
+            let err = Config::parse(&paged_source(extra), "m.toml", &deploy_dir())
+                .expect_err(extra)
+                .to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        let file_url = paged_source("").replace("http://127.0.0.1:1/x", "data/x.json");
+        let err = Config::parse(&file_url, "m.toml", &deploy_dir())
+            .expect_err("not a URL")
+            .to_string();
+        assert!(err.contains("http:// or https:// URL"), "{err}");
+    }
+
     #[test]
     fn an_unknown_key_names_its_line() {
         let text = "store = \"sqlite://x.db\"\nstoer = 1\n";
