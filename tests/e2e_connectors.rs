@@ -286,7 +286,15 @@ fn cursor(inst: &Install, source: &str) -> Option<String> {
 pub fn golden(k: &KindUnderTest) {
     let sb = Sandbox::start(25, 11);
     let inst = install(k, &sb, "full", &Paging::default());
-    let run = sync_one(&inst, k);
+    let out = command(&inst, k, &["sync", "--json", "--source", k.source])
+        .output()
+        .expect("sync");
+    // Debug logs and the summary name no BSN (nor any other nine-digit number).
+    let mut printed = out.stdout.clone();
+    printed.extend_from_slice(&out.stderr);
+    assert_eq!(common::nine_digit_runs(&printed), Vec::<String>::new());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let run = v[0].clone();
     assert_eq!(run["status"], "succeeded", "{run}");
     let got = rows(&inst, k.source).join("\n") + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -363,7 +371,7 @@ pub fn paging_and_incremental(k: &KindUnderTest) {
 /// Transient faults are retried; every retry after a `Retry-After` waits at least that long.
 pub fn retries_honour_retry_after(k: &KindUnderTest) {
     let sb = Sandbox::start(60, 13);
-    sb.faults(k.source, "status=429:0.3:retry-after=1,503:0.2");
+    sb.faults(k.source, "status=429:0.3:retry-after=1,503:0.2,reset=0.1");
     let paging = Paging {
         page_size: 10,
         max_attempts: 8,
