@@ -128,12 +128,18 @@ mod tests {
         assert!(!format!("{s:?}").contains("t0ken"));
         let missing = dir.path().join("nope");
         let err = secret("okc-1", "token", None, Some(&missing)).expect_err("missing");
-        assert!(err.contains("http.token_file") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("http.token_file") && err.contains("nope"),
+            "{err}"
+        );
         std::fs::write(&file, "\n").expect("write");
         let err = secret("okc-1", "token", None, Some(&file)).expect_err("empty");
         assert!(err.contains("is empty"), "{err}");
         let var = "MATCHPOINT_TEST_UNSET_SECRET_VAR_3141";
         let err = secret("okc-1", "password", Some(&var.to_owned()), None).expect_err("unset");
-        assert!(err.contains(var) && err.contains("http.password_env"), "{err}");
+        assert!(
+            err.contains(var) && err.contains("http.password_env"),
+            "{err}"
+        );
     }
 }
