@@ -1,12 +1,22 @@
 //! Source connectors. Each turns one delivery of a source system into a stream of
 //! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
 //!
+//! - [`http`]: HTTP plumbing of the HTTP paged kinds (auth, failure classes, capped bodies).
+//! - [`json_flatten`]: JSON objects to field paths and groups (REST/JSON, FHIR).
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
 //! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
+//! - [`runner`]: the shared runner every paged kind goes through (retries, paging, cancel).
+//! - [`rest_json`]: kind `rest_json`, a paginated REST/JSON API.
+//! - [`soap`]: kind `soap`, a SOAP-style XML web service (one POSTed envelope per page).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
+pub mod http;
+pub mod json_flatten;
 pub mod location;
 pub mod paged;
+pub mod rest_json;
+pub mod runner;
+pub mod soap;
 pub mod xml_export;
 
 use matchpoint_schemas::{RawRecord, RecordPosition};

@@ -10,6 +10,7 @@
 //! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
 //! - [`users`]: API users, roles and bearer tokens.
 //! - [`api`]: the lookup service's JSON API (axum router).
+//! - [`sandbox`]: the simulated upstream systems (HTTP servers on loopback) with fault injection.
 //! - [`failpoint`]: named pause points used by the crash-safety tests.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
+pub mod sandbox;
 pub mod schedule;
 pub mod sources;
 pub mod store;

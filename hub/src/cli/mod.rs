@@ -5,6 +5,7 @@ mod demo;
 mod output;
 mod run;
 mod runs;
+mod sandbox;
 mod serve;
 mod sync_cmd;
 mod users;
@@ -196,6 +197,9 @@ pub enum Command {
         #[arg(long)]
         no_serve: bool,
     },
+    /// Start every simulated upstream system on 127.0.0.1 (REST, SOAP, …) with one synthetic
+    /// population, optionally with injected faults; runs until Ctrl-C.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -294,6 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_serve,
         } => demo::demo(&dir, persons, seed, (!no_serve).then_some(listen)).await,
         Command::Audit { config, action } => audit::run(&config.config, action).await,
+        Command::Sandbox(args) => sandbox::sandbox(args).await,
     }
 }
 
