@@ -4,9 +4,13 @@
 //! File kinds (XML export, CSV drop, iWmo messages) share [`files::FileDeliveries`]: a file,
 //! an HTTP(S) URL, or a folder (full: the newest file; incremental: every file named after
 //! the cursor, in name order). Paged kinds (REST/JSON, FHIR, SOAP, SQL) go through the shared
-//! runner in `matchpoint_connectors`.
+//! runner in `matchpoint_connectors` ([`paged::open_paged`] builds it from the source's
+//! `[source.paging]` settings; [`paged::http_client`] the HTTP client from `[source.http]`).
 
 pub mod files;
+pub mod paged;
+pub mod rest_json;
+pub mod soap;
 pub mod xml_export;
 
 use std::sync::Arc;
@@ -41,5 +45,7 @@ pub struct OpenContext<'a> {
 pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     match cx.source.kind {
         SourceKind::XmlExport => xml_export::open(cx),
+        SourceKind::RestJson => rest_json::open(cx),
+        SourceKind::Soap => soap::open(cx),
     }
 }
