@@ -32,11 +32,12 @@ use std::io::Read;
 use std::time::Duration;
 
 use reqwest::Url;
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use reqwest::blocking::Response;
+use reqwest::header::{ACCEPT, RETRY_AFTER};
 
 use self::bundle::{BundleError, DecodeOptions, Instant, decode_bundle};
 use crate::DeliveryError;
+use crate::http::HttpClient;
 use crate::paged::{FetchError, Page, PageRequest, PagedConnector};
 
 /// Largest `_count` the connector asks for.
@@ -52,21 +53,18 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("_revinclude:iterate", "RelatedPerson:patient"),
 ];
 
-/// How to reach one FHIR server.
+/// What to ask one FHIR server for. Timeout, credentials and body cap are the
+/// [`HttpClient`]'s.
 #[derive(Debug, Clone)]
 pub struct FhirSettings {
     /// The service base URL, e.g. `https://fhir.example/r4` (no trailing `/EpisodeOfCare`).
     pub base_url: String,
     /// `_count`: episodes per page (1 ..= [`MAX_PAGE_SIZE`]).
     pub page_size: u32,
-    /// Most bytes of one response body.
+    /// Most bytes of one response body (the same cap as the client's).
     pub max_page_bytes: u64,
-    /// Timeout of one request.
-    pub timeout: Duration,
     /// Which `Organization.identifier` system to deliver as `organization.identifier`.
     pub organization_system: Option<String>,
-    /// Bearer token sent as `Authorization` (never logged or shown).
-    pub bearer_token: Option<String>,
 }
 
 impl Default for FhirSettings {
@@ -75,9 +73,7 @@ impl Default for FhirSettings {
             base_url: String::new(),
             page_size: 100,
             max_page_bytes: 16 << 20,
-            timeout: Duration::from_secs(60),
             organization_system: None,
-            bearer_token: None,
         }
     }
 }
@@ -86,7 +82,7 @@ impl Default for FhirSettings {
 pub struct FhirConnector {
     settings: FhirSettings,
     base: Url,
-    client: Client,
+    client: HttpClient,
     decode: DecodeOptions,
     /// When the first page's search ran (caps the cursor).
     snapshot: Option<Instant>,
@@ -116,26 +112,26 @@ fn fatal_io(location: &str, message: impl Into<String>) -> FetchError {
 }
 
 impl FhirConnector {
-    /// A connector for the server at `settings.base_url`. Fails on a base URL that is not
-    /// http(s) or carries credentials, and on a page size out of range.
-    pub fn new(settings: FhirSettings) -> Result<Self, DeliveryError> {
+    /// A connector for the server at `settings.base_url`, asking through `client`. Fails on
+    /// a base URL that is not http(s) or carries credentials, and on a page size out of range.
+    pub fn new(client: HttpClient, settings: FhirSettings) -> Result<Self, DeliveryError> {
         let problem = |message: String| DeliveryError::Io {
-            location: "fhir".into(),
+            location: "the FHIR source".into(),
             message,
         };
         let mut base = Url::parse(settings.base_url.trim_end_matches('/')).map_err(|e| {
             problem(format!(
-                "fhir base URL is not a URL ({e}); expected e.g. https://fhir.example/r4"
+                "the FHIR base URL is not a URL ({e}); expected e.g. https://fhir.example/r4"
             ))
         })?;
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
             return Err(problem(
-                "fhir base URL must be an http:// or https:// URL with a host".into(),
+                "the FHIR base URL must be an http:// or https:// URL with a host".into(),
             ));
         }
         if !base.username().is_empty() || base.password().is_some() {
             return Err(problem(
-                "fhir base URL must not hold credentials; use a bearer token from the environment"
+                "the FHIR base URL must not hold credentials; use [source.http] auth with a secret from the environment or a file"
                     .into(),
             ));
         }
@@ -143,15 +139,10 @@ impl FhirConnector {
         base.set_fragment(None);
         if settings.page_size == 0 || settings.page_size > MAX_PAGE_SIZE {
             return Err(problem(format!(
-                "fhir page size must be between 1 and {MAX_PAGE_SIZE}, found {}",
+                "the FHIR page size (paging.page_size) must be between 1 and {MAX_PAGE_SIZE}, found {}",
                 settings.page_size
             )));
         }
-        let client = Client::builder()
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| problem(format!("cannot set up the HTTP client: {e}")))?;
         // A page holds its matches plus at most a few dozen included resources per match.
         let max_entries = usize::try_from(settings.page_size)
             .unwrap_or(usize::MAX)
@@ -224,17 +215,23 @@ impl FhirConnector {
     }
 
     fn get(&self, url: &Url) -> Result<Response, FetchError> {
-        let mut req = self
-            .client
-            .get(url.clone())
-            .header(ACCEPT, "application/fhir+json");
-        if let Some(token) = &self.settings.bearer_token {
-            req = req.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        req.send().map_err(|e| FetchError::Transient {
-            message: format!("{}: request failed: {}", self.describe(), e.without_url()),
-            retry_after: None,
-        })
+        self.client
+            .get(url.as_str())
+            .header(ACCEPT, "application/fhir+json")
+            .send()
+            .map_err(|e| {
+                let kind = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                FetchError::Transient {
+                    message: format!("{}: {kind} ({})", self.describe(), e.without_url()),
+                    retry_after: None,
+                }
+            })
     }
 
     /// Reads a body, at most `max_page_bytes`.
@@ -246,7 +243,7 @@ impl FhirConnector {
             return Err(FetchError::Fatal(DeliveryError::Limit {
                 location,
                 message: format!(
-                    "the server announces a page of {len} bytes, more than fhir.max_page_bytes ({max}); lower fhir.page_size or raise the limit"
+                    "the server announces a page of {len} bytes, more than paging.max_page_bytes ({max}); lower paging.page_size or raise the limit"
                 ),
             }));
         }
@@ -266,7 +263,7 @@ impl FhirConnector {
             return Err(FetchError::Fatal(DeliveryError::Limit {
                 location,
                 message: format!(
-                    "a page is larger than fhir.max_page_bytes ({max}); lower fhir.page_size or raise the limit"
+                    "a page is larger than paging.max_page_bytes ({max}); lower paging.page_size or raise the limit"
                 ),
             }));
         }
@@ -304,9 +301,11 @@ impl FhirConnector {
             }
         } else {
             let hint = match status.as_u16() {
-                401 | 403 => " (check the source's bearer token)",
+                401 | 403 => {
+                    " (credentials refused: check the [source.http] auth settings and the secret they point to)"
+                }
                 404 => {
-                    " (check fhir base URL: it must be the service base, without /EpisodeOfCare)"
+                    " (check the location: it must be the FHIR service base URL, without /EpisodeOfCare)"
                 }
                 _ => "",
             };

@@ -106,7 +106,7 @@ impl std::fmt::Display for BundleError {
             BundleError::Malformed(s) => write!(f, "not a FHIR searchset Bundle: {s}"),
             BundleError::TooManyEntries(max) => write!(
                 f,
-                "the page holds more than {max} entries; lower fhir.page_size or check the server"
+                "the page holds more than {max} entries; lower paging.page_size or check the server"
             ),
         }
     }

@@ -165,12 +165,25 @@ fn retry_after_takes_seconds_and_http_dates() {
     assert_eq!(parse_retry_after("soon"), None);
 }
 
+fn client() -> HttpClient {
+    HttpClient::new(
+        "fhir test",
+        Duration::from_secs(5),
+        crate::http::Auth::None,
+        1 << 20,
+    )
+    .expect("client")
+}
+
 fn connector() -> FhirConnector {
-    FhirConnector::new(FhirSettings {
-        base_url: "http://127.0.0.1:9/fhir/".into(),
-        page_size: 25,
-        ..FhirSettings::default()
-    })
+    FhirConnector::new(
+        client(),
+        FhirSettings {
+            base_url: "http://127.0.0.1:9/fhir/".into(),
+            page_size: 25,
+            ..FhirSettings::default()
+        },
+    )
     .expect("connector")
 }
 
@@ -218,20 +231,23 @@ fn a_next_link_to_another_server_is_refused_without_a_request() {
 fn bad_settings_are_refused_with_what_to_do() {
     for (base, size, needle) in [
         ("ftp://x/fhir", 10, "http"),
-        ("http://user:secret@x/fhir", 10, "credentials"),
+        ("http://user:hunter2@x/fhir", 10, "credentials"),
         ("not a url", 10, "not a URL"),
         ("http://x/fhir", 0, "page size"),
         ("http://x/fhir", MAX_PAGE_SIZE + 1, "page size"),
     ] {
-        let err = FhirConnector::new(FhirSettings {
-            base_url: base.into(),
-            page_size: size,
-            ..FhirSettings::default()
-        })
+        let err = FhirConnector::new(
+            client(),
+            FhirSettings {
+                base_url: base.into(),
+                page_size: size,
+                ..FhirSettings::default()
+            },
+        )
         .expect_err("refused")
         .to_string();
         assert!(err.contains(needle), "{base}: {err}");
-        assert!(!err.contains("secret"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }
 
