@@ -326,3 +326,44 @@ fn unknown_search_parameters_are_refused_like_a_strict_server() {
     assert_eq!(body["resourceType"], "OperationOutcome");
     assert_eq!(body["issue"][0]["code"], "not-supported");
 }
+
+#[test]
+fn through_the_shared_runner_transient_faults_are_retried_and_the_total_checked() {
+    use matchpoint_connectors::RecordStream;
+    use matchpoint_connectors::runner::{PagedRunner, RetryPolicy, RunnerConfig};
+
+    let server = start(80, 9);
+    let expected: BTreeSet<String> = server
+        .up
+        .feed
+        .changed_since(0, None)
+        .map(|r| r.id)
+        .collect();
+    server.post("/_sandbox/faults", "status=503:0.2");
+    let config = RunnerConfig {
+        retry: RetryPolicy {
+            max_attempts: 20,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+            max_retry_after: Duration::from_secs(1),
+        },
+        jitter_seed: Some(1),
+        ..RunnerConfig::default()
+    };
+    let mut runner = PagedRunner::new(server.connector(7, Some(TOKEN)), config);
+    let mut got = Vec::new();
+    while let Some(r) = runner.next_record().expect("the run completes") {
+        got.push(r);
+    }
+    assert_eq!(ids(&got), expected);
+    assert_eq!(got.len(), expected.len());
+    assert!(
+        runner.stats().retries > 0,
+        "no fault was met: {:?}",
+        runner.stats()
+    );
+    assert_eq!(
+        runner.cursor().as_deref(),
+        Some(server.up.feed.timestamp(0).as_str())
+    );
+}
