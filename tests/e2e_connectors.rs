@@ -53,6 +53,18 @@ pub const REST_JSON: KindUnderTest = KindUnderTest {
     malformed_page_error: "invalid JSON",
 };
 
+/// Kind `fhir` (okc-5).
+pub const FHIR: KindUnderTest = KindUnderTest {
+    source: "okc-5",
+    kind: "fhir",
+    mapping: "deploy/mappings/okc-5.toml",
+    http: "auth = \"bearer\"\ntoken_env = \"MATCHPOINT_TEST_OKC5_TOKEN\"\n[source.fhir]\n\
+           organization_system = \"https://matchpoint.example/fhir/NamingSystem/organisation\"\n",
+    env: &[("MATCHPOINT_TEST_OKC5_TOKEN", "sandbox-okc-5")],
+    golden: "tests/golden/okc-5.golden",
+    malformed_page_error: "invalid JSON",
+};
+
 /// A running `matchpoint sandbox`; killed when dropped.
 struct Sandbox {
     child: Child,
@@ -568,3 +580,4 @@ macro_rules! compliance_suite {
 }
 
 compliance_suite!(rest_json, REST_JSON);
+compliance_suite!(fhir, FHIR);

@@ -373,6 +373,10 @@ impl PagedConnector for FhirConnector {
                         location,
                         message: e.to_string(),
                     },
+                    BundleError::Truncated => DeliveryError::Truncated {
+                        location,
+                        message: e.to_string(),
+                    },
                     _ => DeliveryError::Malformed {
                         location,
                         byte_offset: offset,

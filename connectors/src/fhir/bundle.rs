@@ -93,6 +93,8 @@ pub enum BundleError {
     OperationOutcome(String),
     /// Not a searchset Bundle in JSON.
     Malformed(String),
+    /// The JSON ends before the Bundle does: the body was cut off in transport.
+    Truncated,
     /// More entries than allowed.
     TooManyEntries(usize),
 }
@@ -104,6 +106,9 @@ impl std::fmt::Display for BundleError {
                 write!(f, "the server answered OperationOutcome: {s}")
             }
             BundleError::Malformed(s) => write!(f, "not a FHIR searchset Bundle: {s}"),
+            BundleError::Truncated => {
+                f.write_str("the page ends in the middle of its JSON (the body was cut off)")
+            }
             BundleError::TooManyEntries(max) => write!(
                 f,
                 "the page holds more than {max} entries; lower paging.page_size or check the server"
@@ -295,6 +300,9 @@ pub fn decode_bundle(
     options: &DecodeOptions,
 ) -> Result<DecodedBundle, BundleError> {
     let root: Value = serde_json::from_slice(body).map_err(|e| {
+        if e.is_eof() && !body.iter().all(u8::is_ascii_whitespace) {
+            return BundleError::Truncated;
+        }
         BundleError::Malformed(format!(
             "invalid JSON at line {} column {} ({:?})",
             e.line(),

@@ -121,7 +121,6 @@ fn codes_that_are_not_tokens_are_not_echoed() {
 fn pages_that_are_not_searchset_bundles_fail_the_page() {
     for body in [
         "",
-        "{",
         "[]",
         r#"{"resourceType":"Patient"}"#,
         r#"{"resourceType":"Bundle","type":"transaction"}"#,
@@ -133,6 +132,17 @@ fn pages_that_are_not_searchset_bundles_fail_the_page() {
         let r = decode_bundle(body.as_bytes(), 1, 0, &options());
         assert!(matches!(r, Err(BundleError::Malformed(_))), "{body}: {r:?}");
     }
+}
+
+#[test]
+fn a_cut_off_page_is_truncated_not_malformed() {
+    let half = &GOLDEN.as_bytes()[..GOLDEN.len() / 2];
+    let r = decode_bundle(half, 1, 0, &options());
+    assert!(matches!(r, Err(BundleError::Truncated)), "{r:?}");
+    assert!(matches!(
+        decode_bundle(b"{", 1, 0, &options()),
+        Err(BundleError::Truncated)
+    ));
 }
 
 #[test]
@@ -347,6 +357,12 @@ proptest! {
     ) {
         let _ = decode_bundle(&bytes, 1, 0, &options());
         let r = decode_bundle(&GOLDEN.as_bytes()[..cut], 1, 0, &options());
-        prop_assert!(matches!(r, Err(BundleError::Malformed(_))));
+        prop_assert!(
+            matches!(r, Err(BundleError::Truncated) | Err(BundleError::Malformed(_))),
+            "{:?}", r
+        );
+        if cut > 0 {
+            prop_assert!(matches!(r, Err(BundleError::Truncated)), "{:?}", r);
+        }
     }
 }
