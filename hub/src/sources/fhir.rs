@@ -137,3 +137,51 @@ mod tests {
         assert_eq!(err.reason, RejectReason::MissingBsn);
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use std::path::Path;
+
+    use crate::config::{Config, SourceKind};
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "[[source]]\nname = \"okc-5\"\nkind = \"fhir\"\n\
+             location = \"http://127.0.0.1:1/okc-5/fhir\"\nmode = \"incremental\"\n\
+             schedule = \"0 10 * * * *\"\nmapping = \"mappings/okc-5.toml\"\n{extra}"
+        );
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        Config::parse(&text, "m.toml", &deploy).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_fhir_source_with_its_table_parses() {
+        let cfg = parse("[source.fhir]\norganization_system = \"urn:x\"\n").expect("valid");
+        assert_eq!(cfg.sources[0].kind, SourceKind::Fhir);
+        assert_eq!(
+            cfg.sources[0].fhir.organization_system.as_deref(),
+            Some("urn:x")
+        );
+        assert!(parse("").is_ok(), "[source.fhir] is optional");
+    }
+
+    #[test]
+    fn fhir_settings_are_checked_with_their_key() {
+        let err = parse("[source.paging]\npage_size = 2000\n").expect_err("too large");
+        assert!(
+            err.contains("paging.page_size must be at most 1000"),
+            "{err}"
+        );
+        let err = parse("[source.fhir]\norganisation_system = \"urn:x\"\n").expect_err("typo");
+        assert!(err.contains("m.toml:9"), "{err}");
+        let err = Config::parse(
+            "[[source]]\nname = \"okc-5\"\nkind = \"fhir\"\nlocation = \"fhir/\"\n\
+             mode = \"full\"\nschedule = \"0 10 * * * *\"\nmapping = \"x.toml\"\n",
+            "m.toml",
+            Path::new("."),
+        )
+        .expect_err("not a URL")
+        .to_string();
+        assert!(err.contains("must be an http:// or https:// URL"), "{err}");
+    }
+}
