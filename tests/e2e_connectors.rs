@@ -65,6 +65,17 @@ pub const FHIR: KindUnderTest = KindUnderTest {
     malformed_page_error: "invalid JSON",
 };
 
+/// Kind `soap` (okc-6).
+pub const SOAP: KindUnderTest = KindUnderTest {
+    source: "okc-6",
+    kind: "soap",
+    mapping: "deploy/mappings/okc-6.toml",
+    http: "auth = \"basic\"\nusername = \"okc6\"\npassword_env = \"MATCHPOINT_TEST_OKC6_PASSWORD\"\n",
+    env: &[("MATCHPOINT_TEST_OKC6_PASSWORD", "sandbox-okc-6")],
+    golden: "tests/golden/okc-6.golden",
+    malformed_page_error: "malformed delivery",
+};
+
 /// A running `matchpoint sandbox`; killed when dropped.
 struct Sandbox {
     child: Child,
@@ -290,7 +301,9 @@ pub fn golden(k: &KindUnderTest) {
     let run = sync_one(&inst, k);
     assert_eq!(run["status"], "succeeded", "{run}");
     let got = rows(&inst, k.source).join("\n") + "\n";
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(k.golden);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(k.golden);
     if std::env::var_os("MATCHPOINT_UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, &got).expect("write golden");
@@ -343,7 +356,11 @@ pub fn paging_and_incremental(k: &KindUnderTest) {
         "{second}"
     );
     assert!(count(&second, "updated") > 0, "{second}");
-    assert_eq!(count(&second, "ended"), 0, "incremental runs end nothing by absence");
+    assert_eq!(
+        count(&second, "ended"),
+        0,
+        "incremental runs end nothing by absence"
+    );
     let c2 = cursor(&inst, k.source).expect("cursor");
     assert!(c2 > c1, "the cursor moves on: {c1} → {c2}");
 
@@ -372,13 +389,20 @@ pub fn retries_honour_retry_after(k: &KindUnderTest) {
     let mut waits = 0;
     for pair in log.windows(2) {
         if let Some(ra) = pair[0]["retry_after"].as_u64() {
-            let gap = pair[1]["at_ms"].as_u64().unwrap_or(0) - pair[0]["at_ms"].as_u64().unwrap_or(0);
-            assert!(gap >= ra * 1000, "retried after {gap} ms despite Retry-After: {ra} s");
+            let gap =
+                pair[1]["at_ms"].as_u64().unwrap_or(0) - pair[0]["at_ms"].as_u64().unwrap_or(0);
+            assert!(
+                gap >= ra * 1000,
+                "retried after {gap} ms despite Retry-After: {ra} s"
+            );
             waits += 1;
         }
     }
     let faulted = log.iter().filter(|e| e["status"] != 200).count();
-    assert!(waits > 0 && faulted > waits, "faults were injected: {stats}");
+    assert!(
+        waits > 0 && faulted > waits,
+        "faults were injected: {stats}"
+    );
     assert_eq!(count(&run, "read"), stats["records"].as_u64().unwrap_or(0));
 }
 
@@ -396,10 +420,16 @@ pub fn exhausted_retries_fail_cleanly(k: &KindUnderTest) {
     sb.control(k.source, "advance", "");
     let runs = sync(&inst, k, &[]);
     let mine = runs.iter().find(|r| r["source"] == k.source).expect("run");
-    let other = runs.iter().find(|r| r["source"] == "okc-2").expect("okc-2 run");
+    let other = runs
+        .iter()
+        .find(|r| r["source"] == "okc-2")
+        .expect("okc-2 run");
     assert_eq!(mine["status"], "failed", "{mine}");
     let err = mine["error"].as_str().unwrap_or("");
-    assert!(err.contains("gave up after 4 attempts") && err.contains("503"), "{err}");
+    assert!(
+        err.contains("gave up after 4 attempts") && err.contains("503"),
+        "{err}"
+    );
     assert_eq!(other["status"], "succeeded", "{other}");
     assert_eq!(rows(&inst, k.source), before);
     assert_eq!(sb.stats(k.source)["requests"], 4);
@@ -483,7 +513,10 @@ pub fn cancellation_stops_quickly(k: &KindUnderTest) {
     // Wait until the upstream answered the first request (the run is now waiting 300 s).
     let deadline = Instant::now() + Duration::from_secs(60);
     while sb.stats(k.source)["requests"].as_u64().unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the sync never reached the upstream");
+        assert!(
+            Instant::now() < deadline,
+            "the sync never reached the upstream"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let interrupted = Instant::now();
@@ -501,7 +534,10 @@ pub fn cancellation_stops_quickly(k: &KindUnderTest) {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v[0]["status"], "failed", "{v}");
-    assert!(v[0]["error"].as_str().unwrap_or("").contains("cancelled"), "{v}");
+    assert!(
+        v[0]["error"].as_str().unwrap_or("").contains("cancelled"),
+        "{v}"
+    );
     assert_eq!(rows(&inst, k.source), before);
     assert_eq!(sb.stats(k.source)["requests"], 1);
 }
@@ -580,4 +616,5 @@ macro_rules! compliance_suite {
 }
 
 compliance_suite!(rest_json, REST_JSON);
+compliance_suite!(soap, SOAP);
 compliance_suite!(fhir, FHIR);

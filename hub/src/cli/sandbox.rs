@@ -63,7 +63,10 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             r.auth_hint
         );
     }
-    println!("Sandbox ready (seed {}, {} persons); Ctrl-C stops it.", args.seed, args.persons);
+    println!(
+        "Sandbox ready (seed {}, {} persons); Ctrl-C stops it.",
+        args.seed, args.persons
+    );
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;

@@ -66,7 +66,9 @@ fn share(key: &str, v: &str) -> Result<f64, String> {
         .parse()
         .map_err(|_| format!("faults: `{key}` needs a share between 0 and 1, found `{v}`"))?;
     if !(0.0..=1.0).contains(&x) {
-        return Err(format!("faults: `{key}` share must be between 0 and 1, found {x}"));
+        return Err(format!(
+            "faults: `{key}` share must be between 0 and 1, found {x}"
+        ));
     }
     Ok(x)
 }
@@ -277,7 +279,13 @@ mod tests {
 
     #[test]
     fn bad_specs_are_named() {
-        for bad in ["latency=fast", "status=200:0.1", "reset=2", "boom=1", "503:0.7,500:0.7"] {
+        for bad in [
+            "latency=fast",
+            "status=200:0.1",
+            "reset=2",
+            "boom=1",
+            "503:0.7,500:0.7",
+        ] {
             let err = FaultSpec::parse(bad).expect_err(bad);
             assert!(err.starts_with("faults:"), "{err}");
         }

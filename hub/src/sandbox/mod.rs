@@ -182,11 +182,9 @@ impl Upstream {
         if share <= 0.0 {
             return false;
         }
-        let h = id
-            .bytes()
-            .fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
-            });
+        let h = id.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        });
         faults::draw(self.seed ^ h, u64::from(self.generation())) < share
     }
 
@@ -324,9 +322,14 @@ pub async fn start(opts: &SandboxOptions) -> Result<Vec<Running>, String> {
         let port = if opts.listen_base == 0 {
             0
         } else {
-            opts.listen_base.checked_add(def.port_offset).ok_or_else(|| {
-                format!("--listen-base {} leaves no room for port offsets", opts.listen_base)
-            })?
+            opts.listen_base
+                .checked_add(def.port_offset)
+                .ok_or_else(|| {
+                    format!(
+                        "--listen-base {} leaves no room for port offsets",
+                        opts.listen_base
+                    )
+                })?
         };
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
