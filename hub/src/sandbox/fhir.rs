@@ -94,8 +94,9 @@ struct Search {
     repeat: Vec<(String, String)>,
 }
 
-fn parse(params: &[(String, String)]) -> Result<Search, Response> {
-    let bad = |d: &str, msg: String| outcome(StatusCode::BAD_REQUEST, "invalid", Some(d), &msg);
+fn parse(params: &[(String, String)]) -> Result<Search, Box<Response>> {
+    let bad =
+        |d: &str, msg: String| Box::new(outcome(StatusCode::BAD_REQUEST, "invalid", Some(d), &msg));
     let mut s = Search {
         count: DEFAULT_COUNT,
         ..Search::default()
@@ -149,12 +150,12 @@ fn parse(params: &[(String, String)]) -> Result<Search, Response> {
             }
             "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
                 if !INCLUDES.iter().any(|(p, i)| p == k && i == v) {
-                    return Err(outcome(
+                    return Err(Box::new(outcome(
                         StatusCode::BAD_REQUEST,
                         "not-supported",
                         Some("MSG_INCLUDE_UNKNOWN"),
                         &format!("{k}={v} is not supported"),
-                    ));
+                    )));
                 }
                 match v.as_str() {
                     "EpisodeOfCare:patient" => s.patient = true,
@@ -166,12 +167,12 @@ fn parse(params: &[(String, String)]) -> Result<Search, Response> {
                 }
             }
             _ => {
-                return Err(outcome(
+                return Err(Box::new(outcome(
                     StatusCode::BAD_REQUEST,
                     "not-supported",
                     Some("MSG_PARAM_UNKNOWN"),
                     &format!("unknown search parameter {k}"),
-                ));
+                )));
             }
         }
         s.repeat.push((k.clone(), v.clone()));
@@ -222,7 +223,7 @@ async fn search(
     }
     let s = match parse(&params) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let key = up.seed;
     let generation = up.generation();
@@ -280,10 +281,10 @@ async fn search(
         if s.team {
             include(render::care_team(key, r, &updated), &mut entries);
         }
-        if (s.care_manager && r.coordinator) || (s.team && s.participant) {
-            if let Some(p) = render::practitioner(key, r) {
-                include(p, &mut entries);
-            }
+        if ((s.care_manager && r.coordinator) || (s.team && s.participant))
+            && let Some(p) = render::practitioner(key, r)
+        {
+            include(p, &mut entries);
         }
     }
     let mut links = vec![
