@@ -187,9 +187,14 @@ impl FhirConnector {
         url
     }
 
-    /// Checks that a next link stays on the configured server.
+    /// Resolves a next link (relative links against the page they came from) and checks
+    /// that it stays on the configured server.
     fn next_url(&self, link: &str) -> Result<Url, FetchError> {
-        let url = self.base.join(link).map_err(|_| {
+        let page = match self.last_url.as_deref().and_then(|u| Url::parse(u).ok()) {
+            Some(page) => page,
+            None => self.search_url(None),
+        };
+        let url = page.join(link).map_err(|_| {
             FetchError::Fatal(DeliveryError::Malformed {
                 location: self.describe(),
                 byte_offset: self.bytes,
