@@ -374,7 +374,10 @@ struct Canned {
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-fn canned(responses: Vec<(u16, Vec<(&'static str, String)>, String)>) -> Canned {
+/// One canned answer: status, extra headers, body.
+type Answer = (u16, Vec<(&'static str, String)>, String);
+
+fn canned(responses: Vec<Answer>) -> Canned {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let base = format!("http://{}/fhir", listener.local_addr().expect("addr"));
