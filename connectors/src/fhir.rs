@@ -391,7 +391,7 @@ impl PagedConnector for FhirConnector {
                 })
             })?;
         for w in &decoded.warnings {
-            tracing::warn!(source = %self.describe(), "the server reports an issue with the search: {w}");
+            tracing::warn!(source = %self.describe(), issue = %w, "The FHIR server reports an issue with the search.");
         }
         self.bytes += page_bytes;
         self.records += decoded.records.len() as u64;
