@@ -582,3 +582,175 @@ fn bodies_over_the_cap_and_short_bodies_fail_the_run() {
         "{short:?}"
     );
 }
+
+/// One generated episode with its patient, organisation, team and practitioner.
+#[derive(Debug, Clone)]
+struct GenEpisode {
+    id: String,
+    status: &'static str,
+    bsn: String,
+    birth: String,
+    org: String,
+    team: String,
+    goal: String,
+    contact: String,
+    start: String,
+    end: Option<String>,
+    coordinator: bool,
+    relations: Vec<(String, &'static str)>,
+}
+
+fn gen_episode() -> impl Strategy<Value = GenEpisode> {
+    let text = "[\\p{L}\\p{N} .,'()-]{1,40}";
+    (
+        "[A-Za-z0-9.-]{1,20}",
+        prop::sample::select(vec!["planned", "active", "finished", "cancelled"]),
+        "[0-9]{9}",
+        "(19[5-9][0-9]|20[0-2][0-9])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])",
+        "[A-Z][A-Z-]{1,15}",
+        (text, text, text),
+        (
+            "20[12][0-9]-0[1-9]-1[0-9]",
+            prop::option::of("20[12][0-9]-0[1-9]-2[0-8](T10:00:00\\+01:00)?"),
+        ),
+        any::<bool>(),
+        prop::collection::vec(
+            (
+                "[0-9]{9}",
+                prop::sample::select(vec!["PRN", "CHILD", "SPS"]),
+            ),
+            0..4,
+        ),
+    )
+        .prop_map(
+            |(
+                id,
+                status,
+                bsn,
+                birth,
+                org,
+                (team, goal, contact),
+                (start, end),
+                coordinator,
+                relations,
+            )| {
+                GenEpisode {
+                    id,
+                    status,
+                    bsn,
+                    birth,
+                    org,
+                    team,
+                    goal,
+                    contact,
+                    start,
+                    end,
+                    coordinator,
+                    relations,
+                }
+            },
+        )
+}
+
+fn render(eps: &[GenEpisode]) -> String {
+    let mut entries = Vec::new();
+    for (i, e) in eps.iter().enumerate() {
+        let mut period = json!({ "start": e.start });
+        if let Some(end) = &e.end {
+            period["end"] = json!(end);
+        }
+        let mut eoc = json!({
+            "resourceType": "EpisodeOfCare", "id": e.id, "status": e.status,
+            "meta": { "lastUpdated": "2026-11-20T10:00:00Z" },
+            "type": [{ "coding": [{ "system": "urn:x", "code": "wmo" }] }],
+            "patient": { "reference": format!("Patient/p{i}") },
+            "managingOrganization": { "reference": format!("Organization/o{i}") },
+            "team": [{ "reference": format!("CareTeam/t{i}") }],
+            "period": period,
+        });
+        if e.coordinator {
+            eoc["careManager"] = json!({ "reference": format!("Practitioner/pr{i}") });
+        }
+        entries.push(json!({ "resource": eoc, "search": { "mode": "match" } }));
+        entries.push(
+            json!({ "resource": { "resourceType": "Patient", "id": format!("p{i}"),
+            "identifier": [{ "system": bundle::BSN_SYSTEM, "value": e.bsn }],
+            "birthDate": e.birth }, "search": { "mode": "include" } }),
+        );
+        entries.push(
+            json!({ "resource": { "resourceType": "Organization", "id": format!("o{i}"),
+            "identifier": [{ "system": "urn:org", "value": e.org }] },
+            "search": { "mode": "include" } }),
+        );
+        entries.push(
+            json!({ "resource": { "resourceType": "CareTeam", "id": format!("t{i}"),
+            "name": e.team, "reasonCode": [{ "text": e.goal }],
+            "participant": [{ "member": { "reference": format!("Practitioner/pr{i}") } }] },
+            "search": { "mode": "include" } }),
+        );
+        entries.push(
+            json!({ "resource": { "resourceType": "Practitioner", "id": format!("pr{i}"),
+            "name": [{ "text": e.contact }] }, "search": { "mode": "include" } }),
+        );
+        for (j, (bsn, code)) in e.relations.iter().enumerate() {
+            entries.push(json!({ "resource": { "resourceType": "RelatedPerson",
+                "id": format!("rp{i}-{j}"), "patient": { "reference": format!("Patient/p{i}") },
+                "identifier": [{ "system": bundle::BSN_SYSTEM, "value": bsn }],
+                "relationship": [{ "coding": [{ "code": code }] }] },
+                "search": { "mode": "include" } }));
+        }
+    }
+    json!({ "resourceType": "Bundle", "type": "searchset", "total": eps.len(), "entry": entries })
+        .to_string()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Any well-formed page decodes to exactly what was put in it: each episode resolved with
+    /// its own patient, organisation, team, contact and related persons, none mixed up.
+    #[test]
+    fn a_generated_page_decodes_to_what_it_holds(
+        eps in prop::collection::vec(gen_episode(), 0..6)
+    ) {
+        let body = render(&eps);
+        let page = decode_bundle(body.as_bytes(), 1, 0, &DecodeOptions {
+            max_entries: 1000,
+            organization_system: Some("urn:org".into()),
+        }).expect("decodes");
+        prop_assert_eq!(page.total, Some(eps.len() as u64));
+        prop_assert_eq!(page.records.len(), eps.len());
+        for (e, r) in eps.iter().zip(&page.records) {
+            let r = r.as_ref().expect("record");
+            prop_assert_eq!(r.record_id.as_deref(), Some(e.id.as_str()));
+            prop_assert_eq!(r.field("status"), Some(e.status));
+            prop_assert_eq!(r.field("patient.bsn"), Some(e.bsn.as_str()));
+            prop_assert_eq!(r.field("patient.birthDate"), Some(e.birth.as_str()));
+            prop_assert_eq!(r.field("organization.identifier"), Some(e.org.as_str()));
+            prop_assert_eq!(r.field("careTeam.name"), Some(e.team.as_str()));
+            prop_assert_eq!(r.field("careTeam.reason"), Some(e.goal.as_str()));
+            let contact = e.contact.trim();
+            prop_assert_eq!(
+                r.field("careTeam.participant.name"),
+                (!contact.is_empty()).then_some(contact)
+            );
+            prop_assert_eq!(r.field("period.start.date"), Some(e.start.as_str()));
+            prop_assert_eq!(r.field("period.end.date"), e.end.as_deref().map(|d| &d[..10]));
+            prop_assert_eq!(
+                r.field("careManager.present"),
+                Some(if e.coordinator { "true" } else { "false" })
+            );
+            let rels: Vec<(Option<&str>, Option<&str>)> = r
+                .groups
+                .iter()
+                .map(|g| (g.field("bsn"), g.field("relationship")))
+                .collect();
+            let want: Vec<(Option<&str>, Option<&str>)> = e
+                .relations
+                .iter()
+                .map(|(b, c)| (Some(b.as_str()), Some(*c)))
+                .collect();
+            prop_assert_eq!(rels, want);
+        }
+    }
+}
