@@ -265,7 +265,10 @@ impl RestJsonConnector {
     fn first_url(&self, since: Option<&str>) -> Result<Url, FetchError> {
         let format = &self.decoder.format;
         let mut url = Url::parse(&self.base).map_err(|e| {
-            FetchError::Fatal(self.decoder.malformed(format!("the location is not a URL: {e}")))
+            FetchError::Fatal(
+                self.decoder
+                    .malformed(format!("the location is not a URL: {e}")),
+            )
         })?;
         {
             let mut q = url.query_pairs_mut();
@@ -379,12 +382,25 @@ mod tests {
         let not_obj = p.records[2].as_ref().expect_err("not an object");
         assert!(not_obj.reason.contains("not a JSON object"));
         assert_eq!(not_obj.position.index, 3);
-        assert_eq!(p.records[3].as_ref().expect("numeric id").record_id.as_deref(), Some("7"));
+        assert_eq!(
+            p.records[3]
+                .as_ref()
+                .expect("numeric id")
+                .record_id
+                .as_deref(),
+            Some("7")
+        );
         // Quarantined records do not move the cursor.
         assert_eq!(d.cursor(), Some("2026-11-03T02:00:00Z"));
         // The next page continues the numbering.
-        let p2 = d.decode(r#"{"items": [{"id": "B"}]}"#.as_bytes(), Some("/l".into())).expect("page 2");
-        assert_eq!(p2.next.as_deref(), Some("/l"), "the Link header is used without a body link");
+        let p2 = d
+            .decode(r#"{"items": [{"id": "B"}]}"#.as_bytes(), Some("/l".into()))
+            .expect("page 2");
+        assert_eq!(
+            p2.next.as_deref(),
+            Some("/l"),
+            "the Link header is used without a body link"
+        );
         assert_eq!(p2.records[0].as_ref().expect("r").position.index, 5);
     }
 
@@ -395,9 +411,18 @@ mod tests {
             decoder().decode(cut.as_bytes(), None),
             Err(DeliveryError::Truncated { .. })
         ));
-        for bad in ["%%% not a page", "[1, 2]", r#"{"items": 3}"#, r#"{"items": [], "total": -1}"#, r#"{"items": [], "next": 5}"#] {
+        for bad in [
+            "%%% not a page",
+            "[1, 2]",
+            r#"{"items": 3}"#,
+            r#"{"items": [], "total": -1}"#,
+            r#"{"items": [], "next": 5}"#,
+        ] {
             assert!(
-                matches!(decoder().decode(bad.as_bytes(), None), Err(DeliveryError::Malformed { .. })),
+                matches!(
+                    decoder().decode(bad.as_bytes(), None),
+                    Err(DeliveryError::Malformed { .. })
+                ),
                 "{bad}"
             );
         }
