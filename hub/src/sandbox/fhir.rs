@@ -20,6 +20,10 @@
 //! record, so `_lastUpdated=gt<cursor>` serves exactly what changed; the framework's
 //! counters ([`Upstream::served`]: pages and matched episodes) let tests check that.
 //! Malformed records (the `malformed` fault) are episodes without a patient reference.
+//!
+//! Simulator limit: next links carry an offset, not a search snapshot, so advancing the data
+//! while a run pages on may shift episodes between pages (real servers keep the search
+//! result, e.g. HAPI's `_getpages`). Tests advance only between runs.
 
 use std::collections::HashSet;
 use std::sync::Arc;
