@@ -217,6 +217,24 @@ impl<'v> Included<'v> {
     }
 }
 
+/// A resource contained in `owner`, by a local reference `#id`.
+fn contained<'v>(owner: &'v Value, reference: Option<&str>, ty: &str) -> Option<&'v Value> {
+    let id = reference?.strip_prefix('#')?;
+    array(owner, "contained")
+        .iter()
+        .find(|r| str_at(r, &["resourceType"]) == Some(ty) && str_at(r, &["id"]) == Some(id))
+}
+
+/// A referenced resource: contained in `owner` (`#id`), else included in the page.
+fn resolve_in<'v>(
+    inc: &Included<'v>,
+    owner: &'v Value,
+    reference: Option<&str>,
+    ty: &str,
+) -> Option<&'v Value> {
+    contained(owner, reference, ty).or_else(|| inc.resolve(reference, ty))
+}
+
 fn human_name(resource: &Value) -> Option<String> {
     let names = array(resource, "name");
     let name = names
@@ -491,7 +509,7 @@ fn episode(
             "EpisodeOfCare.patient has no reference",
         ));
     };
-    let Some(patient) = inc.resolve(Some(patient_ref), "Patient") else {
+    let Some(patient) = resolve_in(inc, eoc, Some(patient_ref), "Patient") else {
         return Err(reject(
             Some(id),
             position,
@@ -504,7 +522,9 @@ fn episode(
     b.put("patient.birthDate", str_at(patient, &["birthDate"]));
 
     // The organisation.
-    if let Some(org) = inc.resolve(
+    if let Some(org) = resolve_in(
+        inc,
+        eoc,
         str_at(eoc, &["managingOrganization", "reference"]),
         "Organization",
     ) {
@@ -526,7 +546,12 @@ fn episode(
     }
 
     // The care manager (the coordinator).
-    let care_manager = inc.resolve(str_at(eoc, &["careManager", "reference"]), "Practitioner");
+    let care_manager = resolve_in(
+        inc,
+        eoc,
+        str_at(eoc, &["careManager", "reference"]),
+        "Practitioner",
+    );
     b.put(
         "careManager.present",
         Some(if care_manager.is_some() {
@@ -544,7 +569,7 @@ fn episode(
     // The care team and its first practitioner: the contact person.
     let team = array(eoc, "team")
         .iter()
-        .find_map(|t| inc.resolve(str_at(t, &["reference"]), "CareTeam"));
+        .find_map(|t| resolve_in(inc, eoc, str_at(t, &["reference"]), "CareTeam"));
     if let Some(team) = team {
         b.put("careTeam.name", str_at(team, &["name"]));
         b.put(
@@ -552,7 +577,9 @@ fn episode(
             array(team, "reasonCode").first().and_then(concept_text),
         );
         let member = array(team, "participant").iter().find_map(|p| {
-            inc.resolve(str_at(p, &["member", "reference"]), "Practitioner")
+            let member = str_at(p, &["member", "reference"]);
+            contained(team, member, "Practitioner")
+                .or_else(|| resolve_in(inc, eoc, member, "Practitioner"))
                 .map(|m| (p, m))
         });
         if let Some((participant, practitioner)) = member {

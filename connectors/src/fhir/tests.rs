@@ -754,3 +754,46 @@ proptest! {
         }
     }
 }
+
+/// `#id` references resolve to resources contained in the episode (or, for a care team's
+/// members, in the care team), never to an included resource of another episode.
+#[test]
+fn contained_resources_are_resolved_in_their_container() {
+    let body = json!({
+        "resourceType": "Bundle", "type": "searchset",
+        "entry": [
+            { "resource": {
+                "resourceType": "EpisodeOfCare", "id": "e1", "status": "active",
+                "contained": [
+                    { "resourceType": "Patient", "id": "p",
+                      "identifier": [{ "system": bundle::BSN_SYSTEM, "value": "123456782" }] },
+                    { "resourceType": "CareTeam", "id": "t", "name": "Team Zuid",
+                      "participant": [{ "member": { "reference": "#m" } }] },
+                    { "resourceType": "Practitioner", "id": "m", "name": [{ "text": "B. Smit" }] }
+                ],
+                "patient": { "reference": "#p" },
+                "team": [{ "reference": "#t" }]
+              }, "search": { "mode": "match" } },
+            { "resource": {
+                "resourceType": "EpisodeOfCare", "id": "e2", "status": "active",
+                "patient": { "reference": "#p" },
+                "team": [{ "reference": "CareTeam/t2" }]
+              }, "search": { "mode": "match" } },
+            { "resource": {
+                "resourceType": "CareTeam", "id": "t2", "name": "Team West",
+                "contained": [{ "resourceType": "Practitioner", "id": "m",
+                                "name": [{ "text": "C. Kok" }] }],
+                "participant": [{ "member": { "reference": "#m" } }]
+              }, "search": { "mode": "include" } }
+        ]
+    })
+    .to_string();
+    let page = decode_bundle(body.as_bytes(), 1, 0, &options()).expect("decodes");
+    let first = page.records[0].as_ref().expect("e1");
+    assert_eq!(first.field("patient.bsn"), Some("123456782"));
+    assert_eq!(first.field("careTeam.name"), Some("Team Zuid"));
+    assert_eq!(first.field("careTeam.participant.name"), Some("B. Smit"));
+    // e2's `#p` is not e1's patient: e2 contains none.
+    let second = page.records[1].as_ref().expect_err("no patient");
+    assert_eq!(second.field.as_deref(), Some("patient"));
+}
