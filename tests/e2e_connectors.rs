@@ -573,6 +573,40 @@ pub fn cursor_resumes_after_an_interrupted_run(k: &KindUnderTest) {
     assert!(cursor(&inst, k.source).expect("cursor") > c1);
 }
 
+/// Wrong or missing credentials fail the run with a message naming what to check, never the
+/// secret.
+pub fn credentials_are_checked(k: &KindUnderTest) {
+    let sb = Sandbox::start(20, 20);
+    let inst = install(k, &sb, "full", &Paging::default());
+    let (var, _) = k.env[0];
+    let out = inst
+        .command(&["sync", "--json", "--source", k.source])
+        .env(var, "wrong-secret-value")
+        .output()
+        .expect("sync");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let err = v[0]["error"].as_str().unwrap_or("").to_owned();
+    assert_eq!(v[0]["status"], "failed", "{v}");
+    assert!(
+        err.contains("401") && err.contains("credentials refused"),
+        "{err}"
+    );
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        !all.contains("wrong-secret-value"),
+        "the secret leaked: {all}"
+    );
+    assert_eq!(sb.stats(k.source)["requests"], 1, "a 401 is not retried");
+    let out = inst
+        .command(&["sync", "--json", "--source", k.source])
+        .env_remove(var)
+        .output()
+        .expect("sync");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let err = v[0]["error"].as_str().unwrap_or("");
+    assert!(err.contains(var) && err.contains("not set"), "{err}");
+}
+
 /// The whole suite for one kind, one test each.
 macro_rules! compliance_suite {
     ($module:ident, $kind:expr) => {
@@ -618,6 +652,10 @@ macro_rules! compliance_suite {
             #[test]
             fn the_cursor_resumes_after_an_interrupted_run() {
                 cursor_resumes_after_an_interrupted_run(&$kind);
+            }
+            #[test]
+            fn wrong_or_missing_credentials_fail_clearly() {
+                credentials_are_checked(&$kind);
             }
         }
     };

@@ -256,6 +256,20 @@ impl Feed {
         Some(r)
     }
 
+    /// The id of record `index`.
+    pub fn id(&self, index: usize) -> Option<&str> {
+        self.records.get(index).map(|r| r.id.as_str())
+    }
+
+    /// The indexes of the records of generation `g` touched after generation `since` (all
+    /// when `None`), in id order.
+    pub fn changed_indexes(&self, g: u32, since: Option<u32>) -> impl Iterator<Item = usize> {
+        (0..self.records.len()).filter(move |&i| {
+            self.at(i, g)
+                .is_some_and(|r| since.is_none_or(|s| r.touched > s))
+        })
+    }
+
     /// The records of generation `g` touched after generation `since` (all when `None`),
     /// in id order.
     pub fn changed_since(&self, g: u32, since: Option<u32>) -> impl Iterator<Item = FeedRecord> {

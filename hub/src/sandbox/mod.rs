@@ -105,7 +105,17 @@ pub struct LogEntry {
 /// Most entries kept in the request log.
 const MAX_LOG: usize = 100_000;
 
-type Snapshot = (u32, Option<u32>, Arc<Vec<FeedRecord>>);
+type Snapshot = (u32, Option<u32>, Arc<Vec<usize>>);
+
+/// One page of records an upstream serves.
+pub struct PageSlice {
+    /// Records of the whole delivery.
+    pub total: usize,
+    /// This page's records, in id order.
+    pub records: Vec<FeedRecord>,
+    /// Whether more pages follow.
+    pub more: bool,
+}
 
 /// The shared state of one running upstream.
 pub struct Upstream {
@@ -193,9 +203,9 @@ impl Upstream {
         self.faults().empty > 0.0
     }
 
-    /// The records of the current generation changed after the generation of `since` (all
-    /// without it), in id order; cached per (generation, since).
-    pub fn changed_since(&self, since: Option<&str>) -> Arc<Vec<FeedRecord>> {
+    /// Indexes of the records of the current generation changed after the generation of
+    /// `since` (all without it), in id order; cached per (generation, since).
+    fn changed_since(&self, since: Option<&str>) -> Arc<Vec<usize>> {
         if self.empty() {
             return Arc::new(Vec::new());
         }
@@ -208,11 +218,35 @@ impl Upstream {
         {
             return recs.clone();
         }
-        let recs: Arc<Vec<FeedRecord>> = Arc::new(self.feed.changed_since(g, since_gen).collect());
+        let recs = Arc::new(self.feed.changed_indexes(g, since_gen).collect::<Vec<_>>());
         if let Ok(mut snap) = self.snapshot.lock() {
             *snap = Some((g, since_gen, recs.clone()));
         }
         recs
+    }
+
+    /// The page of at most `size` records changed after `since` whose ids follow `after`
+    /// (keyset paging), and counts it as served.
+    pub fn page(&self, since: Option<&str>, after: Option<&str>, size: usize) -> PageSlice {
+        let all = self.changed_since(since);
+        let start = match after {
+            Some(a) => all.partition_point(|&i| self.feed.id(i).is_some_and(|id| id <= a)),
+            None => 0,
+        };
+        let end = start.saturating_add(size).min(all.len());
+        let g = self.generation();
+        let records: Vec<FeedRecord> = all
+            .get(start..end)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|&i| self.feed.at(i, g))
+            .collect();
+        self.served(records.len());
+        PageSlice {
+            total: all.len(),
+            records,
+            more: end < all.len(),
+        }
     }
 }
 

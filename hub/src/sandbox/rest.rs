@@ -98,14 +98,9 @@ async fn page(
         }
     };
     let since = q.get("updated_since").map(String::as_str);
-    let recs = up.changed_since(since);
-    let start = match q.get("after") {
-        Some(after) => recs.partition_point(|r| r.id.as_str() <= after.as_str()),
-        None => 0,
-    };
-    let end = (start + limit).min(recs.len());
-    let slice = recs.get(start..end).unwrap_or(&[]);
-    let items: Vec<Value> = slice
+    let page = up.page(since, q.get("after").map(String::as_str), limit);
+    let items: Vec<Value> = page
+        .records
         .iter()
         .map(|r| {
             if up.malformed(&r.id) {
@@ -115,8 +110,9 @@ async fn page(
             }
         })
         .collect();
-    let next = (end < recs.len())
-        .then(|| slice.last())
+    let next = page
+        .more
+        .then(|| page.records.last())
         .flatten()
         .map(|last| {
             let mut n = format!("{PATH}?limit={limit}&after={}", encode(&last.id));
@@ -125,8 +121,7 @@ async fn page(
             }
             n
         });
-    up.served(items.len());
-    axum::Json(json!({"total": recs.len(), "items": items, "next": next})).into_response()
+    axum::Json(json!({"total": page.total, "items": items, "next": next})).into_response()
 }
 
 /// The okc-1 router.

@@ -163,19 +163,13 @@ async fn service(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: Stri
         },
         None => (None, value(&body, "since").map(str::to_owned)),
     };
-    let recs = up.changed_since(since.as_deref());
-    let start = match &after {
-        Some(a) => recs.partition_point(|r| r.id.as_str() <= a.as_str()),
-        None => 0,
-    };
-    let end = (start + size).min(recs.len());
-    let slice = recs.get(start..end).unwrap_or(&[]);
+    let page = up.page(since.as_deref(), after.as_deref(), size);
     let mut out = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<soap:Envelope xmlns:soap=\"{ENV}\" xmlns:m=\"{NS}\"><soap:Body><m:GetInvolvementsResponse total=\"{}\"",
-        recs.len()
+        page.total
     );
-    if end < recs.len()
-        && let Some(last) = slice.last()
+    if page.more
+        && let Some(last) = page.records.last()
     {
         out.push_str(" nextPageToken=\"");
         esc(
@@ -185,7 +179,7 @@ async fn service(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: Stri
         out.push('"');
     }
     out.push_str(">\n");
-    for r in slice {
+    for r in &page.records {
         render(
             &mut out,
             r,
@@ -195,7 +189,6 @@ async fn service(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: Stri
         out.push('\n');
     }
     out.push_str("</m:GetInvolvementsResponse></soap:Body></soap:Envelope>\n");
-    up.served(slice.len());
     xml(StatusCode::OK, out)
 }
 
