@@ -3,12 +3,12 @@
 //!
 //! - `GET /okc-5/fhir/metadata`: a minimal `CapabilityStatement`.
 //! - `GET /okc-5/fhir/EpisodeOfCare?_count=N[&_lastUpdated=gtINSTANT][&_sort=_lastUpdated]
-//!   [&_include=…][&_revinclude:iterate=RelatedPerson:patient][&_getpagesoffset=K]`
+//!   [&_include=…][&_revinclude:iterate=RelatedPerson:patient][&_getpagesafter=ID]`
 //!   with `Authorization: Bearer sandbox-okc-5`: a `searchset` Bundle of N episodes with the
 //!   resources asked for by `_include` / `_revinclude` (deduplicated per page),
 //!   `Bundle.total` of the whole search, `Bundle.meta.lastUpdated` the time of the current
-//!   data generation, and an absolute `next` link (offset paging, HAPI-style
-//!   `_getpagesoffset`). Episodes are paged in id order; `_sort=_lastUpdated` is accepted
+//!   data generation, and an absolute `next` link (keyset paging on the episode id,
+//!   `_getpagesafter`). Episodes are paged in id order; `_sort=_lastUpdated` is accepted
 //!   (every episode of an incremental search is of the same few generations, and the
 //!   connector's cursor does not depend on the order).
 //! - Like a strict real server it answers problems with an `OperationOutcome`: 401 `login`
@@ -21,9 +21,9 @@
 //! counters ([`Upstream::served`]: pages and matched episodes) let tests check that.
 //! Malformed records (the `malformed` fault) are episodes without a patient reference.
 //!
-//! Simulator limit: next links carry an offset, not a search snapshot, so advancing the data
-//! while a run pages on may shift episodes between pages (real servers keep the search
-//! result, e.g. HAPI's `_getpages`). Tests advance only between runs.
+//! Simulator limit: next links carry the last id, not a search snapshot, so advancing the
+//! data while a run pages on serves later pages from the new generation (real servers keep
+//! the search result, e.g. HAPI's `_getpages`). Tests advance only between runs.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -87,7 +87,8 @@ fn fhir_json(status: StatusCode, body: &Value) -> Response {
 struct Search {
     count: usize,
     since: Option<String>,
-    offset: usize,
+    /// Keyset paging: the page starts after this episode id.
+    after: Option<String>,
     patient: bool,
     organization: bool,
     care_manager: bool,
@@ -143,13 +144,8 @@ fn parse(params: &[(String, String)]) -> Result<Search, Box<Response>> {
                 );
             }
             "_sort" if v == "_lastUpdated" => {}
-            "_getpagesoffset" => {
-                s.offset = v.parse().map_err(|_| {
-                    bad(
-                        "MSG_PARAM_INVALID",
-                        "_getpagesoffset must be a number".into(),
-                    )
-                })?;
+            "_getpagesafter" => {
+                s.after = Some(v.clone());
                 continue;
             }
             "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
@@ -195,14 +191,14 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn url(root: &str, params: &[(String, String)], offset: Option<usize>) -> String {
+fn url(root: &str, params: &[(String, String)], after: Option<&str>) -> String {
     let mut u = format!("{root}{PATH}/EpisodeOfCare?");
     let mut parts: Vec<String> = params
         .iter()
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
-    if let Some(o) = offset {
-        parts.push(format!("_getpagesoffset={o}"));
+    if let Some(a) = after {
+        parts.push(format!("_getpagesafter={}", encode(a)));
     }
     u.push_str(&parts.join("&"));
     u
@@ -231,10 +227,9 @@ async fn search(
     };
     let key = up.seed;
     let generation = up.generation();
-    let recs = up.changed_since(s.since.as_deref());
-    let start = s.offset.min(recs.len());
-    let end = start.saturating_add(s.count).min(recs.len());
-    let page = recs.get(start..end).unwrap_or(&[]);
+    // Counts the page as served.
+    let slice = up.page(s.since.as_deref(), s.after.as_deref(), s.count);
+    let page = slice.records.as_slice();
 
     let mut entries = Vec::with_capacity(page.len() * 6);
     let mut seen: HashSet<String> = HashSet::new();
@@ -291,19 +286,19 @@ async fn search(
             include(p, &mut entries);
         }
     }
-    let mut links = vec![
-        json!({ "relation": "self", "url": url(&root, &s.repeat, (start > 0).then_some(start)) }),
-    ];
-    if end < recs.len() {
-        links.push(json!({ "relation": "next", "url": url(&root, &s.repeat, Some(end)) }));
+    let mut links =
+        vec![json!({ "relation": "self", "url": url(&root, &s.repeat, s.after.as_deref()) })];
+    if slice.more
+        && let Some(last) = page.last()
+    {
+        links.push(json!({ "relation": "next", "url": url(&root, &s.repeat, Some(&last.id)) }));
     }
-    up.served(page.len());
     let bundle = json!({
         "resourceType": "Bundle",
-        "id": format!("okc5-g{generation}-{start}"),
+        "id": format!("okc5-g{generation}-{}", s.after.as_deref().unwrap_or("first")),
         "meta": { "lastUpdated": up.feed.timestamp(generation) },
         "type": "searchset",
-        "total": recs.len(),
+        "total": slice.total,
         "link": links,
         "entry": entries,
     });
