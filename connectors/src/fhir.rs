@@ -26,6 +26,8 @@
 pub mod bundle;
 
 #[cfg(test)]
+mod loopback_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io::Read;
