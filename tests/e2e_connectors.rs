@@ -53,6 +53,18 @@ pub const REST_JSON: KindUnderTest = KindUnderTest {
     malformed_page_error: "invalid JSON",
 };
 
+/// Kind `fhir` (okc-5).
+pub const FHIR: KindUnderTest = KindUnderTest {
+    source: "okc-5",
+    kind: "fhir",
+    mapping: "deploy/mappings/okc-5.toml",
+    http: "auth = \"bearer\"\ntoken_env = \"MATCHPOINT_TEST_OKC5_TOKEN\"\n[source.fhir]\n\
+           organization_system = \"https://matchpoint.example/fhir/NamingSystem/organisation\"\n",
+    env: &[("MATCHPOINT_TEST_OKC5_TOKEN", "sandbox-okc-5")],
+    golden: "tests/golden/okc-5.golden",
+    malformed_page_error: "invalid JSON",
+};
+
 /// Kind `soap` (okc-6).
 pub const SOAP: KindUnderTest = KindUnderTest {
     source: "okc-6",
@@ -651,9 +663,10 @@ macro_rules! compliance_suite {
 
 compliance_suite!(rest_json, REST_JSON);
 compliance_suite!(soap, SOAP);
+compliance_suite!(fhir, FHIR);
 
 /// One population across kinds: okc-2 (XML export, generated with the sandbox's seed),
-/// okc-1 (REST/JSON) and okc-6 (SOAP) deliver the same persons, who get one pseudonym each,
+/// okc-1 (REST/JSON), okc-5 (FHIR) and okc-6 (SOAP) deliver the same persons, who get one pseudonym each,
 /// and household relations link to persons other sources know.
 #[test]
 fn the_same_person_gets_one_pseudonym_across_kinds() {
@@ -662,7 +675,7 @@ fn the_same_person_gets_one_pseudonym_across_kinds() {
     let inst = Install::new(persons, seed, 0.0);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cfg = std::fs::read_to_string(inst.path("matchpoint.toml")).expect("config");
-    for k in [&REST_JSON, &SOAP] {
+    for k in [&REST_JSON, &SOAP, &FHIR] {
         let name = Path::new(k.mapping).file_name().expect("name");
         std::fs::copy(root.join(k.mapping), inst.path("mappings").join(name)).expect("copy");
         let (url, _) = sb.upstream(k.source);
@@ -677,7 +690,7 @@ fn the_same_person_gets_one_pseudonym_across_kinds() {
     }
     std::fs::write(inst.path("matchpoint.toml"), cfg).expect("write config");
     let mut c = inst.command(&["sync", "--json"]);
-    for (n, v) in REST_JSON.env.iter().chain(SOAP.env) {
+    for (n, v) in REST_JSON.env.iter().chain(SOAP.env).chain(FHIR.env) {
         c.env(n, v);
     }
     let out = c.output().expect("sync");
@@ -686,12 +699,21 @@ fn the_same_person_gets_one_pseudonym_across_kinds() {
     let in_all: i64 = conn
         .query_row(
             "SELECT count(*) FROM (SELECT person FROM involvements GROUP BY person
-               HAVING count(DISTINCT source) = 3)",
+               HAVING count(DISTINCT source) = 4)",
             [],
             |r| r.get(0),
         )
         .expect("query");
-    assert!(in_all > 0, "some persons are known to all three sources");
+    assert!(in_all > 0, "some persons are known to all four sources");
+    let fhir_linked: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM relations r WHERE r.source = 'okc-5'
+               AND EXISTS (SELECT 1 FROM involvements i WHERE i.person = r.other AND i.source = 'okc-1')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("query");
+    assert!(fhir_linked > 0, "okc-5's RelatedPersons point at persons okc-1 delivers");
     let linked: i64 = conn
         .query_row(
             "SELECT count(*) FROM relations r WHERE r.source = 'okc-1'

@@ -1,6 +1,7 @@
 //! Source connectors. Each turns one delivery of a source system into a stream of
 //! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
 //!
+//! - [`fhir`]: FHIR R4 REST `EpisodeOfCare` searches with included resources (a paged kind).
 //! - [`http`]: HTTP plumbing of the HTTP paged kinds (auth, failure classes, capped bodies).
 //! - [`json_flatten`]: JSON objects to field paths and groups (REST/JSON, FHIR).
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
@@ -10,6 +11,7 @@
 //! - [`soap`]: kind `soap`, a SOAP-style XML web service (one POSTed envelope per page).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
+pub mod fhir;
 pub mod http;
 pub mod json_flatten;
 pub mod location;

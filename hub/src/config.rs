@@ -242,17 +242,26 @@ pub enum SourceKind {
     RestJson,
     /// A SOAP-style XML web service, one POSTed envelope per page (`schemas/formats/soap.md`).
     Soap,
+    /// A FHIR R4 server: `EpisodeOfCare` searches with included resources
+    /// (`schemas/formats/fhir-r4.md`).
+    Fhir,
 }
 
 impl SourceKind {
     /// Whether the kind reads pages through the shared runner (and uses `[source.paging]`).
     pub fn is_paged(self) -> bool {
-        matches!(self, SourceKind::RestJson | SourceKind::Soap)
+        matches!(
+            self,
+            SourceKind::RestJson | SourceKind::Soap | SourceKind::Fhir
+        )
     }
 
     /// Whether the kind talks HTTP (and uses `[source.http]`).
     pub fn is_http(self) -> bool {
-        matches!(self, SourceKind::RestJson | SourceKind::Soap)
+        matches!(
+            self,
+            SourceKind::RestJson | SourceKind::Soap | SourceKind::Fhir
+        )
     }
 }
 
@@ -375,6 +384,16 @@ pub struct HttpSettings {
     pub soap_action: Option<String>,
 }
 
+/// FHIR settings of a `fhir` source (`[source.fhir]`, optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirSourceSettings {
+    /// The `Organization.identifier` system whose value is delivered as
+    /// `organization.identifier` (default: the first identifier).
+    #[serde(default)]
+    pub organization_system: Option<String>,
+}
+
 /// Full snapshot or changes only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -466,6 +485,9 @@ pub struct SourceConfig {
     /// HTTP authentication and parameters (HTTP kinds).
     #[serde(default)]
     pub http: HttpSettings,
+    /// FHIR settings (kind `fhir`).
+    #[serde(default)]
+    pub fhir: FhirSourceSettings,
     /// The loaded mapping (set during checks).
     #[serde(skip)]
     pub mapping_spec: Option<MappingSpec>,
@@ -719,6 +741,12 @@ fn check_paged(
         return;
     }
     let p = &s.paging;
+    if s.kind == SourceKind::Fhir && p.page_size > matchpoint_connectors::fhir::MAX_PAGE_SIZE {
+        problems.push(format!(
+            "{origin}: {key}.paging.page_size must be at most {} for kind fhir (the FHIR _count)",
+            matchpoint_connectors::fhir::MAX_PAGE_SIZE
+        ));
+    }
     if p.page_size == 0 || p.page_size > 100_000 {
         problems.push(format!(
             "{origin}: {key}.paging.page_size must be between 1 and 100000"

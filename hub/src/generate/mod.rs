@@ -15,6 +15,7 @@
 mod bsn;
 mod catalogue;
 pub mod feed;
+pub mod fhir;
 mod names;
 mod population;
 mod xml;

@@ -18,6 +18,7 @@
 //! population as `matchpoint generate`, each source with its own subset of households.
 
 pub mod faults;
+pub mod fhir;
 pub mod rest;
 pub mod soap;
 
@@ -67,6 +68,16 @@ pub const UPSTREAMS: &[UpstreamDef] = &[
         path: rest::PATH,
         auth_hint: rest::AUTH_HINT,
         router: rest::router,
+    },
+    UpstreamDef {
+        name: "okc-5",
+        kind: "fhir",
+        port_offset: 5,
+        prefix: "OKC5-",
+        share: 0.8,
+        path: fhir::PATH,
+        auth_hint: fhir::AUTH_HINT,
+        router: fhir::router,
     },
     UpstreamDef {
         name: "okc-6",

@@ -7,6 +7,7 @@
 //! runner in `matchpoint_connectors` ([`paged::open_paged`] builds it from the source's
 //! `[source.paging]` settings; [`paged::http_client`] the HTTP client from `[source.http]`).
 
+pub mod fhir;
 pub mod files;
 pub mod paged;
 pub mod rest_json;
@@ -47,5 +48,6 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         SourceKind::XmlExport => xml_export::open(cx),
         SourceKind::RestJson => rest_json::open(cx),
         SourceKind::Soap => soap::open(cx),
+        SourceKind::Fhir => fhir::open(cx),
     }
 }
