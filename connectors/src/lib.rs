@@ -1,10 +1,12 @@
 //! Source connectors. Each turns one delivery of a source system into a stream of
 //! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
 //!
+//! - [`csv_drop`]: semicolon-separated Windows-1252 CSV drops, read streaming.
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
 //! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
+pub mod csv_drop;
 pub mod location;
 pub mod paged;
 pub mod xml_export;

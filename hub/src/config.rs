@@ -102,6 +102,13 @@ impl Default for SyncSettings {
 pub enum SourceKind {
     /// XML export files (`schemas/formats/okc-xml-export.xsd`) from a file, folder or URL.
     XmlExport,
+    /// Semicolon-separated Windows-1252 CSV files (`schemas/formats/csv-drop.md`) from a file,
+    /// folder or URL; options in `[source.csv]`.
+    CsvDrop,
+    /// A view in the supplier's database (PostgreSQL, MySQL/MariaDB, SQLite), paged by
+    /// keyset on `(updated_at, id)` (`schemas/formats/sql-pull.md`); `location` is the view,
+    /// options in `[source.sql]`.
+    SqlPull,
 }
 
 /// Full snapshot or changes only.
@@ -185,9 +192,76 @@ pub struct SourceConfig {
     /// Delivery limits.
     #[serde(default)]
     pub limits: Limits,
+    /// CSV drop options (kind `csv_drop`).
+    #[serde(default)]
+    pub csv: Option<CsvSettings>,
+    /// SQL pull options (kind `sql_pull`, required there).
+    #[serde(default)]
+    pub sql: Option<SqlSettings>,
     /// The loaded mapping (set during checks).
     #[serde(skip)]
     pub mapping_spec: Option<MappingSpec>,
+}
+
+/// `[source.csv]`: how a CSV drop is laid out. Column names are header names; the mapping
+/// file names the other columns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSettings {
+    /// Header of the column holding the record id.
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// Field separator, one ASCII character (default `;`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+}
+
+impl Default for CsvSettings {
+    fn default() -> Self {
+        CsvSettings {
+            id_column: default_id_column(),
+            delimiter: default_delimiter(),
+        }
+    }
+}
+
+fn default_id_column() -> String {
+    "id".into()
+}
+fn default_delimiter() -> char {
+    ';'
+}
+fn default_updated_at_column() -> String {
+    "updated_at".into()
+}
+fn default_page_size() -> u32 {
+    500
+}
+
+/// `[source.sql]`: how to reach and page the supplier's view. The connection URL
+/// (`postgres://`, `mysql://`/`mariadb://` or `sqlite://`) is never written in the
+/// configuration: it is read from an environment variable or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSettings {
+    /// Name of the environment variable holding the connection URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// File holding the connection URL (first line; relative to the configuration file).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Column holding the record id (second keyset column).
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// Column holding the time a row last changed (first keyset column, the incremental cursor).
+    #[serde(default = "default_updated_at_column")]
+    pub updated_at_column: String,
+    /// Rows per page.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Column marking a deleted (or withdrawn) row; such a row ends its involvement.
+    #[serde(default)]
+    pub deleted_column: Option<String>,
 }
 
 impl Config {
@@ -282,8 +356,9 @@ impl Config {
                     "{origin}: {key}.limits.max_depth must be at least 3"
                 ));
             }
+            check_kind_settings(&mut problems, origin, &key, &base, s);
             let is_url = s.location.starts_with("http://") || s.location.starts_with("https://");
-            if !is_url {
+            if !is_url && s.kind != SourceKind::SqlPull {
                 let p = resolve(&base, Path::new(&s.location));
                 s.location = p.display().to_string();
             }
@@ -330,6 +405,90 @@ impl Config {
                 })
             })
             .collect()
+    }
+}
+
+/// `schema.name` or `name`, letters, digits and `_` (SQL identifiers Matchpoint puts in queries).
+pub fn is_sql_identifier(s: &str, allow_schema: bool) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    (parts.len() == 1 || (allow_schema && parts.len() == 2))
+        && parts.iter().all(|p| {
+            p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// Checks the kind-specific tables (`[source.csv]`, `[source.sql]`) of one source.
+fn check_kind_settings(
+    problems: &mut Vec<String>,
+    origin: &str,
+    key: &str,
+    base: &Path,
+    s: &mut SourceConfig,
+) {
+    if s.csv.is_some() && s.kind != SourceKind::CsvDrop {
+        problems.push(format!(
+            "{origin}: {key}: [source.csv] is only for kind = \"csv_drop\""
+        ));
+    }
+    if s.sql.is_some() && s.kind != SourceKind::SqlPull {
+        problems.push(format!(
+            "{origin}: {key}: [source.sql] is only for kind = \"sql_pull\""
+        ));
+    }
+    if let Some(csv) = &s.csv {
+        if csv.id_column.trim().is_empty() {
+            problems.push(format!("{origin}: {key}.csv.id_column is empty"));
+        }
+        if !csv.delimiter.is_ascii() || matches!(csv.delimiter, '"' | '\n' | '\r') {
+            problems.push(format!(
+                "{origin}: {key}.csv.delimiter must be one ASCII character other than a quote or line break"
+            ));
+        }
+    }
+    if s.kind != SourceKind::SqlPull {
+        return;
+    }
+    if !is_sql_identifier(&s.location, true) {
+        problems.push(format!(
+            "{origin}: {key}.location `{}` must be the name of the view (or table) to read, \
+             e.g. \"matchpoint_okc4\" or \"export.matchpoint_okc4\" (letters, digits, '_')",
+            s.location
+        ));
+    }
+    let Some(sql) = s.sql.as_mut() else {
+        problems.push(format!(
+            "{origin}: {key}: kind = \"sql_pull\" needs a [source.sql] table with url_env or url_file"
+        ));
+        return;
+    };
+    match (&sql.url_env, &sql.url_file) {
+        (Some(_), Some(_)) | (None, None) => problems.push(format!(
+            "{origin}: {key}.sql: set exactly one of url_env (an environment variable) or \
+             url_file (a file) holding the connection URL; never the URL itself"
+        )),
+        (None, Some(f)) => sql.url_file = Some(resolve(base, f)),
+        (Some(_), None) => {}
+    }
+    for (name, col) in [
+        ("id_column", Some(&sql.id_column)),
+        ("updated_at_column", Some(&sql.updated_at_column)),
+        ("deleted_column", sql.deleted_column.as_ref()),
+    ] {
+        if let Some(col) = col
+            && !is_sql_identifier(col, false)
+        {
+            problems.push(format!(
+                "{origin}: {key}.sql.{name} `{col}` is not a column name (letters, digits, '_')"
+            ));
+        }
+    }
+    if sql.page_size == 0 || sql.page_size > 100_000 {
+        problems.push(format!(
+            "{origin}: {key}.sql.page_size must be between 1 and 100000"
+        ));
     }
 }
 

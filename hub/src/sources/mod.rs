@@ -6,7 +6,9 @@
 //! the cursor, in name order). Paged kinds (REST/JSON, FHIR, SOAP, SQL) go through the shared
 //! runner in `matchpoint_connectors`.
 
+pub mod csv_drop;
 pub mod files;
+pub mod sql_pull;
 pub mod xml_export;
 
 use std::sync::Arc;
@@ -41,5 +43,7 @@ pub struct OpenContext<'a> {
 pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     match cx.source.kind {
         SourceKind::XmlExport => xml_export::open(cx),
+        SourceKind::CsvDrop => csv_drop::open(cx),
+        SourceKind::SqlPull => sql_pull::open(cx),
     }
 }
