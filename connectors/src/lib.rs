@@ -2,13 +2,21 @@
 //! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
 //!
 //! - [`csv_drop`]: semicolon-separated Windows-1252 CSV drops, read streaming.
+//! - [`http`]: HTTP plumbing of the HTTP paged kinds (auth, failure classes, capped bodies).
+//! - [`json_flatten`]: JSON objects to field paths and groups (REST/JSON, FHIR).
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
 //! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
+//! - [`runner`]: the shared runner every paged kind goes through (retries, paging, cancel).
+//! - [`rest_json`]: kind `rest_json`, a paginated REST/JSON API.
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
 pub mod csv_drop;
+pub mod http;
+pub mod json_flatten;
 pub mod location;
 pub mod paged;
+pub mod rest_json;
+pub mod runner;
 pub mod xml_export;
 
 use matchpoint_schemas::{RawRecord, RecordPosition};

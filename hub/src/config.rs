@@ -109,6 +109,144 @@ pub enum SourceKind {
     /// keyset on `(updated_at, id)` (`schemas/formats/sql-pull.md`); `location` is the view,
     /// options in `[source.sql]`.
     SqlPull,
+    /// A paginated REST/JSON API (`schemas/formats/rest-json.md`).
+    RestJson,
+    /// A SOAP-style XML web service, one POSTed envelope per page (`schemas/formats/soap.md`).
+    Soap,
+}
+
+impl SourceKind {
+    /// Whether the kind reads pages through the shared runner (and uses `[source.paging]`).
+    pub fn is_paged(self) -> bool {
+        matches!(
+            self,
+            SourceKind::RestJson | SourceKind::Soap | SourceKind::SqlPull
+        )
+    }
+
+    /// Whether the kind talks HTTP (and uses `[source.http]`).
+    pub fn is_http(self) -> bool {
+        matches!(self, SourceKind::RestJson | SourceKind::Soap)
+    }
+}
+
+/// Paging, retry and rate-limit settings of a paged source (`[source.paging]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingSettings {
+    /// Records asked for per page.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Attempts per page before the run fails (1 = no retry).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Backoff ceiling of the first retry, in milliseconds (doubles per retry, full jitter).
+    #[serde(default = "default_base_delay_ms")]
+    pub base_delay_ms: u64,
+    /// Largest backoff ceiling, in milliseconds.
+    #[serde(default = "default_max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// Longest `Retry-After` honoured, in milliseconds; a server asking more fails the run.
+    #[serde(default = "default_max_retry_after_ms")]
+    pub max_retry_after_ms: u64,
+    /// Minimum time between the starts of two requests, in milliseconds (rate limit).
+    #[serde(default)]
+    pub min_interval_ms: u64,
+    /// Most pages one run may fetch.
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u64,
+    /// Most bytes of one page's response body.
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: u64,
+}
+
+fn default_page_size() -> u32 {
+    500
+}
+fn default_max_attempts() -> u32 {
+    6
+}
+fn default_base_delay_ms() -> u64 {
+    500
+}
+fn default_max_delay_ms() -> u64 {
+    30_000
+}
+fn default_max_retry_after_ms() -> u64 {
+    300_000
+}
+fn default_max_pages() -> u64 {
+    10_000_000
+}
+fn default_max_page_bytes() -> u64 {
+    64 << 20
+}
+
+impl Default for PagingSettings {
+    fn default() -> Self {
+        PagingSettings {
+            page_size: default_page_size(),
+            max_attempts: default_max_attempts(),
+            base_delay_ms: default_base_delay_ms(),
+            max_delay_ms: default_max_delay_ms(),
+            max_retry_after_ms: default_max_retry_after_ms(),
+            min_interval_ms: 0,
+            max_pages: default_max_pages(),
+            max_page_bytes: default_max_page_bytes(),
+        }
+    }
+}
+
+/// How an HTTP source authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// No credentials.
+    #[default]
+    None,
+    /// `Authorization: Bearer` with a token from `token_env` or `token_file`.
+    Bearer,
+    /// HTTP basic with `username` and a password from `password_env` or `password_file`.
+    Basic,
+}
+
+/// HTTP settings of an HTTP source (`[source.http]`). Holds where secrets are, never secrets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Authentication scheme.
+    #[serde(default)]
+    pub auth: AuthKind,
+    /// Environment variable holding the bearer token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding the bearer token (mode 0600 recommended).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Basic-auth user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the basic-auth password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the basic-auth password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Query parameter of the cursor (REST/JSON; default `updated_since`).
+    #[serde(default)]
+    pub since_param: Option<String>,
+    /// Query parameter of the page size (REST/JSON; default `limit`).
+    #[serde(default)]
+    pub page_size_param: Option<String>,
+    /// Record member holding the record id (REST/JSON; default `id`).
+    #[serde(default)]
+    pub id_field: Option<String>,
+    /// Record member holding the last-change time, the cursor (REST/JSON; default `updated_at`).
+    #[serde(default)]
+    pub cursor_field: Option<String>,
+    /// `SOAPAction` header value (SOAP).
+    #[serde(default)]
+    pub soap_action: Option<String>,
 }
 
 /// Full snapshot or changes only.
@@ -192,6 +330,12 @@ pub struct SourceConfig {
     /// Delivery limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Paging, retries and rate limit (paged kinds).
+    #[serde(default)]
+    pub paging: PagingSettings,
+    /// HTTP authentication and parameters (HTTP kinds).
+    #[serde(default)]
+    pub http: HttpSettings,
     /// CSV drop options (kind `csv_drop`).
     #[serde(default)]
     pub csv: Option<CsvSettings>,
@@ -234,10 +378,6 @@ fn default_delimiter() -> char {
 fn default_updated_at_column() -> String {
     "updated_at".into()
 }
-fn default_page_size() -> u32 {
-    500
-}
-
 /// `[source.sql]`: how to reach and page the supplier's view. The connection URL
 /// (`postgres://`, `mysql://`/`mariadb://` or `sqlite://`) is never written in the
 /// configuration: it is read from an environment variable or a file.
@@ -256,9 +396,6 @@ pub struct SqlSettings {
     /// Column holding the time a row last changed (first keyset column, the incremental cursor).
     #[serde(default = "default_updated_at_column")]
     pub updated_at_column: String,
-    /// Rows per page.
-    #[serde(default = "default_page_size")]
-    pub page_size: u32,
     /// Column marking a deleted (or withdrawn) row; such a row ends its involvement.
     #[serde(default)]
     pub deleted_column: Option<String>,
@@ -358,6 +495,13 @@ impl Config {
             }
             check_kind_settings(&mut problems, origin, &key, &base, s);
             let is_url = s.location.starts_with("http://") || s.location.starts_with("https://");
+            check_paged(&mut problems, origin, &key, s, is_url);
+            for p in [&mut s.http.token_file, &mut s.http.password_file]
+                .into_iter()
+                .flatten()
+            {
+                *p = resolve(&base, p);
+            }
             if !is_url && s.kind != SourceKind::SqlPull {
                 let p = resolve(&base, Path::new(&s.location));
                 s.location = p.display().to_string();
@@ -485,11 +629,6 @@ fn check_kind_settings(
             ));
         }
     }
-    if sql.page_size == 0 || sql.page_size > 100_000 {
-        problems.push(format!(
-            "{origin}: {key}.sql.page_size must be between 1 and 100000"
-        ));
-    }
 }
 
 fn check_share(problems: &mut Vec<String>, origin: &str, key: &str, v: f64) {
@@ -497,6 +636,70 @@ fn check_share(problems: &mut Vec<String>, origin: &str, key: &str, v: f64) {
         problems.push(format!(
             "{origin}: {key} must be between 0.0 and 1.0, found {v}"
         ));
+    }
+}
+
+/// Checks the paging and HTTP settings of one source.
+fn check_paged(
+    problems: &mut Vec<String>,
+    origin: &str,
+    key: &str,
+    s: &SourceConfig,
+    is_url: bool,
+) {
+    if s.kind.is_http() && !is_url {
+        problems.push(format!(
+            "{origin}: {key}.location must be an http:// or https:// URL for kind {:?}",
+            s.kind
+        ));
+    }
+    if !s.kind.is_paged() {
+        return;
+    }
+    let p = &s.paging;
+    if p.page_size == 0 || p.page_size > 100_000 {
+        problems.push(format!(
+            "{origin}: {key}.paging.page_size must be between 1 and 100000"
+        ));
+    }
+    if p.max_attempts == 0 || p.max_attempts > 100 {
+        problems.push(format!(
+            "{origin}: {key}.paging.max_attempts must be between 1 and 100"
+        ));
+    }
+    if p.max_delay_ms < p.base_delay_ms {
+        problems.push(format!(
+            "{origin}: {key}.paging.max_delay_ms must not be below base_delay_ms"
+        ));
+    }
+    if p.max_pages == 0 || p.max_page_bytes == 0 {
+        problems.push(format!(
+            "{origin}: {key}.paging.max_pages and max_page_bytes must be above 0"
+        ));
+    }
+    let h = &s.http;
+    let one_of = |a: bool, b: bool| a != b;
+    match h.auth {
+        AuthKind::None => {}
+        AuthKind::Bearer => {
+            if !one_of(h.token_env.is_some(), h.token_file.is_some()) {
+                problems.push(format!(
+                    "{origin}: {key}.http: auth = \"bearer\" needs exactly one of token_env or token_file (the token itself never goes in this file)"
+                ));
+            }
+        }
+        AuthKind::Basic => {
+            if h.username.as_deref().is_none_or(str::is_empty) {
+                problems.push(format!(
+                    "{origin}: {key}.http: auth = \"basic\" needs a username"
+                ));
+            }
+            if !one_of(h.password_env.is_some(), h.password_file.is_some()) {
+                problems.push(format!(
+                    "{origin}: {key}.http: auth = \"basic\" needs exactly one of password_env or password_file (the password itself never goes in this file)"
+                ));
+            }
+        }
     }
 }
 

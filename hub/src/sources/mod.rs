@@ -4,10 +4,14 @@
 //! File kinds (XML export, CSV drop, iWmo messages) share [`files::FileDeliveries`]: a file,
 //! an HTTP(S) URL, or a folder (full: the newest file; incremental: every file named after
 //! the cursor, in name order). Paged kinds (REST/JSON, FHIR, SOAP, SQL) go through the shared
-//! runner in `matchpoint_connectors`.
+//! runner in `matchpoint_connectors` ([`paged::open_paged`] builds it from the source's
+//! `[source.paging]` settings; [`paged::http_client`] the HTTP client from `[source.http]`).
 
 pub mod csv_drop;
 pub mod files;
+pub mod paged;
+pub mod rest_json;
+pub mod soap;
 pub mod sql_pull;
 pub mod xml_export;
 
@@ -43,6 +47,8 @@ pub struct OpenContext<'a> {
 pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     match cx.source.kind {
         SourceKind::XmlExport => xml_export::open(cx),
+        SourceKind::RestJson => rest_json::open(cx),
+        SourceKind::Soap => soap::open(cx),
         SourceKind::CsvDrop => csv_drop::open(cx),
         SourceKind::SqlPull => sql_pull::open(cx),
     }

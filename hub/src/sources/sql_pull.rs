@@ -6,7 +6,7 @@
 //!   variable) or `url_file` (a file), never from the configuration's clear text, and is never
 //!   shown with its password.
 //! - **Paging by keyset**: `SELECT * FROM view WHERE (updated_at, id) > (cursor) ORDER BY
-//!   updated_at, id LIMIT page_size` (written out as `u > ? OR (u = ? AND id > ?)`, which all
+//!   updated_at, id LIMIT page_size` (`[source.paging] page_size`) (written out as `u > ? OR (u = ? AND id > ?)`, which all
 //!   three databases index). A page token and the incremental cursor are the last row's
 //!   `(updated_at, id)`, kept in the column's own type (JSON), so comparisons are exact.
 //! - **Incremental**: the first page of an incremental run starts after the committed cursor,
@@ -24,14 +24,16 @@
 //!   be read fail the run with a message naming the source and the view.
 //!
 //! sqlx is async and the sync pipeline reads on a plain thread: the connector owns a small
-//! current-thread tokio runtime and blocks on it for each page; one connection per run.
+//! current-thread tokio runtime and blocks on it for each page; one connection per run. The
+//! shared runner (`matchpoint_connectors::runner`) drives the pages: retries with backoff,
+//! cancellation, page and byte limits.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use matchpoint_connectors::paged::{FetchError, Page, PageRequest, PagedConnector};
-use matchpoint_connectors::{DeliveryError, RecordError, RecordResult, RecordStream};
+use matchpoint_connectors::{DeliveryError, RecordError, RecordResult};
 use matchpoint_schemas::{InvolvementStatus, RawGroup, RawRecord, RecordPosition};
 use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
@@ -501,8 +503,11 @@ impl PagedConnector for SqlPull {
         let mut page = Page::default();
         let mut last = None;
         for row in rows {
+            page.bytes += row
+                .iter()
+                .map(|c| c.name.len() + c.text.as_ref().map_or(0, String::len))
+                .sum::<usize>() as u64;
             let (rec, key) = self.record(row)?;
-            page.bytes += 1;
             page.records.push(rec);
             last = Some(key);
         }
@@ -763,120 +768,17 @@ pub fn settings_for(source: &SourceConfig) -> Result<SqlPullSettings, String> {
         view: source.location.clone(),
         id_column: sql.id_column.clone(),
         updated_at_column: sql.updated_at_column.clone(),
-        page_size: sql.page_size,
+        page_size: source.paging.page_size,
         deleted,
         relations,
         timeout: Duration::from_secs(source.limits.timeout_secs.max(1)),
     })
 }
 
-/// Opens a run: the connector, driven page by page.
+/// Opens a run: the connector, driven by the shared runner (`[source.paging]`: page size,
+/// retries with backoff, limits; the cancel flag).
 pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     let settings = settings_for(cx.source)?;
     let connector = SqlPull::new(settings)?;
-    Ok(Some(Opened {
-        stream: Box::new(Pages::new(
-            connector,
-            cx.cursor.map(str::to_owned),
-            cx.cancel.clone(),
-        )),
-    }))
-}
-
-/// Drives a paged connector as a record stream: pages in order, the last page's cursor.
-///
-/// A minimal stand-in for the shared runner (`matchpoint_connectors::runner`): transient
-/// errors are retried a few times with a short growing pause, watching the cancel flag.
-pub struct Pages<C: PagedConnector> {
-    connector: C,
-    next: Option<PageRequest>,
-    buffer: std::collections::VecDeque<RecordResult>,
-    cursor: Option<String>,
-    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    bytes: u64,
-    done: bool,
-}
-
-impl<C: PagedConnector> Pages<C> {
-    /// Pages of `connector`, starting after `since`.
-    pub fn new(
-        connector: C,
-        since: Option<String>,
-        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
-        Pages {
-            connector,
-            next: Some(PageRequest::First { since }),
-            buffer: Default::default(),
-            cursor: None,
-            cancel,
-            bytes: 0,
-            done: false,
-        }
-    }
-
-    /// The connector.
-    pub fn connector(&self) -> &C {
-        &self.connector
-    }
-}
-
-impl<C: PagedConnector> RecordStream for Pages<C> {
-    fn next_record(&mut self) -> Result<Option<RecordResult>, DeliveryError> {
-        loop {
-            if let Some(r) = self.buffer.pop_front() {
-                return Ok(Some(r));
-            }
-            if self.done {
-                return Ok(None);
-            }
-            let Some(req) = self.next.take() else {
-                self.done = true;
-                return Ok(None);
-            };
-            let mut attempt = 0u32;
-            let page = loop {
-                if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    self.done = true;
-                    return Err(DeliveryError::Io {
-                        location: self.connector.describe(),
-                        message: "cancelled".into(),
-                    });
-                }
-                match self.connector.fetch(&req) {
-                    Ok(p) => break p,
-                    Err(FetchError::Transient { message, .. }) if attempt < 3 => {
-                        attempt += 1;
-                        tracing::warn!(attempt, %message, "Transient error; retrying.");
-                        std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
-                    }
-                    Err(FetchError::Transient { message, .. }) => {
-                        self.done = true;
-                        return Err(DeliveryError::Io {
-                            location: self.connector.describe(),
-                            message: format!("{message} (gave up after {attempt} retries)"),
-                        });
-                    }
-                    Err(FetchError::Fatal(e)) => {
-                        self.done = true;
-                        return Err(e);
-                    }
-                }
-            };
-            self.bytes += page.bytes;
-            if page.cursor.is_some() {
-                self.cursor = page.cursor;
-            }
-            self.next = page.next.map(PageRequest::Next);
-            self.buffer.extend(page.records);
-        }
-    }
-
-    fn bytes_read(&self) -> u64 {
-        self.bytes
-    }
-
-    fn cursor(&self) -> Option<String> {
-        self.cursor.clone()
-    }
+    Ok(Some(super::paged::open_paged(cx, connector)))
 }

@@ -1,0 +1,265 @@
+//! JSON objects → field paths and repeated groups, for JSON kinds (REST/JSON, FHIR).
+//!
+//! - nested objects become dotted paths: `{"client": {"bsn": "1"}}` → `client.bsn = 1`;
+//! - strings are taken as they are; numbers and booleans as their JSON text; `null` is absent;
+//! - an array of objects at record level is a repeated group named by its path
+//!   (`relations`), each element flattened relative to the group;
+//! - an array of scalars gives the same path once per value, in order;
+//! - arrays inside a group element are flattened with their index: `telecom.0.value`.
+//!
+//! Nesting deeper than `max_depth` is an error (the record goes to quarantine), so is a
+//! record with more than `max_fields` values.
+
+use matchpoint_schemas::RawGroup;
+use serde_json::Value;
+
+/// Limits of one flattened record.
+#[derive(Debug, Clone, Copy)]
+pub struct FlattenLimits {
+    /// Deepest nesting of objects/arrays.
+    pub max_depth: usize,
+    /// Most values (fields of the record and of all its groups).
+    pub max_fields: usize,
+}
+
+impl Default for FlattenLimits {
+    fn default() -> Self {
+        FlattenLimits {
+            max_depth: 16,
+            max_fields: 10_000,
+        }
+    }
+}
+
+/// A flattened object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flat {
+    /// Path → value.
+    pub fields: Vec<(String, String)>,
+    /// Arrays of objects at record level.
+    pub groups: Vec<RawGroup>,
+}
+
+impl Flat {
+    /// The first value at `path`.
+    pub fn field(&self, path: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why an object could not be flattened (never contains a value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlattenError {
+    /// Not a JSON object.
+    #[error("the record is not a JSON object")]
+    NotAnObject,
+    /// Too deep.
+    #[error("the record nests deeper than {0} levels (limits.max_depth)")]
+    TooDeep(usize),
+    /// Too many values.
+    #[error("the record holds more than {0} values")]
+    TooManyFields(usize),
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+struct Walker {
+    limits: FlattenLimits,
+    count: usize,
+}
+
+impl Walker {
+    fn push(
+        &mut self,
+        out: &mut Vec<(String, String)>,
+        path: String,
+        v: String,
+    ) -> Result<(), FlattenError> {
+        self.count += 1;
+        if self.count > self.limits.max_fields {
+            return Err(FlattenError::TooManyFields(self.limits.max_fields));
+        }
+        out.push((path, v));
+        Ok(())
+    }
+
+    /// Flattens `v` at `path` into `out`; at record level arrays of objects go to `groups`.
+    fn walk(
+        &mut self,
+        path: &str,
+        v: &Value,
+        depth: usize,
+        out: &mut Vec<(String, String)>,
+        groups: Option<&mut Vec<RawGroup>>,
+    ) -> Result<(), FlattenError> {
+        if depth > self.limits.max_depth {
+            return Err(FlattenError::TooDeep(self.limits.max_depth));
+        }
+        match v {
+            Value::Null => Ok(()),
+            Value::Object(map) => {
+                let mut groups = groups;
+                for (k, child) in map {
+                    self.walk(&join(path, k), child, depth + 1, out, groups.as_deref_mut())?;
+                }
+                Ok(())
+            }
+            Value::Array(items) => match groups {
+                Some(groups) if items.iter().any(Value::is_object) => {
+                    for item in items {
+                        let mut fields = Vec::new();
+                        if item.is_object() {
+                            self.walk("", item, depth + 1, &mut fields, None)?;
+                        } else if let Some(s) = scalar(item) {
+                            self.push(&mut fields, String::new(), s)?;
+                        }
+                        groups.push(RawGroup {
+                            path: path.to_owned(),
+                            fields,
+                        });
+                    }
+                    Ok(())
+                }
+                Some(_) => {
+                    for item in items {
+                        if let Some(s) = scalar(item) {
+                            self.push(out, path.to_owned(), s)?;
+                        } else if depth + 1 > self.limits.max_depth {
+                            return Err(FlattenError::TooDeep(self.limits.max_depth));
+                        }
+                    }
+                    Ok(())
+                }
+                None => {
+                    for (i, item) in items.iter().enumerate() {
+                        self.walk(&join(path, &i.to_string()), item, depth + 1, out, None)?;
+                    }
+                    Ok(())
+                }
+            },
+            other => match scalar(other) {
+                Some(s) => self.push(out, path.to_owned(), s),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// Flattens one JSON object (a record).
+pub fn flatten(value: &Value, limits: FlattenLimits) -> Result<Flat, FlattenError> {
+    if !value.is_object() {
+        return Err(FlattenError::NotAnObject);
+    }
+    let mut w = Walker { limits, count: 0 };
+    let mut flat = Flat::default();
+    w.walk("", value, 0, &mut flat.fields, Some(&mut flat.groups))?;
+    Ok(flat)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn objects_become_dotted_paths_and_arrays_of_objects_groups() {
+        let v = json!({
+            "id": "R1",
+            "client": {"bsn": "123456782", "age": 7, "shielded": false, "note": null},
+            "tags": ["a", "b"],
+            "relations": [
+                {"bsn": "1", "kind": "ouder", "telecom": [{"value": "x"}]},
+                {"bsn": "2", "kind": "kind"}
+            ]
+        });
+        let f = flatten(&v, FlattenLimits::default()).unwrap();
+        assert_eq!(f.field("id"), Some("R1"));
+        assert_eq!(f.field("client.bsn"), Some("123456782"));
+        assert_eq!(f.field("client.age"), Some("7"));
+        assert_eq!(f.field("client.shielded"), Some("false"));
+        assert_eq!(f.field("client.note"), None);
+        let tags: Vec<_> = f.fields.iter().filter(|(p, _)| p == "tags").collect();
+        assert_eq!(tags.len(), 2);
+        assert_eq!(f.groups.len(), 2);
+        assert_eq!(f.groups[0].path, "relations");
+        assert_eq!(f.groups[0].field("kind"), Some("ouder"));
+        assert_eq!(f.groups[0].field("telecom.0.value"), Some("x"));
+        assert_eq!(f.groups[1].field("bsn"), Some("2"));
+    }
+
+    #[test]
+    fn limits_and_non_objects_are_errors() {
+        assert_eq!(
+            flatten(&json!([1]), FlattenLimits::default()),
+            Err(FlattenError::NotAnObject)
+        );
+        let deep = json!({"a": {"b": {"c": {"d": 1}}}});
+        let lim = FlattenLimits {
+            max_depth: 2,
+            max_fields: 10,
+        };
+        assert_eq!(flatten(&deep, lim), Err(FlattenError::TooDeep(2)));
+        let wide = json!({"a": 1, "b": 2, "c": 3});
+        let lim = FlattenLimits {
+            max_depth: 5,
+            max_fields: 2,
+        };
+        assert_eq!(flatten(&wide, lim), Err(FlattenError::TooManyFields(2)));
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z0-9 ]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,4}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any JSON value flattens without panicking; every scalar of an object without
+        /// arrays is found at its dotted path.
+        #[test]
+        fn flatten_never_panics(v in arb_json()) {
+            let _ = flatten(&v, FlattenLimits { max_depth: 4, max_fields: 50 });
+        }
+
+        #[test]
+        fn flat_objects_round_trip(m in prop::collection::btree_map("[a-z]{1,4}", "[a-z0-9]{0,6}", 0..8)) {
+            let v = json!({"outer": m.clone()});
+            let f = flatten(&v, FlattenLimits::default()).unwrap();
+            prop_assert_eq!(f.fields.len(), m.len());
+            for (k, val) in &m {
+                let path = format!("outer.{k}");
+                prop_assert_eq!(f.field(&path), Some(val.as_str()));
+            }
+        }
+    }
+}
