@@ -7,12 +7,14 @@
 //! - [`sources`]: one module per connector kind, from a configured source to raw records.
 //! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
 //! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
+//! - [`sandbox`]: the simulated upstream systems (HTTP servers on loopback) with fault injection.
 //! - [`failpoint`]: named pause points used by the crash-safety tests.
 
 pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
+pub mod sandbox;
 pub mod sources;
 pub mod store;
 pub mod sync;

@@ -14,6 +14,7 @@
 
 mod bsn;
 mod catalogue;
+pub mod feed;
 mod names;
 mod population;
 mod xml;

@@ -281,8 +281,7 @@ impl SqlPull {
                 location: self.location(),
                 message: format!(
                     "the database refused the query: {}{}; check that the view exists, that \
-                     it has the columns `{}` and `{}`, and that the user may read it; \
-                     nothing was published",
+                     it has the columns `{}` and `{}`, and that the user may read it",
                     db.message(),
                     db.code().map(|c| format!(" (code {c})")).unwrap_or_default(),
                     self.settings.updated_at_column,
@@ -291,7 +290,7 @@ impl SqlPull {
             }),
             other => FetchError::Fatal(DeliveryError::Io {
                 location: self.location(),
-                message: format!("{other}; nothing was published"),
+                message: other.to_string(),
             }),
         }
     }
@@ -361,7 +360,7 @@ impl SqlPull {
                     location: self.location(),
                     message: format!(
                         "column `{column}` has type {type_name}, which Matchpoint cannot read; \
-                         cast it to text in the view; nothing was published"
+                         cast it to text in the view"
                     ),
                 }))
             }
@@ -432,8 +431,7 @@ impl SqlPull {
             return Err(FetchError::Fatal(DeliveryError::Io {
                 location: self.location(),
                 message: format!(
-                    "a row has no value in `{}` or `{}` (the keyset columns must not be NULL); \
-                     nothing was published",
+                    "a row has no value in `{}` or `{}` (the keyset columns must not be NULL)",
                     s.updated_at_column, s.id_column
                 ),
             }));
@@ -782,3 +780,6 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     let connector = SqlPull::new(settings)?;
     Ok(Some(super::paged::open_paged(cx, connector)))
 }
+
+#[cfg(test)]
+mod tests;
