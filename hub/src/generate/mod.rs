@@ -16,6 +16,7 @@ mod bsn;
 mod catalogue;
 pub mod feed;
 mod names;
+pub mod okc3_csv;
 mod population;
 mod xml;
 

@@ -78,3 +78,6 @@ pub fn mapped_columns(spec: &MappingSpec) -> Vec<String> {
 fn decode(source: &SourceConfig, input: Box<dyn BufRead>, location: &str) -> Box<dyn RecordStream> {
     Box::new(CsvDropReader::new(input, location, format_for(source)))
 }
+
+#[cfg(test)]
+mod tests;
