@@ -723,8 +723,20 @@ mod tests {
     fn the_example_config_parses() {
         let path = deploy_dir().join("matchpoint.example.toml");
         let cfg = Config::load(&path).expect("example config parses");
-        assert_eq!(cfg.sources.len(), 1);
-        assert!(cfg.sources[0].mapping_spec.is_some());
+        assert!(!cfg.sources.is_empty());
+        assert!(cfg.sources.iter().all(|s| s.mapping_spec.is_some()));
+        for (name, kind) in [
+            ("okc-3", SourceKind::CsvDrop),
+            ("okc-4", SourceKind::SqlPull),
+            ("ris", SourceKind::SqlPull),
+        ] {
+            let s = cfg
+                .sources
+                .iter()
+                .find(|s| s.name == name)
+                .expect("source in the example");
+            assert_eq!(s.kind, kind);
+        }
     }
 
     #[test]
@@ -745,6 +757,53 @@ mapping = "missing.toml"
             .expect_err("invalid")
             .to_string();
         for needle in ["store", "max_end_share", ".name", ".schedule", ".mapping"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn sql_sources_need_a_secret_url_and_plain_identifiers() {
+        let text = r#"
+[[source]]
+name = "okc-4"
+kind = "sql_pull"
+location = "v; DROP TABLE x"
+mode = "incremental"
+schedule = "0 0 3 * * *"
+mapping = "mappings/okc-4.toml"
+[source.sql]
+url_env = "X"
+url_file = "y"
+updated_at_column = "a b"
+
+[[source]]
+name = "ris"
+kind = "sql_pull"
+location = "matchpoint_ris"
+mode = "incremental"
+schedule = "0 0 3 * * *"
+mapping = "mappings/ris.toml"
+
+[[source]]
+name = "okc-3"
+kind = "xml_export"
+location = "x.xml"
+mode = "full"
+schedule = "0 0 3 * * *"
+mapping = "mappings/okc-3.toml"
+[source.csv]
+id_column = "id"
+"#;
+        let err = Config::parse(text, "m.toml", &deploy_dir())
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "source[0] (okc-4).location",
+            "exactly one of url_env",
+            "sql.updated_at_column `a b`",
+            "source[1] (ris): kind = \"sql_pull\" needs a [source.sql]",
+            "source[2] (okc-3): [source.csv] is only for kind = \"csv_drop\"",
+        ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
     }
