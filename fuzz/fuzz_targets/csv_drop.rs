@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         max_record_bytes: 16 << ((knob >> 2) & 0x07),
         max_bytes: 64 << 10,
     };
-    let mut reader = CsvDropReader::new(Box::new(input), "fuzz", format);
+    let mut reader = CsvDropReader::new(Box::new(std::io::Cursor::new(input.to_vec())), "fuzz", format);
     // Every record after the header takes at least one line-break byte.
     let max_items = input.len() + 2;
     let mut records = 0u64;
