@@ -91,7 +91,7 @@ impl Default for CsvFormat {
 /// Quoting state of the decoded text, mirroring the `csv` crate's reading of it (quote `"`,
 /// doubled quotes inside quoted fields, no escape character).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quote {
+enum QuoteState {
     /// At the start of a field.
     FieldStart,
     /// Inside an unquoted field (a quote here is an ordinary character).
@@ -99,7 +99,7 @@ enum Quote {
     /// Inside a quoted field.
     Quoted,
     /// Just after a quote inside a quoted field: the end of the quotes, or half of `""`.
-    QuoteInQuoted,
+    AfterQuote,
 }
 
 /// Shared counters of the decoded text.
@@ -110,7 +110,7 @@ struct TextCounter {
     /// Decoded bytes handed out since the current record started.
     since_mark: Cell<u64>,
     /// Quoting state after the last byte handed out.
-    quote: Cell<Option<Quote>>,
+    quote: Cell<Option<QuoteState>>,
 }
 
 /// The decoded text: tracks the quoting state (so an unterminated quote at the end of the
@@ -134,18 +134,18 @@ impl<R: Read> Read for DecodedText<R> {
             .unwrap_or(usize::MAX)
             .min(buf.len());
         let n = self.inner.read(&mut buf[..room])?;
-        let mut state = self.counter.quote.get().unwrap_or(Quote::FieldStart);
+        let mut state = self.counter.quote.get().unwrap_or(QuoteState::FieldStart);
         for &b in &buf[..n] {
             let sep = b == self.delimiter || b == b'\n' || b == b'\r';
             state = match (state, b) {
-                (Quote::FieldStart, b'"') => Quote::Quoted,
-                (Quote::FieldStart | Quote::Unquoted, _) if sep => Quote::FieldStart,
-                (Quote::FieldStart | Quote::Unquoted, _) => Quote::Unquoted,
-                (Quote::Quoted, b'"') => Quote::QuoteInQuoted,
-                (Quote::Quoted, _) => Quote::Quoted,
-                (Quote::QuoteInQuoted, b'"') => Quote::Quoted,
-                (Quote::QuoteInQuoted, _) if sep => Quote::FieldStart,
-                (Quote::QuoteInQuoted, _) => Quote::Unquoted,
+                (QuoteState::FieldStart, b'"') => QuoteState::Quoted,
+                (QuoteState::FieldStart | QuoteState::Unquoted, _) if sep => QuoteState::FieldStart,
+                (QuoteState::FieldStart | QuoteState::Unquoted, _) => QuoteState::Unquoted,
+                (QuoteState::Quoted, b'"') => QuoteState::AfterQuote,
+                (QuoteState::Quoted, _) => QuoteState::Quoted,
+                (QuoteState::AfterQuote, b'"') => QuoteState::Quoted,
+                (QuoteState::AfterQuote, _) if sep => QuoteState::FieldStart,
+                (QuoteState::AfterQuote, _) => QuoteState::Unquoted,
             };
         }
         self.counter.quote.set(Some(state));
@@ -441,7 +441,7 @@ impl CsvDropReader {
         }
         let start = self.reader.position().byte();
         if !self.read()? {
-            if self.text.quote.get() == Some(Quote::Quoted) {
+            if self.text.quote.get() == Some(QuoteState::Quoted) {
                 return Err(DeliveryError::Truncated {
                     location: self.location.clone(),
                     message: format!(
@@ -452,7 +452,7 @@ impl CsvDropReader {
             }
             return Ok(None);
         }
-        if self.text.quote.get() == Some(Quote::Quoted) && self.reader.is_done() {
+        if self.text.quote.get() == Some(QuoteState::Quoted) && self.reader.is_done() {
             return Err(DeliveryError::Truncated {
                 location: self.location.clone(),
                 message: format!(

@@ -71,10 +71,7 @@ fn the_golden_file_decodes_windows_1252_quotes_and_relations() {
     assert_eq!(fourth.record_id.as_deref(), Some("OKC3-00000004"));
     assert_eq!(fourth.position.index, 4);
     assert!(fourth.reason.contains("9 fields"), "{}", fourth.reason);
-    assert!(
-        !fourth.reason.contains("111222369"),
-        "no BSN in the reason"
-    );
+    assert!(!fourth.reason.contains("111222369"), "no BSN in the reason");
 }
 
 #[test]
@@ -161,10 +158,7 @@ fn a_utf8_byte_order_mark_overrides_windows_1252() {
     let mut csv = vec![0xEF, 0xBB, 0xBF];
     csv.extend_from_slice("id;naam\r\n1;Zoë\r\n".as_bytes());
     let items = read_all(&csv, CsvFormat::default()).expect("reads");
-    assert_eq!(
-        items[0].as_ref().expect("good").field("naam"),
-        Some("Zoë")
-    );
+    assert_eq!(items[0].as_ref().expect("good").field("naam"), Some("Zoë"));
 }
 
 /// Characters Windows-1252 can encode, with the ones CSV treats specially.

@@ -106,7 +106,9 @@ pub fn write_okc3_csv(feed: &Feed, g: u32, dir: &Path, bad_every: u64) -> io::Re
     let mut out = BufWriter::new(File::create(&partial)?);
     let builder = {
         let mut b = csv::WriterBuilder::new();
-        b.delimiter(b';').terminator(csv::Terminator::CRLF).flexible(true);
+        b.delimiter(b';')
+            .terminator(csv::Terminator::CRLF)
+            .flexible(true);
         b
     };
     let mut records = 0u64;
@@ -130,8 +132,9 @@ pub fn write_okc3_csv(feed: &Feed, g: u32, dir: &Path, bad_every: u64) -> io::Re
         }
         emit(&fields)?;
     }
-    drop(emit);
-    out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
+    out.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()?;
     std::fs::rename(&partial, &path)?;
     Ok(CsvDrop { path, records, bad })
 }

@@ -110,7 +110,10 @@ const CHUNK: usize = 250;
 
 impl SupplierDb {
     /// Connects, (re)creates the tables and views and writes generation 0.
-    pub async fn create(url: &str, opts: &SupplierOptions) -> Result<(SupplierDb, Generation), SupplierError> {
+    pub async fn create(
+        url: &str,
+        opts: &SupplierOptions,
+    ) -> Result<(SupplierDb, Generation), SupplierError> {
         let mut db = Self::connect(url, opts).await?;
         db.drop_objects().await?;
         db.create_objects().await?;
@@ -140,10 +143,12 @@ impl SupplierDb {
             .map_err(SupplierError::Feed)?;
         let ris = Feed::build("ris", "RIS-", opts.persons, opts.seed, opts.ris_share)
             .map_err(SupplierError::Feed)?;
-        let conn = SqlConn::connect(url, true).await.map_err(|e| SupplierError::Db {
-            url: redact(url),
-            message: e.to_string(),
-        })?;
+        let conn = SqlConn::connect(url, true)
+            .await
+            .map_err(|e| SupplierError::Db {
+                url: redact(url),
+                message: e.to_string(),
+            })?;
         Ok(SupplierDb {
             url: url.to_owned(),
             conn,
@@ -314,7 +319,9 @@ impl SupplierDb {
         .await?;
         let agg = match self.dialect() {
             Dialect::Postgres => "string_agg(g.rol || ':' || g.bsn, '|' ORDER BY g.bsn)",
-            Dialect::MySql => "GROUP_CONCAT(CONCAT(g.rol, ':', g.bsn) ORDER BY g.bsn SEPARATOR '|')",
+            Dialect::MySql => {
+                "GROUP_CONCAT(CONCAT(g.rol, ':', g.bsn) ORDER BY g.bsn SEPARATOR '|')"
+            }
             Dialect::Sqlite => "group_concat(g.rol || ':' || g.bsn, '|')",
         };
         self.execute(format!(
@@ -329,7 +336,11 @@ impl SupplierDb {
 
     /// Writes the rows of generation `g` touched after `since` (all of generation 0 when
     /// `since` is `None`).
-    async fn write_generation(&mut self, g: u32, since: Option<u32>) -> Result<Generation, SupplierError> {
+    async fn write_generation(
+        &mut self,
+        g: u32,
+        since: Option<u32>,
+    ) -> Result<Generation, SupplierError> {
         let p = self.prefix.clone();
         let dialect = self.dialect();
         let mut out = Generation {

@@ -31,11 +31,13 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
 pub fn format_for(source: &SourceConfig) -> CsvFormat {
     let settings = source.csv.clone().unwrap_or_default();
     let spec = source.mapping_spec.as_ref();
-    let relations = spec.and_then(|s| s.relations.as_ref()).map(|r| RelationColumn {
-        column: r.group.clone(),
-        kind_field: r.kind.clone(),
-        bsn_field: r.bsn.clone(),
-    });
+    let relations = spec
+        .and_then(|s| s.relations.as_ref())
+        .map(|r| RelationColumn {
+            column: r.group.clone(),
+            kind_field: r.kind.clone(),
+            bsn_field: r.bsn.clone(),
+        });
     CsvFormat {
         delimiter: u8::try_from(settings.delimiter).unwrap_or(b';'),
         id_column: settings.id_column,

@@ -273,17 +273,18 @@ impl SqlPull {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => transient(format!(
-                "{}: connection failed: {e}",
-                self.location()
-            )),
+            | sqlx::Error::Protocol(_) => {
+                transient(format!("{}: connection failed: {e}", self.location()))
+            }
             sqlx::Error::Database(db) => FetchError::Fatal(DeliveryError::Io {
                 location: self.location(),
                 message: format!(
                     "the database refused the query: {}{}; check that the view exists, that \
                      it has the columns `{}` and `{}`, and that the user may read it",
                     db.message(),
-                    db.code().map(|c| format!(" (code {c})")).unwrap_or_default(),
+                    db.code()
+                        .map(|c| format!(" (code {c})"))
+                        .unwrap_or_default(),
                     self.settings.updated_at_column,
                     self.settings.id_column
                 ),

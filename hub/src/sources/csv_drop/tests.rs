@@ -105,7 +105,12 @@ fn the_golden_csv_maps_to_canonical_involvements() {
     assert_eq!(first.status, InvolvementStatus::Active);
     assert!(first.coordinator);
     assert_eq!(first.relations.len(), 2);
-    assert!(first.relations.iter().all(|r| r.kind == RelationKind::Child));
+    assert!(
+        first
+            .relations
+            .iter()
+            .all(|r| r.kind == RelationKind::Child)
+    );
 
     let second = map(1);
     assert_eq!(second.contact.name, "Zoë Dekker");
@@ -198,8 +203,8 @@ async fn a_generated_drop_syncs_and_a_header_rename_needs_only_the_mapping() {
     // The supplier renames a header in the next drop.
     let bytes = std::fs::read(&drop.path).expect("read");
     let end = bytes.iter().position(|&b| b == b'\n').expect("header line");
-    let header = String::from_utf8_lossy(&bytes[..end])
-        .replace(";contactpersoon;", ";naam_contactpersoon;");
+    let header =
+        String::from_utf8_lossy(&bytes[..end]).replace(";contactpersoon;", ";naam_contactpersoon;");
     let mut renamed = header.into_bytes();
     renamed.extend_from_slice(&bytes[end..]);
     let next = s.drops.join(okc3_file_name(&feed, 1));
@@ -212,7 +217,12 @@ async fn a_generated_drop_syncs_and_a_header_rename_needs_only_the_mapping() {
     let error = run.error.unwrap_or_default();
     assert!(error.contains("`contactpersoon`"), "{error}");
     assert_eq!(
-        s.ctx.store.involvements("okc-3").await.expect("index").len(),
+        s.ctx
+            .store
+            .involvements("okc-3")
+            .await
+            .expect("index")
+            .len(),
         before.len()
     );
 

@@ -203,7 +203,10 @@ async fn scenario(url: &str) {
 
     // The next generation: only the changed rows are read; deleted rows end involvements.
     let g1 = db.advance().await.expect("advance");
-    assert!(g1.okc4.total() > 0 && g1.okc4.total() < okc4_rows / 4, "{g1:?}");
+    assert!(
+        g1.okc4.total() > 0 && g1.okc4.total() < okc4_rows / 4,
+        "{g1:?}"
+    );
     let run = h.sync(&okc4).await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.counts.read, g1.okc4.total());
@@ -319,11 +322,17 @@ fn a_connection_failure_is_transient_and_a_bad_cursor_is_fatal() {
             assert!(message.contains("okc-4"), "{message}");
             assert!(!message.contains("secret"), "{message}");
         }
-        other => panic!("expected a transient error, got {:?}", other.map(|p| p.records.len())),
+        other => panic!(
+            "expected a transient error, got {:?}",
+            other.map(|p| p.records.len())
+        ),
     }
     match c.fetch(&PageRequest::Next("not a keyset".into())) {
         Err(FetchError::Fatal(e)) => assert!(e.to_string().contains("--full"), "{e}"),
-        other => panic!("expected a fatal error, got {:?}", other.map(|p| p.records.len())),
+        other => panic!(
+            "expected a fatal error, got {:?}",
+            other.map(|p| p.records.len())
+        ),
     }
     assert!(!c.describe().contains("secret"));
 }
