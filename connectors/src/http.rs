@@ -111,9 +111,7 @@ impl HttpClient {
         match &self.auth {
             Auth::None => rb,
             Auth::Bearer(t) => rb.bearer_auth(t.expose()),
-            Auth::Basic { username, password } => {
-                rb.basic_auth(username, Some(password.expose()))
-            }
+            Auth::Basic { username, password } => rb.basic_auth(username, Some(password.expose())),
         }
     }
 
@@ -138,7 +136,8 @@ impl HttpClient {
             }
         })?;
         let status = resp.status();
-        if !status.is_success() && !(accept_fault && status.as_u16() == 500) {
+        let fault_body = accept_fault && status.as_u16() == 500;
+        if !(status.is_success() || fault_body) {
             let code = status.as_u16();
             if matches!(code, 429 | 500 | 502 | 503 | 504) {
                 return Err(FetchError::Transient {
@@ -224,7 +223,11 @@ impl<R> CappedReader<R> {
 
 impl<R: Read> Read for CappedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let room = self.state.cap.saturating_sub(self.state.read).saturating_add(1);
+        let room = self
+            .state
+            .cap
+            .saturating_sub(self.state.read)
+            .saturating_add(1);
         let want = usize::try_from(room).map_or(buf.len(), |r| r.min(buf.len()));
         let n = self.inner.read(&mut buf[..want])?;
         self.state.read += n as u64;
@@ -243,10 +246,7 @@ impl<R: Read> Read for CappedReader<R> {
         {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} of {exp} announced bytes arrived",
-                    self.state.read
-                ),
+                format!("{} of {exp} announced bytes arrived", self.state.read),
             ));
         }
         Ok(n)
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn capped_reader_stops_at_the_cap() {
-        let data = vec![b'a'; 100];
+        let data = [b'a'; 100];
         let body = CappedBody {
             expected: None,
             read: 0,
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn capped_reader_reports_a_short_body() {
-        let data = vec![b'a'; 5];
+        let data = [b'a'; 5];
         let body = CappedBody {
             expected: Some(8),
             read: 0,
@@ -309,7 +309,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "2".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), None);
     }
 }

@@ -155,7 +155,9 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
         let Ok(text) = value.to_str() else { continue };
         for part in text.split(',') {
             let mut pieces = part.split(';');
-            let Some(target) = pieces.next() else { continue };
+            let Some(target) = pieces.next() else {
+                continue;
+            };
             let target = target.trim();
             let is_next = pieces.any(|p| {
                 let p = p.trim();
@@ -234,10 +236,9 @@ impl PagedConnector for RestJsonConnector {
             None | Some(Value::Null) => link,
             Some(Value::String(_)) => link,
             Some(_) => {
-                return Err(self.malformed(format!(
-                    "`{}` is not a URL string",
-                    self.format.next_field
-                )));
+                return Err(
+                    self.malformed(format!("`{}` is not a URL string", self.format.next_field))
+                );
             }
         };
         let next = match next {
@@ -285,7 +286,10 @@ mod tests {
         );
         assert_eq!(link_next(&h).as_deref(), Some("https://x/a?page=3"));
         let mut h = HeaderMap::new();
-        h.insert(LINK, HeaderValue::from_static("<https://x/a>; rel=\"last\""));
+        h.insert(
+            LINK,
+            HeaderValue::from_static("<https://x/a>; rel=\"last\""),
+        );
         assert_eq!(link_next(&h), None);
     }
 }

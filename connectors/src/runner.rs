@@ -61,7 +61,9 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The backoff ceiling before retry number `retry` (1-based).
     pub fn ceiling(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.base_delay
             .checked_mul(factor)
             .unwrap_or(self.max_delay)
@@ -264,12 +266,7 @@ impl<C: PagedConnector> PagedRunner<C> {
         {
             let ready = last + self.config.min_interval;
             let now = self.clock.now();
-            if ready > now
-                && self
-                    .clock
-                    .sleep(ready - now, &self.config.cancel)
-                    .is_err()
-            {
+            if ready > now && self.clock.sleep(ready - now, &self.config.cancel).is_err() {
                 return Err(FetchError::Fatal(self.cancelled()));
             }
         }

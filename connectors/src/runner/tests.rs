@@ -165,7 +165,13 @@ fn follows_next_tokens_and_keeps_the_last_cursor() {
         .collect();
     assert_eq!(ids, ["r1", "r2", "r3", "r4"]);
     assert_eq!(h.runner.cursor().as_deref(), Some("c3"));
-    let reqs: Vec<_> = h.requests.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+    let reqs: Vec<_> = h
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
     assert_eq!(
         reqs,
         [
@@ -177,7 +183,10 @@ fn follows_next_tokens_and_keeps_the_last_cursor() {
         ]
     );
     let s = h.runner.stats();
-    assert_eq!((s.pages, s.records, s.requests, s.retries, s.bytes), (3, 4, 3, 0, 30));
+    assert_eq!(
+        (s.pages, s.records, s.requests, s.retries, s.bytes),
+        (3, 4, 3, 0, 30)
+    );
     assert!(h.sleeps.lock().unwrap().is_empty());
     // Finished: nothing more, even when asked again.
     assert!(h.runner.next_record().unwrap().is_none());
@@ -385,7 +394,12 @@ fn max_pages_and_max_bytes_are_enforced() {
             ..config()
         },
     );
-    assert!(drain(&mut h.runner).unwrap_err().to_string().contains("max_pages"));
+    assert!(
+        drain(&mut h.runner)
+            .unwrap_err()
+            .to_string()
+            .contains("max_pages")
+    );
     let mut h = harness(
         vec![Ok(page(1..2, Some("a"), None)), Ok(page(2..3, None, None))],
         RunnerConfig {
@@ -393,7 +407,12 @@ fn max_pages_and_max_bytes_are_enforced() {
             ..config()
         },
     );
-    assert!(drain(&mut h.runner).unwrap_err().to_string().contains("max_bytes"));
+    assert!(
+        drain(&mut h.runner)
+            .unwrap_err()
+            .to_string()
+            .contains("max_bytes")
+    );
 }
 
 #[test]

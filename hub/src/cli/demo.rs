@@ -12,6 +12,8 @@ use super::Env;
 use super::sync_cmd;
 
 const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/matchpoint.example.toml");
+/// The line of the example config after which come the sources `matchpoint sandbox` serves.
+const SANDBOX_SOURCES_MARKER: &str = "# ==== Sources served by `matchpoint sandbox`";
 const OKC2_MAPPING: &str = include_str!("../../../deploy/mappings/okc-2.toml");
 
 /// Writes synthetic data with a progress line.
@@ -91,7 +93,12 @@ pub async fn demo(dir: &Path, persons: u64, seed: u64) -> anyhow::Result<ExitCod
     println!("  synthetic data for {persons} persons (seed {seed}):");
     generate_cmd(persons, &data, seed, 0.02)?;
 
-    let wrote_cfg = write_if_missing(&dir.join("matchpoint.toml"), EXAMPLE_CONFIG)?;
+    // Sources served by `matchpoint sandbox` need it running; the demo config stops before them.
+    let file_sources = EXAMPLE_CONFIG
+        .split(SANDBOX_SOURCES_MARKER)
+        .next()
+        .unwrap_or(EXAMPLE_CONFIG);
+    let wrote_cfg = write_if_missing(&dir.join("matchpoint.toml"), file_sources)?;
     write_if_missing(
         &dir.join("organisations.toml"),
         generate::ORGANISATIONS_TOML,

@@ -3,6 +3,7 @@
 mod demo;
 mod output;
 mod runs;
+mod sandbox;
 mod sync_cmd;
 
 use std::path::{Path, PathBuf};
@@ -146,6 +147,9 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Start every simulated upstream system on 127.0.0.1 (REST, SOAP, …) with one synthetic
+    /// population, optionally with injected faults; runs until Ctrl-C.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -222,6 +226,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs::stats(&env, json).await
         }
         Command::Demo { dir, persons, seed } => demo::demo(&dir, persons, seed).await,
+        Command::Sandbox(args) => sandbox::sandbox(args).await,
     }
 }
 

@@ -87,11 +87,9 @@ fn mix(mut z: u64) -> u64 {
 }
 
 fn salt_of(source: &str) -> u64 {
-    source
-        .bytes()
-        .fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
-        })
+    source.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+    })
 }
 
 impl Feed {
@@ -155,7 +153,7 @@ impl Feed {
                     .collect();
                 // One record in twenty is held back for a later generation (1 to 3).
                 let held = mix(seed ^ salt ^ number.wrapping_mul(0x9E37_79B9));
-                let born = if held % 20 == 0 {
+                let born = if held.is_multiple_of(20) {
                     1 + (held >> 8) as u32 % 3
                 } else {
                     0

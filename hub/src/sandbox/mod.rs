@@ -1,6 +1,353 @@
-//! The simulated upstream systems of `matchpoint sandbox`.
+//! The simulated upstream systems of `matchpoint sandbox`: real HTTP servers on loopback,
+//! one per HTTP source, serving one consistent synthetic population.
 //!
-//! - [`supplier_db`]: the supplier databases of the SQL sources (okc-4, RIS) in SQLite,
-//!   PostgreSQL or MariaDB/MySQL, created, filled and changed between runs.
+//! Each upstream is a `fn router(Arc<Upstream>) -> axum::Router` in its own module
+//! ([`rest`], [`soap`]), registered with one line in [`UPSTREAMS`]; the framework adds to
+//! every upstream
+//!
+//! - the fault middleware of [`faults`] (latency, error statuses with `Retry-After`,
+//!   connection resets, truncated or garbage bodies; malformed records are rendered by the
+//!   upstream itself from [`Upstream::malformed`]);
+//! - control endpoints: `GET /_sandbox/stats` (requests, pages and records served, and a log
+//!   of every answer with its time, status and `Retry-After`, so tests can check retry
+//!   spacing), `POST /_sandbox/advance` (next generation of the data: new, changed and ended
+//!   records), `POST /_sandbox/faults` (body: a new fault spec) and
+//!   `POST /_sandbox/reset-stats`.
+//!
+//! The SQL sources (okc-4, RIS) are tables and views in a supplier database instead
+//! ([`supplier_db`]: SQLite by default, PostgreSQL or MariaDB given `--supplier-db URL`).
+//!
+//! The data of every upstream comes from [`crate::generate::feed`]: the same seeded
+//! population as `matchpoint generate`, each source with its own subset of households.
 
+pub mod faults;
+pub mod rest;
+pub mod soap;
 pub mod supplier_db;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::generate::feed::{Feed, FeedRecord};
+use faults::{FaultSpec, FaultyListener};
+
+/// One registered upstream kind.
+pub struct UpstreamDef {
+    /// Source name it simulates.
+    pub name: &'static str,
+    /// Connector kind that reads it.
+    pub kind: &'static str,
+    /// Port offset from `--listen-base`.
+    pub port_offset: u16,
+    /// Record id prefix.
+    pub prefix: &'static str,
+    /// Share of households this source knows.
+    pub share: f64,
+    /// Path of the collection/service (the source's `location` is the server URL + this).
+    pub path: &'static str,
+    /// How a sync authenticates (shown to the user).
+    pub auth_hint: &'static str,
+    /// The router.
+    pub router: fn(Arc<Upstream>) -> Router,
+}
+
+/// Every simulated HTTP upstream; one line each.
+pub const UPSTREAMS: &[UpstreamDef] = &[
+    UpstreamDef {
+        name: "okc-1",
+        kind: "rest_json",
+        port_offset: 1,
+        prefix: "OKC1-",
+        share: 0.7,
+        path: rest::PATH,
+        auth_hint: rest::AUTH_HINT,
+        router: rest::router,
+    },
+    UpstreamDef {
+        name: "okc-6",
+        kind: "soap",
+        port_offset: 6,
+        prefix: "OKC6-",
+        share: 0.6,
+        path: soap::PATH,
+        auth_hint: soap::AUTH_HINT,
+        router: soap::router,
+    },
+];
+
+/// One answer in the request log.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LogEntry {
+    /// Milliseconds since the upstream started.
+    pub at_ms: u64,
+    /// Status sent (0: connection reset without an answer).
+    pub status: u16,
+    /// `Retry-After` sent, in seconds.
+    pub retry_after: Option<u64>,
+}
+
+/// Most entries kept in the request log.
+const MAX_LOG: usize = 100_000;
+
+type Snapshot = (u32, Option<u32>, Arc<Vec<FeedRecord>>);
+
+/// The shared state of one running upstream.
+pub struct Upstream {
+    /// Source name.
+    pub name: String,
+    /// Sandbox seed (fault draws).
+    pub seed: u64,
+    /// The data.
+    pub feed: Feed,
+    /// Requests seen (faulted ones included).
+    pub requests: AtomicU64,
+    /// Pages served.
+    pub pages: AtomicU64,
+    /// Records served.
+    pub records: AtomicU64,
+    generation: AtomicU32,
+    faults: RwLock<FaultSpec>,
+    started: Instant,
+    log: Mutex<Vec<LogEntry>>,
+    snapshot: Mutex<Option<Snapshot>>,
+}
+
+impl Upstream {
+    /// A new upstream over `feed`.
+    pub fn new(name: &str, seed: u64, feed: Feed, faults: FaultSpec) -> Self {
+        Upstream {
+            name: name.to_owned(),
+            seed,
+            feed,
+            requests: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            faults: RwLock::new(faults),
+            started: Instant::now(),
+            log: Mutex::new(Vec::new()),
+            snapshot: Mutex::new(None),
+        }
+    }
+
+    /// The current fault spec.
+    pub fn faults(&self) -> FaultSpec {
+        self.faults.read().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// The current data generation.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Logs one answer.
+    pub fn log(&self, status: u16, retry_after: Option<u64>) {
+        if let Ok(mut log) = self.log.lock()
+            && log.len() < MAX_LOG
+        {
+            log.push(LogEntry {
+                at_ms: self.started.elapsed().as_millis() as u64,
+                status,
+                retry_after,
+            });
+        }
+    }
+
+    /// Counts one page of `records` records served.
+    pub fn served(&self, records: usize) {
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    /// Whether record `id` is rendered malformed (the `malformed` fault); stable per record
+    /// and generation, so a retried page is the same page.
+    pub fn malformed(&self, id: &str) -> bool {
+        let share = self.faults().malformed;
+        if share <= 0.0 {
+            return false;
+        }
+        let h = id.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        });
+        faults::draw(self.seed ^ h, u64::from(self.generation())) < share
+    }
+
+    /// Whether deliveries are empty now (the `empty` fault).
+    pub fn empty(&self) -> bool {
+        self.faults().empty > 0.0
+    }
+
+    /// The records of the current generation changed after the generation of `since` (all
+    /// without it), in id order; cached per (generation, since).
+    pub fn changed_since(&self, since: Option<&str>) -> Arc<Vec<FeedRecord>> {
+        if self.empty() {
+            return Arc::new(Vec::new());
+        }
+        let g = self.generation();
+        let since_gen = since.and_then(|s| self.feed.generation_of(s));
+        if let Ok(snap) = self.snapshot.lock()
+            && let Some((sg, ss, recs)) = snap.as_ref()
+            && *sg == g
+            && *ss == since_gen
+        {
+            return recs.clone();
+        }
+        let recs: Arc<Vec<FeedRecord>> = Arc::new(self.feed.changed_since(g, since_gen).collect());
+        if let Ok(mut snap) = self.snapshot.lock() {
+            *snap = Some((g, since_gen, recs.clone()));
+        }
+        recs
+    }
+}
+
+#[derive(Serialize)]
+struct Stats {
+    name: String,
+    generation: u32,
+    requests: u64,
+    pages: u64,
+    records: u64,
+    log: Vec<LogEntry>,
+}
+
+async fn stats(State(up): State<Arc<Upstream>>) -> impl IntoResponse {
+    axum::Json(Stats {
+        name: up.name.clone(),
+        generation: up.generation(),
+        requests: up.requests.load(Ordering::Relaxed),
+        pages: up.pages.load(Ordering::Relaxed),
+        records: up.records.load(Ordering::Relaxed),
+        log: up.log.lock().map(|l| l.clone()).unwrap_or_default(),
+    })
+}
+
+async fn advance(State(up): State<Arc<Upstream>>) -> impl IntoResponse {
+    let g = up.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    axum::Json(serde_json::json!({ "generation": g }))
+}
+
+async fn set_faults(State(up): State<Arc<Upstream>>, body: String) -> impl IntoResponse {
+    match FaultSpec::parse(&body) {
+        Ok(spec) => {
+            if let Ok(mut f) = up.faults.write() {
+                *f = spec;
+            }
+            (StatusCode::OK, String::from("ok\n"))
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+async fn reset_stats(State(up): State<Arc<Upstream>>) -> impl IntoResponse {
+    up.requests.store(0, Ordering::Relaxed);
+    up.pages.store(0, Ordering::Relaxed);
+    up.records.store(0, Ordering::Relaxed);
+    if let Ok(mut l) = up.log.lock() {
+        l.clear();
+    }
+    "ok\n"
+}
+
+/// The full app of one upstream: its router, the control endpoints and the fault layer.
+pub fn app(def: &UpstreamDef, up: Arc<Upstream>) -> Router {
+    let control = Router::new()
+        .route("/_sandbox/stats", get(stats))
+        .route("/_sandbox/advance", post(advance))
+        .route("/_sandbox/faults", post(set_faults))
+        .route("/_sandbox/reset-stats", post(reset_stats))
+        .with_state(up.clone());
+    (def.router)(up.clone())
+        .merge(control)
+        .layer(axum::middleware::from_fn_with_state(up, faults::layer))
+}
+
+/// What `matchpoint sandbox` starts.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Persons in the population.
+    pub persons: u64,
+    /// Seed of population and faults.
+    pub seed: u64,
+    /// Faults for every upstream.
+    pub faults: FaultSpec,
+    /// Base port: upstream N listens on base + its offset; 0 picks free ports.
+    pub listen_base: u16,
+    /// Folder for the file-based sources (the okc-2 XML export), if wanted.
+    pub dir: Option<PathBuf>,
+}
+
+/// One running upstream.
+pub struct Running {
+    /// Source name.
+    pub name: &'static str,
+    /// Connector kind.
+    pub kind: &'static str,
+    /// The source's `location`.
+    pub url: String,
+    /// Server root (control endpoints live under `/_sandbox/`).
+    pub root: String,
+    /// How to authenticate.
+    pub auth_hint: &'static str,
+    /// Its state.
+    pub upstream: Arc<Upstream>,
+}
+
+/// Builds every upstream's data, binds its port and serves it on the current tokio runtime.
+pub async fn start(opts: &SandboxOptions) -> Result<Vec<Running>, String> {
+    let mut running = Vec::new();
+    for def in UPSTREAMS {
+        let feed = Feed::build(def.name, def.prefix, opts.persons, opts.seed, def.share)?;
+        let up = Arc::new(Upstream::new(
+            def.name,
+            opts.seed,
+            feed,
+            opts.faults.clone(),
+        ));
+        let port = if opts.listen_base == 0 {
+            0
+        } else {
+            opts.listen_base
+                .checked_add(def.port_offset)
+                .ok_or_else(|| {
+                    format!(
+                        "--listen-base {} leaves no room for port offsets",
+                        opts.listen_base
+                    )
+                })?
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("{}: cannot listen on 127.0.0.1:{port}: {e}", def.name))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("{}: {e}", def.name))?;
+        let app = app(def, up.clone());
+        let listener = FaultyListener {
+            inner: listener,
+            upstream: up.clone(),
+            accepted: AtomicU64::new(0),
+        };
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let root = format!("http://{addr}");
+        running.push(Running {
+            name: def.name,
+            kind: def.kind,
+            url: format!("{root}{}", def.path),
+            root,
+            auth_hint: def.auth_hint,
+            upstream: up,
+        });
+    }
+    Ok(running)
+}

@@ -14,7 +14,10 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     let h = &s.http;
     let format = RestJsonFormat {
         since_param: h.since_param.clone().unwrap_or(defaults.since_param),
-        page_size_param: h.page_size_param.clone().unwrap_or(defaults.page_size_param),
+        page_size_param: h
+            .page_size_param
+            .clone()
+            .unwrap_or(defaults.page_size_param),
         page_size: s.paging.page_size,
         id_field: h.id_field.clone().unwrap_or(defaults.id_field),
         cursor_field: h.cursor_field.clone().unwrap_or(defaults.cursor_field),
