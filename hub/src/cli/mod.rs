@@ -4,6 +4,7 @@ mod demo;
 mod output;
 mod runs;
 mod sandbox;
+mod supplier_db;
 mod sync_cmd;
 
 use std::path::{Path, PathBuf};
@@ -150,6 +151,9 @@ pub enum Command {
     /// Start every simulated upstream system on 127.0.0.1 (REST, SOAP, …) with one synthetic
     /// population, optionally with injected faults; runs until Ctrl-C.
     Sandbox(sandbox::SandboxArgs),
+    /// Create the simulated supplier databases of the SQL sources (okc-4, RIS) in SQLite,
+    /// PostgreSQL or MariaDB, or write their next night (`--advance`).
+    SupplierDb(supplier_db::SupplierDbArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -227,6 +231,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { dir, persons, seed } => demo::demo(&dir, persons, seed).await,
         Command::Sandbox(args) => sandbox::sandbox(args).await,
+        Command::SupplierDb(args) => supplier_db::supplier_db(args).await,
     }
 }
 
