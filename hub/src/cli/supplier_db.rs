@@ -15,7 +15,11 @@ use matchpoint_hub::sources::sql_pull::redact;
 pub struct SupplierDbArgs {
     /// Database URL: sqlite://PATH, postgres://USER@HOST/DB or mysql://USER@HOST/DB
     /// (MariaDB too). Prefer MATCHPOINT_SUPPLIER_DB_URL for URLs with a password.
-    #[arg(long, env = "MATCHPOINT_SUPPLIER_DB_URL", default_value = "sqlite://supplier.db")]
+    #[arg(
+        long,
+        env = "MATCHPOINT_SUPPLIER_DB_URL",
+        default_value = "sqlite://supplier.db"
+    )]
     pub url: String,
     /// Persons in the synthetic population (the same as the sandbox's).
     #[arg(long, default_value_t = 2000)]
