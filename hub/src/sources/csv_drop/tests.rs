@@ -238,4 +238,35 @@ async fn a_generated_drop_syncs_and_a_header_rename_needs_only_the_mapping() {
     assert_eq!(run.counts.read, drop.records);
     assert_eq!(run.counts.unchanged, drop.records - drop.bad);
     assert_eq!(run.counts.ended, 0);
+
+    // An empty drop (the header only) would end everything: the shrink guard holds it.
+    let header_only = String::from_utf8_lossy(&std::fs::read(&next).expect("read"))
+        .lines()
+        .next()
+        .map(|h| format!("{h}\r\n"))
+        .expect("header");
+    std::fs::write(s.drops.join(okc3_file_name(&feed, 2)), header_only).expect("write");
+    let run = s.run().await;
+    assert_eq!(run.status, RunStatus::Held, "{:?}", run.error);
+    assert_eq!(
+        s.ctx
+            .store
+            .involvements("okc-3")
+            .await
+            .expect("index")
+            .len(),
+        before.len()
+    );
+    // A drop cut off inside a quoted field fails the run.
+    let mut cut = std::fs::read(&next).expect("read");
+    let quote = cut.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    cut.truncate(quote + 1);
+    cut.extend_from_slice(b"OKC3-99999999;111222333;\"unterminated");
+    std::fs::write(s.drops.join(okc3_file_name(&feed, 3)), cut).expect("write");
+    let run = s.run().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.error.unwrap_or_default().contains("truncated"),
+        "a cut-off drop is reported as truncated"
+    );
 }

@@ -337,6 +337,22 @@ fn a_connection_failure_is_transient_and_a_bad_cursor_is_fatal() {
     assert!(!c.describe().contains("secret"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_fails_the_run_after_the_retries() {
+    let prefix = prefix();
+    // Nothing listens on port 9 of loopback; the password must never be shown.
+    let h = Harness::new("postgres://u:secret@127.0.0.1:9/x", &prefix).await;
+    let run = h.sync(&h.source("okc-4")).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("okc-4") && error.contains("connection"),
+        "{error}"
+    );
+    assert!(!error.contains("secret"), "{error}");
+    assert!(h.index("okc-4").await.is_empty());
+}
+
 #[test]
 fn keysets_round_trip_in_their_own_types() {
     let k = Keyset {
