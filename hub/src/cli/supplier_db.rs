@@ -85,6 +85,10 @@ pub async fn create(url: &str, persons: u64, seed: u64) -> anyhow::Result<Genera
         .await
         .with_context(|| format!("creating the supplier databases in {}", redact(url)))?;
     print(url, &db, &g);
+    println!(
+        "       (for the example config: export MATCHPOINT_SUPPLIER_DB_URL='{}')",
+        redact(url)
+    );
     db.close().await?;
     Ok(g)
 }

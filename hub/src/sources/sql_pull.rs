@@ -19,6 +19,8 @@
 //! - **Deleted rows**: `[source.sql] deleted_column` marks a deleted/withdrawn row; such a row
 //!   is delivered with the mapping's status field set to a code its `[codes.status]` maps to
 //!   `ended`, so the involvement ends (the mapping must have both).
+//! - **Size**: a row whose values add up to more than `limits.max_record_bytes` is
+//!   quarantined; a page holds at most `page_size` rows.
 //! - **Errors**: connection failures and timeouts are transient (the runner retries them; the
 //!   connection is opened again); SQL errors (a missing view or column) and values that cannot
 //!   be read fail the run with a message naming the source and the view.
@@ -219,6 +221,8 @@ pub struct SqlPullSettings {
     pub relations: Option<RelationLayout>,
     /// Timeout for connecting and for one page.
     pub timeout: Duration,
+    /// Most bytes of one row's values; a larger row is quarantined.
+    pub max_record_bytes: u64,
 }
 
 /// The SQL pull connector: one page per [`PagedConnector::fetch`].
@@ -373,7 +377,7 @@ impl SqlPull {
     }
 
     /// Turns one row into a raw record (or a quarantine entry) and its keyset position.
-    fn record(&mut self, row: Row0) -> Result<(RecordResult, Keyset), FetchError> {
+    fn record(&mut self, row: Row0, bytes: u64) -> Result<(RecordResult, Keyset), FetchError> {
         self.index += 1;
         let s = &self.settings;
         let position = RecordPosition {
@@ -438,6 +442,21 @@ impl SqlPull {
             }));
         };
         let key = Keyset { u, id };
+        if bytes > s.max_record_bytes {
+            return Ok((
+                Err(RecordError {
+                    record_id,
+                    position,
+                    field: None,
+                    reason: format!(
+                        "the row is {bytes} bytes, more than the configured limit of {} bytes \
+                         (limits.max_record_bytes)",
+                        s.max_record_bytes
+                    ),
+                }),
+                key,
+            ));
+        }
         if let Some(n) = bad_relation
             && let Some(r) = &s.relations
         {
@@ -502,11 +521,12 @@ impl PagedConnector for SqlPull {
         let mut page = Page::default();
         let mut last = None;
         for row in rows {
-            page.bytes += row
+            let bytes = row
                 .iter()
                 .map(|c| c.name.len() + c.text.as_ref().map_or(0, String::len))
                 .sum::<usize>() as u64;
-            let (rec, key) = self.record(row)?;
+            page.bytes += bytes;
+            let (rec, key) = self.record(row, bytes)?;
             page.records.push(rec);
             last = Some(key);
         }
@@ -771,6 +791,7 @@ pub fn settings_for(source: &SourceConfig) -> Result<SqlPullSettings, String> {
         deleted,
         relations,
         timeout: Duration::from_secs(source.limits.timeout_secs.max(1)),
+        max_record_bytes: source.limits.max_record_bytes,
     })
 }
 

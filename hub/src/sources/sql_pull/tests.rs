@@ -315,6 +315,7 @@ fn a_connection_failure_is_transient_and_a_bad_cursor_is_fatal() {
         deleted: None,
         relations: None,
         timeout: Duration::from_secs(5),
+        max_record_bytes: 1 << 20,
     };
     let mut c = SqlPull::new(settings).expect("connector");
     match c.fetch(&PageRequest::First { since: None }) {
@@ -362,4 +363,79 @@ fn keysets_round_trip_in_their_own_types() {
     assert_eq!(Keyset::decode(&k.encode()), Some(k));
     assert!(truthy("1") && truthy("true") && truthy("J"));
     assert!(!truthy("0") && !truthy("false") && !truthy(" "));
+}
+
+#[test]
+fn odd_rows_are_quarantined_and_odd_types_fail_the_run_naming_the_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("odd.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = SqlConn::connect(&url, true).await.expect("connect");
+        c.execute(
+            "CREATE TABLE v (id TEXT PRIMARY KEY, updated_at TEXT NOT NULL, doel TEXT, \
+             relaties TEXT); \
+             INSERT INTO v VALUES ('a', '2026-01-01 00:00:00', 'kort', 'ouder:123456782'); \
+             INSERT INTO v VALUES ('b', '2026-01-01 00:00:00', 'x', 'ouder123456782'); \
+             INSERT INTO v VALUES ('c', '2026-01-02 00:00:00', printf('%.500c', 'x'), NULL);"
+                .into(),
+        )
+        .await
+        .expect("fill");
+        c.close().await.expect("close");
+    });
+    let settings = SqlPullSettings {
+        source: "s".into(),
+        url: url.clone(),
+        view: "v".into(),
+        id_column: "id".into(),
+        updated_at_column: "updated_at".into(),
+        page_size: 2,
+        deleted: None,
+        relations: Some(RelationLayout {
+            column: "relaties".into(),
+            kind_field: "soort".into(),
+            bsn_field: "bsn".into(),
+        }),
+        timeout: Duration::from_secs(5),
+        max_record_bytes: 200,
+    };
+    let mut c = SqlPull::new(settings.clone()).expect("connector");
+    let first = c
+        .fetch(&PageRequest::First { since: None })
+        .expect("page 1");
+    assert_eq!(first.records.len(), 2);
+    let a = first.records[0].as_ref().expect("row a is good");
+    assert_eq!(a.groups.len(), 1);
+    assert_eq!(a.groups[0].field("soort"), Some("ouder"));
+    let b = first.records[1]
+        .as_ref()
+        .expect_err("row b has a bad relation");
+    assert_eq!(b.field.as_deref(), Some("relaties"));
+    assert!(!b.reason.contains("123456782"));
+    let next = first.next.expect("a full page has a next token");
+    let second = c.fetch(&PageRequest::Next(next)).expect("page 2");
+    let big = second.records[0].as_ref().expect_err("row c is too large");
+    assert!(big.reason.contains("max_record_bytes"), "{}", big.reason);
+    assert!(second.next.is_none(), "a short page is the last");
+
+    // A missing keyset column is an SQL error: the run fails, naming the view and the column.
+    let mut bad = SqlPull::new(SqlPullSettings {
+        updated_at_column: "gewijzigd".into(),
+        ..settings
+    })
+    .expect("connector");
+    match bad.fetch(&PageRequest::First { since: None }) {
+        Err(FetchError::Fatal(e)) => {
+            let m = e.to_string();
+            assert!(m.contains("view `v`") && m.contains("gewijzigd"), "{m}");
+        }
+        other => panic!(
+            "expected a fatal error, got {:?}",
+            other.map(|p| p.records.len())
+        ),
+    }
 }
