@@ -21,6 +21,7 @@
 //!   `ended`, so the involvement ends (the mapping must have both).
 //! - **Size**: a row whose values add up to more than `limits.max_record_bytes` is
 //!   quarantined; a page holds at most `page_size` rows.
+//! - **Cancellation**: Ctrl-C abandons a connection attempt or a query within 100 ms.
 //! - **Errors**: connection failures and timeouts are transient (the runner retries them; the
 //!   connection is opened again); SQL errors (a missing view or column) and values that cannot
 //!   be read fail the run with a message naming the source and the view.
@@ -31,6 +32,8 @@
 //! cancellation, page and byte limits.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -223,6 +226,15 @@ pub struct SqlPullSettings {
     pub timeout: Duration,
     /// Most bytes of one row's values; a larger row is quarantined.
     pub max_record_bytes: u64,
+    /// Set on Ctrl-C: a connection attempt or query in progress is abandoned.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Waits until `cancel` is set, looking every 100 ms.
+async fn cancelled(cancel: Arc<AtomicBool>) {
+    while !cancel.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The SQL pull connector: one page per [`PagedConnector::fetch`].
@@ -300,6 +312,13 @@ impl SqlPull {
         }
     }
 
+    fn interrupted(&self) -> FetchError {
+        FetchError::Fatal(DeliveryError::Io {
+            location: self.location(),
+            message: "cancelled (interrupt) while waiting for the database".into(),
+        })
+    }
+
     fn query_text(&self, dialect: Dialect, after: bool) -> String {
         let s = &self.settings;
         let (u, id) = (&s.updated_at_column, &s.id_column);
@@ -318,11 +337,17 @@ impl SqlPull {
         let timeout = self.settings.timeout;
         if self.conn.is_none() {
             let url = self.settings.url.clone();
+            let cancel = self.settings.cancel.clone();
             let conn = self
                 .runtime
                 .block_on(async {
-                    tokio::time::timeout(timeout, SqlConn::connect(&url, false)).await
+                    tokio::select! {
+                        biased;
+                        () = cancelled(cancel) => None,
+                        r = tokio::time::timeout(timeout, SqlConn::connect(&url, false)) => Some(r),
+                    }
                 })
+                .ok_or_else(|| self.interrupted())?
                 .map_err(|_| {
                     transient(format!(
                         "{}: connecting timed out after {}s",
@@ -344,9 +369,18 @@ impl SqlPull {
         };
         let dialect = conn.dialect();
         let sql = self.query_text(dialect, after.is_some());
+        let cancel = self.settings.cancel.clone();
         let result = self.runtime.block_on(async {
-            tokio::time::timeout(timeout, query_page(&mut conn, sql, after)).await
+            tokio::select! {
+                biased;
+                () = cancelled(cancel) => None,
+                r = tokio::time::timeout(timeout, query_page(&mut conn, sql, after)) => Some(r),
+            }
         });
+        // Interrupted: the connection is dropped mid-query (the next run opens a new one).
+        let Some(result) = result else {
+            return Err(self.interrupted());
+        };
         match result {
             Err(_) => Err(transient(format!(
                 "{}: the query timed out after {}s",
@@ -792,13 +826,15 @@ pub fn settings_for(source: &SourceConfig) -> Result<SqlPullSettings, String> {
         relations,
         timeout: Duration::from_secs(source.limits.timeout_secs.max(1)),
         max_record_bytes: source.limits.max_record_bytes,
+        cancel: Arc::new(AtomicBool::new(false)),
     })
 }
 
 /// Opens a run: the connector, driven by the shared runner (`[source.paging]`: page size,
 /// retries with backoff, limits; the cancel flag).
 pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
-    let settings = settings_for(cx.source)?;
+    let mut settings = settings_for(cx.source)?;
+    settings.cancel = cx.cancel.clone();
     let connector = SqlPull::new(settings)?;
     Ok(Some(super::paged::open_paged(cx, connector)))
 }

@@ -316,6 +316,7 @@ fn a_connection_failure_is_transient_and_a_bad_cursor_is_fatal() {
         relations: None,
         timeout: Duration::from_secs(5),
         max_record_bytes: 1 << 20,
+        cancel: Arc::new(AtomicBool::new(false)),
     };
     let mut c = SqlPull::new(settings).expect("connector");
     match c.fetch(&PageRequest::First { since: None }) {
@@ -402,6 +403,7 @@ fn odd_rows_are_quarantined_and_odd_types_fail_the_run_naming_the_column() {
         }),
         timeout: Duration::from_secs(5),
         max_record_bytes: 200,
+        cancel: Arc::new(AtomicBool::new(false)),
     };
     let mut c = SqlPull::new(settings.clone()).expect("connector");
     let first = c
@@ -435,6 +437,33 @@ fn odd_rows_are_quarantined_and_odd_types_fail_the_run_naming_the_column() {
         }
         other => panic!(
             "expected a fatal error, got {:?}",
+            other.map(|p| p.records.len())
+        ),
+    }
+}
+
+#[test]
+fn a_cancelled_run_stops_waiting_for_the_database() {
+    let cancel = Arc::new(AtomicBool::new(true));
+    let mut c = SqlPull::new(SqlPullSettings {
+        source: "s".into(),
+        // An address that never answers: without the cancel flag this waits for the timeout.
+        url: "postgres://u@10.255.255.1:5432/x".into(),
+        view: "v".into(),
+        id_column: "id".into(),
+        updated_at_column: "updated_at".into(),
+        page_size: 10,
+        deleted: None,
+        relations: None,
+        timeout: Duration::from_secs(3600),
+        max_record_bytes: 1 << 20,
+        cancel,
+    })
+    .expect("connector");
+    match c.fetch(&PageRequest::First { since: None }) {
+        Err(FetchError::Fatal(e)) => assert!(e.to_string().contains("cancelled"), "{e}"),
+        other => panic!(
+            "expected cancellation, got {:?}",
             other.map(|p| p.records.len())
         ),
     }
