@@ -176,17 +176,24 @@ impl HttpClient {
 
     /// Turns an I/O error met while reading a body into the delivery error it means.
     pub fn body_error(&self, e: &io::Error) -> DeliveryError {
-        let text = e.to_string();
-        if let Some(idx) = text.find(CAP_MARKER) {
-            return DeliveryError::Limit {
-                location: self.location.clone(),
-                message: text[idx + CAP_MARKER.len()..].trim().to_owned(),
-            };
-        }
-        DeliveryError::Truncated {
-            location: self.location.clone(),
-            message: format!("the response body broke off ({text})"),
-        }
+        body_error(&self.location, e)
+    }
+}
+
+/// Turns an I/O error met while reading a body from `location` into the delivery error it
+/// means: the body cap ([`DeliveryError::Limit`]) or a body that broke off
+/// ([`DeliveryError::Truncated`]).
+pub fn body_error(location: &str, e: &io::Error) -> DeliveryError {
+    let text = e.to_string();
+    if let Some(idx) = text.find(CAP_MARKER) {
+        return DeliveryError::Limit {
+            location: location.to_owned(),
+            message: text[idx + CAP_MARKER.len()..].trim().to_owned(),
+        };
+    }
+    DeliveryError::Truncated {
+        location: location.to_owned(),
+        message: format!("the response body broke off ({text})"),
     }
 }
 

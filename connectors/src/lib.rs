@@ -8,6 +8,7 @@
 //! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
 //! - [`runner`]: the shared runner every paged kind goes through (retries, paging, cancel).
 //! - [`rest_json`]: kind `rest_json`, a paginated REST/JSON API.
+//! - [`soap`]: kind `soap`, a SOAP-style XML web service (one POSTed envelope per page).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
 pub mod csv_drop;
@@ -17,6 +18,7 @@ pub mod location;
 pub mod paged;
 pub mod rest_json;
 pub mod runner;
+pub mod soap;
 pub mod xml_export;
 
 use matchpoint_schemas::{RawRecord, RecordPosition};

@@ -113,3 +113,33 @@ pub fn http_client(source: &SourceConfig) -> Result<HttpClient, String> {
     )
     .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_a_file_or_env_and_never_show_in_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t0ken-value\n").expect("write");
+        let s = secret("okc-1", "token", None, Some(&file)).expect("secret");
+        assert_eq!(s, Secret::new("t0ken-value"));
+        assert!(!format!("{s:?}").contains("t0ken"));
+        let missing = dir.path().join("nope");
+        let err = secret("okc-1", "token", None, Some(&missing)).expect_err("missing");
+        assert!(
+            err.contains("http.token_file") && err.contains("nope"),
+            "{err}"
+        );
+        std::fs::write(&file, "\n").expect("write");
+        let err = secret("okc-1", "token", None, Some(&file)).expect_err("empty");
+        assert!(err.contains("is empty"), "{err}");
+        let var = "MATCHPOINT_TEST_UNSET_SECRET_VAR_3141";
+        let err = secret("okc-1", "password", Some(&var.to_owned()), None).expect_err("unset");
+        assert!(
+            err.contains(var) && err.contains("http.password_env"),
+            "{err}"
+        );
+    }
+}
