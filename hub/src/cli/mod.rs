@@ -5,8 +5,8 @@ mod output;
 mod run;
 mod runs;
 mod sandbox;
-mod supplier_db;
 mod serve;
+mod supplier_db;
 mod sync_cmd;
 mod users;
 
