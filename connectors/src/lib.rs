@@ -2,6 +2,7 @@
 //! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
 //!
 //! - [`fhir`]: FHIR R4 REST `EpisodeOfCare` searches with included resources (a paged kind).
+//! - [`csv_drop`]: semicolon-separated Windows-1252 CSV drops, read streaming.
 //! - [`http`]: HTTP plumbing of the HTTP paged kinds (auth, failure classes, capped bodies).
 //! - [`json_flatten`]: JSON objects to field paths and groups (REST/JSON, FHIR).
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
@@ -12,6 +13,7 @@
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
 pub mod fhir;
+pub mod csv_drop;
 pub mod http;
 pub mod json_flatten;
 pub mod location;

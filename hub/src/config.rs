@@ -238,6 +238,13 @@ impl Default for RetentionSettings {
 pub enum SourceKind {
     /// XML export files (`schemas/formats/okc-xml-export.xsd`) from a file, folder or URL.
     XmlExport,
+    /// Semicolon-separated Windows-1252 CSV files (`schemas/formats/csv-drop.md`) from a file,
+    /// folder or URL; options in `[source.csv]`.
+    CsvDrop,
+    /// A view in the supplier's database (PostgreSQL, MySQL/MariaDB, SQLite), paged by
+    /// keyset on `(updated_at, id)` (`schemas/formats/sql-pull.md`); `location` is the view,
+    /// options in `[source.sql]`.
+    SqlPull,
     /// A paginated REST/JSON API (`schemas/formats/rest-json.md`).
     RestJson,
     /// A SOAP-style XML web service, one POSTed envelope per page (`schemas/formats/soap.md`).
@@ -252,7 +259,7 @@ impl SourceKind {
     pub fn is_paged(self) -> bool {
         matches!(
             self,
-            SourceKind::RestJson | SourceKind::Soap | SourceKind::Fhir
+            SourceKind::RestJson | SourceKind::Soap | SourceKind::Fhir | SourceKind::SqlPull
         )
     }
 
@@ -488,9 +495,69 @@ pub struct SourceConfig {
     /// FHIR settings (kind `fhir`).
     #[serde(default)]
     pub fhir: FhirSourceSettings,
+    /// CSV drop options (kind `csv_drop`).
+    #[serde(default)]
+    pub csv: Option<CsvSettings>,
+    /// SQL pull options (kind `sql_pull`, required there).
+    #[serde(default)]
+    pub sql: Option<SqlSettings>,
     /// The loaded mapping (set during checks).
     #[serde(skip)]
     pub mapping_spec: Option<MappingSpec>,
+}
+
+/// `[source.csv]`: how a CSV drop is laid out. Column names are header names; the mapping
+/// file names the other columns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSettings {
+    /// Header of the column holding the record id.
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// Field separator, one ASCII character (default `;`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+}
+
+impl Default for CsvSettings {
+    fn default() -> Self {
+        CsvSettings {
+            id_column: default_id_column(),
+            delimiter: default_delimiter(),
+        }
+    }
+}
+
+fn default_id_column() -> String {
+    "id".into()
+}
+fn default_delimiter() -> char {
+    ';'
+}
+fn default_updated_at_column() -> String {
+    "updated_at".into()
+}
+/// `[source.sql]`: how to reach and page the supplier's view. The connection URL
+/// (`postgres://`, `mysql://`/`mariadb://` or `sqlite://`) is never written in the
+/// configuration: it is read from an environment variable or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSettings {
+    /// Name of the environment variable holding the connection URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// File holding the connection URL (first line; relative to the configuration file).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Column holding the record id (second keyset column).
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// Column holding the time a row last changed (first keyset column, the incremental cursor).
+    #[serde(default = "default_updated_at_column")]
+    pub updated_at_column: String,
+    /// Column marking a deleted (or withdrawn) row; such a row ends its involvement.
+    #[serde(default)]
+    pub deleted_column: Option<String>,
 }
 
 impl Config {
@@ -610,6 +677,7 @@ impl Config {
                     "{origin}: {key}.limits.max_depth must be at least 3"
                 ));
             }
+            check_kind_settings(&mut problems, origin, &key, &base, s);
             let is_url = s.location.starts_with("http://") || s.location.starts_with("https://");
             check_paged(&mut problems, origin, &key, s, is_url);
             for p in [&mut s.http.token_file, &mut s.http.password_file]
@@ -618,7 +686,7 @@ impl Config {
             {
                 *p = resolve(&base, p);
             }
-            if !is_url {
+            if !is_url && s.kind != SourceKind::SqlPull {
                 let p = resolve(&base, Path::new(&s.location));
                 s.location = p.display().to_string();
             }
@@ -665,6 +733,85 @@ impl Config {
                 })
             })
             .collect()
+    }
+}
+
+/// `schema.name` or `name`, letters, digits and `_` (SQL identifiers Matchpoint puts in queries).
+pub fn is_sql_identifier(s: &str, allow_schema: bool) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    (parts.len() == 1 || (allow_schema && parts.len() == 2))
+        && parts.iter().all(|p| {
+            p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// Checks the kind-specific tables (`[source.csv]`, `[source.sql]`) of one source.
+fn check_kind_settings(
+    problems: &mut Vec<String>,
+    origin: &str,
+    key: &str,
+    base: &Path,
+    s: &mut SourceConfig,
+) {
+    if s.csv.is_some() && s.kind != SourceKind::CsvDrop {
+        problems.push(format!(
+            "{origin}: {key}: [source.csv] is only for kind = \"csv_drop\""
+        ));
+    }
+    if s.sql.is_some() && s.kind != SourceKind::SqlPull {
+        problems.push(format!(
+            "{origin}: {key}: [source.sql] is only for kind = \"sql_pull\""
+        ));
+    }
+    if let Some(csv) = &s.csv {
+        if csv.id_column.trim().is_empty() {
+            problems.push(format!("{origin}: {key}.csv.id_column is empty"));
+        }
+        if !csv.delimiter.is_ascii() || matches!(csv.delimiter, '"' | '\n' | '\r') {
+            problems.push(format!(
+                "{origin}: {key}.csv.delimiter must be one ASCII character other than a quote or line break"
+            ));
+        }
+    }
+    if s.kind != SourceKind::SqlPull {
+        return;
+    }
+    if !is_sql_identifier(&s.location, true) {
+        problems.push(format!(
+            "{origin}: {key}.location `{}` must be the name of the view (or table) to read, \
+             e.g. \"matchpoint_okc4\" or \"export.matchpoint_okc4\" (letters, digits, '_')",
+            s.location
+        ));
+    }
+    let Some(sql) = s.sql.as_mut() else {
+        problems.push(format!(
+            "{origin}: {key}: kind = \"sql_pull\" needs a [source.sql] table with url_env or url_file"
+        ));
+        return;
+    };
+    match (&sql.url_env, &sql.url_file) {
+        (Some(_), Some(_)) | (None, None) => problems.push(format!(
+            "{origin}: {key}.sql: set exactly one of url_env (an environment variable) or \
+             url_file (a file) holding the connection URL; never the URL itself"
+        )),
+        (None, Some(f)) => sql.url_file = Some(resolve(base, f)),
+        (Some(_), None) => {}
+    }
+    for (name, col) in [
+        ("id_column", Some(&sql.id_column)),
+        ("updated_at_column", Some(&sql.updated_at_column)),
+        ("deleted_column", sql.deleted_column.as_ref()),
+    ] {
+        if let Some(col) = col
+            && !is_sql_identifier(col, false)
+        {
+            problems.push(format!(
+                "{origin}: {key}.sql.{name} `{col}` is not a column name (letters, digits, '_')"
+            ));
+        }
     }
 }
 
@@ -813,8 +960,20 @@ mod tests {
     fn the_example_config_parses() {
         let path = deploy_dir().join("matchpoint.example.toml");
         let cfg = Config::load(&path).expect("example config parses");
-        assert!(cfg.sources.len() >= 2);
-        assert!(cfg.sources[0].mapping_spec.is_some());
+        assert!(!cfg.sources.is_empty());
+        assert!(cfg.sources.iter().all(|s| s.mapping_spec.is_some()));
+        for (name, kind) in [
+            ("okc-3", SourceKind::CsvDrop),
+            ("okc-4", SourceKind::SqlPull),
+            ("ris", SourceKind::SqlPull),
+        ] {
+            let s = cfg
+                .sources
+                .iter()
+                .find(|s| s.name == name)
+                .expect("source in the example");
+            assert_eq!(s.kind, kind);
+        }
     }
 
     #[test]
@@ -936,6 +1095,53 @@ mapping = "mappings/okc-2.toml"
             "lease_secs",
             "retention.schedule",
             "full_schedule is only for incremental sources",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn sql_sources_need_a_secret_url_and_plain_identifiers() {
+        let text = r#"
+[[source]]
+name = "okc-4"
+kind = "sql_pull"
+location = "v; DROP TABLE x"
+mode = "incremental"
+schedule = "0 0 3 * * *"
+mapping = "mappings/okc-4.toml"
+[source.sql]
+url_env = "X"
+url_file = "y"
+updated_at_column = "a b"
+
+[[source]]
+name = "ris"
+kind = "sql_pull"
+location = "matchpoint_ris"
+mode = "incremental"
+schedule = "0 0 3 * * *"
+mapping = "mappings/ris.toml"
+
+[[source]]
+name = "okc-3"
+kind = "xml_export"
+location = "x.xml"
+mode = "full"
+schedule = "0 0 3 * * *"
+mapping = "mappings/okc-3.toml"
+[source.csv]
+id_column = "id"
+"#;
+        let err = Config::parse(text, "m.toml", &deploy_dir())
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "source[0] (okc-4).location",
+            "exactly one of url_env",
+            "sql.updated_at_column `a b`",
+            "source[1] (ris): kind = \"sql_pull\" needs a [source.sql]",
+            "source[2] (okc-3): [source.csv] is only for kind = \"csv_drop\"",
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }

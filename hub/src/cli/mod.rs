@@ -7,6 +7,7 @@ mod run;
 mod runs;
 mod sandbox;
 mod serve;
+mod supplier_db;
 mod sync_cmd;
 mod users;
 
@@ -200,6 +201,9 @@ pub enum Command {
     /// Start every simulated upstream system on 127.0.0.1 (REST, SOAP, …) with one synthetic
     /// population, optionally with injected faults; runs until Ctrl-C.
     Sandbox(sandbox::SandboxArgs),
+    /// Create the simulated supplier databases of the SQL sources (okc-4, RIS) in SQLite,
+    /// PostgreSQL or MariaDB, or write their next night (`--advance`).
+    SupplierDb(supplier_db::SupplierDbArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -299,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => demo::demo(&dir, persons, seed, (!no_serve).then_some(listen)).await,
         Command::Audit { config, action } => audit::run(&config.config, action).await,
         Command::Sandbox(args) => sandbox::sandbox(args).await,
+        Command::SupplierDb(args) => supplier_db::supplier_db(args).await,
     }
 }
 

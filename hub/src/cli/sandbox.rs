@@ -26,6 +26,10 @@ pub struct SandboxArgs {
     /// Folder to write the file-based sources to (the okc-2 XML export).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Database for the SQL sources (okc-4, RIS): sqlite://PATH, postgres://… or mysql://…
+    /// (default: sqlite://DIR/supplier.db with --dir). See `matchpoint supplier-db`.
+    #[arg(long, env = "MATCHPOINT_SUPPLIER_DB_URL")]
+    pub supplier_db: Option<String>,
 }
 
 /// Runs the sandbox until Ctrl-C.
@@ -43,6 +47,17 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             "okc-2  xml_export  {}",
             matchpoint_hub::generate::okc2_export_path(&opts.out).display()
         );
+    }
+    let supplier = args.supplier_db.clone().or_else(|| {
+        args.dir
+            .as_ref()
+            .map(|d| format!("sqlite://{}", d.join("supplier.db").display()))
+    });
+    if let Some(url) = &supplier {
+        super::supplier_db::create(url, args.persons, args.seed).await?;
+    }
+    if let Some(dir) = &args.dir {
+        super::supplier_db::write_okc3(dir, args.persons, args.seed, 0)?;
     }
     let opts = SandboxOptions {
         persons: args.persons,

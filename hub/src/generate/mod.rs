@@ -17,6 +17,7 @@ mod catalogue;
 pub mod feed;
 pub mod fhir;
 mod names;
+pub mod okc3_csv;
 mod population;
 mod xml;
 

@@ -14,6 +14,9 @@
 //!   records), `POST /_sandbox/faults` (body: a new fault spec) and
 //!   `POST /_sandbox/reset-stats`.
 //!
+//! The SQL sources (okc-4, RIS) are tables and views in a supplier database instead
+//! ([`supplier_db`]: SQLite by default, PostgreSQL or MariaDB given `--supplier-db URL`).
+//!
 //! The data of every upstream comes from [`crate::generate::feed`]: the same seeded
 //! population as `matchpoint generate`, each source with its own subset of households.
 
@@ -21,6 +24,7 @@ pub mod faults;
 pub mod fhir;
 pub mod rest;
 pub mod soap;
+pub mod supplier_db;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -8,10 +8,12 @@
 //! `[source.paging]` settings; [`paged::http_client`] the HTTP client from `[source.http]`).
 
 pub mod fhir;
+pub mod csv_drop;
 pub mod files;
 pub mod paged;
 pub mod rest_json;
 pub mod soap;
+pub mod sql_pull;
 pub mod xml_export;
 
 use std::sync::Arc;
@@ -49,5 +51,7 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         SourceKind::RestJson => rest_json::open(cx),
         SourceKind::Soap => soap::open(cx),
         SourceKind::Fhir => fhir::open(cx),
+        SourceKind::CsvDrop => csv_drop::open(cx),
+        SourceKind::SqlPull => sql_pull::open(cx),
     }
 }
