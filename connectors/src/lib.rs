@@ -1,10 +1,12 @@
 //! Source connectors. Each turns one delivery of a source system into a stream of
 //! [`RawRecord`]s, with per-record problems separated from problems that fail the delivery.
 //!
+//! - [`iwmo`]: iWmo 3.2 messages (WMO301/305/307), one per file, read streaming into typed messages.
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
 //! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
+pub mod iwmo;
 pub mod location;
 pub mod paged;
 pub mod xml_export;
