@@ -447,10 +447,11 @@ fn collect<R: BufRead>(
     let mut fields = Fields::default();
     let mut products: Vec<Fields> = Vec::new();
     let mut in_product = false;
-    let malformed = |reader: &NsReader<LimitedReader<R>>, message: String| MessageError::Malformed {
-        byte_offset: reader.buffer_position(),
-        message,
-    };
+    let malformed =
+        |reader: &NsReader<LimitedReader<R>>, message: String| MessageError::Malformed {
+            byte_offset: reader.buffer_position(),
+            message,
+        };
     loop {
         counter.mark();
         buf.clear();
@@ -460,7 +461,10 @@ fn collect<R: BufRead>(
         };
         match event {
             Event::DocType(_) => {
-                return Err(malformed(&reader, "DOCTYPE declarations are not allowed".into()));
+                return Err(malformed(
+                    &reader,
+                    "DOCTYPE declarations are not allowed".into(),
+                ));
             }
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Empty(_) => {
@@ -509,7 +513,10 @@ fn collect<R: BufRead>(
             }
             Event::End(_) => {
                 let Some(k) = kind else {
-                    return Err(malformed(&reader, "closing tag without an opening tag".into()));
+                    return Err(malformed(
+                        &reader,
+                        "closing tag without an opening tag".into(),
+                    ));
                 };
                 let value = text.trim();
                 if !value.is_empty() {
@@ -662,7 +669,11 @@ fn message_kind(ns: &ResolveResult<'_>) -> Result<MessageKind, MessageError> {
             });
         }
     };
-    for k in [MessageKind::Wmo301, MessageKind::Wmo305, MessageKind::Wmo307] {
+    for k in [
+        MessageKind::Wmo301,
+        MessageKind::Wmo305,
+        MessageKind::Wmo307,
+    ] {
         if uri == k.namespace() {
             return Ok(k);
         }
@@ -694,7 +705,11 @@ fn message_kind(ns: &ResolveResult<'_>) -> Result<MessageKind, MessageError> {
     }
 }
 
-fn required<'a>(f: &'a Fields, path: &'static str, kind: MessageKind) -> Result<&'a str, MessageError> {
+fn required<'a>(
+    f: &'a Fields,
+    path: &'static str,
+    kind: MessageKind,
+) -> Result<&'a str, MessageError> {
     f.get(path).ok_or_else(|| {
         MessageError::invalid(path, format!("missing in this {} message", kind.name()))
     })
@@ -702,7 +717,10 @@ fn required<'a>(f: &'a Fields, path: &'static str, kind: MessageKind) -> Result<
 
 fn date(value: &str, element: &str) -> Result<NaiveDate, MessageError> {
     if value.len() != 10 {
-        return Err(MessageError::invalid(element, "not a date (expected YYYY-MM-DD)"));
+        return Err(MessageError::invalid(
+            element,
+            "not a date (expected YYYY-MM-DD)",
+        ));
     }
     NaiveDate::parse_from_str(value, "%Y-%m-%d")
         .map_err(|_| MessageError::invalid(element, "not a date (expected YYYY-MM-DD)"))
@@ -775,7 +793,10 @@ fn header(c: &Collected) -> Result<Header, MessageError> {
         if v.len() == 8 && v.bytes().all(|b| b.is_ascii_digit()) {
             Ok(v.to_owned())
         } else {
-            Err(MessageError::invalid(path, "not an AGB code (eight digits)"))
+            Err(MessageError::invalid(
+                path,
+                "not an AGB code (eight digits)",
+            ))
         }
     };
     let municipality = |path: &'static str| -> Result<String, MessageError> {
@@ -790,14 +811,10 @@ fn header(c: &Collected) -> Result<Header, MessageError> {
         }
     };
     let (sender, receiver) = match k {
-        MessageKind::Wmo301 => (
-            municipality("Header/Afzender")?,
-            agb("Header/Ontvanger")?,
-        ),
-        MessageKind::Wmo305 | MessageKind::Wmo307 => (
-            agb("Header/Afzender")?,
-            municipality("Header/Ontvanger")?,
-        ),
+        MessageKind::Wmo301 => (municipality("Header/Afzender")?, agb("Header/Ontvanger")?),
+        MessageKind::Wmo305 | MessageKind::Wmo307 => {
+            (agb("Header/Afzender")?, municipality("Header/Ontvanger")?)
+        }
     };
     let id = text(
         required(f, "Header/BerichtIdentificatie/Identificatie", k)?,
@@ -855,8 +872,8 @@ fn client(c: &Collected) -> Result<Client, MessageError> {
 
 /// WMO020 product categories.
 pub const PRODUCT_CATEGORIES: &[&str] = &[
-    "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13", "14", "15",
-    "16", "17", "18",
+    "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18",
 ];
 
 /// WMO588 reasons for ending support (`LDT_RedenBeeindiging`).
@@ -929,7 +946,11 @@ fn body(c: &Collected) -> Result<Body, MessageError> {
                     (None, None, None) => None,
                     (Some(v), Some(u), Some(fr)) => Some(Extent {
                         volume: number(v, &at("Omvang/Volume"), 99_999_999)?,
-                        unit: code(u, &at("Omvang/Eenheid"), &["01", "04", "14", "16", "82", "83", "84"])?,
+                        unit: code(
+                            u,
+                            &at("Omvang/Eenheid"),
+                            &["01", "04", "14", "16", "82", "83", "84"],
+                        )?,
                         frequency: code(fr, &at("Omvang/Frequentie"), &["1", "2", "4", "6"])?,
                     }),
                     _ => {
@@ -947,7 +968,10 @@ fn body(c: &Collected) -> Result<Body, MessageError> {
                 if let Some(e) = end
                     && e < start
                 {
-                    return Err(MessageError::invalid(at("Einddatum"), "before Ingangsdatum"));
+                    return Err(MessageError::invalid(
+                        at("Einddatum"),
+                        "before Ingangsdatum",
+                    ));
                 }
                 let assigned_at = req("Toewijzingstijd")?;
                 if !is_time(assigned_at) {
@@ -996,7 +1020,11 @@ fn body(c: &Collected) -> Result<Body, MessageError> {
                     product,
                     assignment_start: opt_date("ToewijzingIngangsdatum")?,
                     start,
-                    reason: code(req("RedenBeeindiging")?, &at("RedenBeeindiging"), END_REASONS)?,
+                    reason: code(
+                        req("RedenBeeindiging")?,
+                        &at("RedenBeeindiging"),
+                        END_REASONS,
+                    )?,
                     end,
                     status: status()?,
                 });

@@ -116,7 +116,10 @@ fn a_wmo305_without_assignment_number_is_read() {
 #[test]
 fn the_header_alone_can_be_read() {
     let h = read_header(wmo301().as_bytes(), &MessageLimits::default()).expect("header");
-    assert_eq!(h.dagtekening, NaiveDate::from_ymd_opt(2026, 3, 1).expect("date"));
+    assert_eq!(
+        h.dagtekening,
+        NaiveDate::from_ymd_opt(2026, 3, 1).expect("date")
+    );
     // Reading only the header stops early, so a broken body does not matter.
     let broken = wmo301().replace("</Bericht>", "");
     assert!(read_header(broken.as_bytes(), &MessageLimits::default()).is_ok());
@@ -145,19 +148,25 @@ fn another_release_is_rejected_naming_the_version_found() {
 
 #[test]
 fn schema_problems_name_the_element_but_never_the_value() {
-    let xml = wmo305(
-        "<Begindatum>2026-13-03</Begindatum><StatusAanlevering>1</StatusAanlevering>",
-    );
+    let xml = wmo305("<Begindatum>2026-13-03</Begindatum><StatusAanlevering>1</StatusAanlevering>");
     let err = read(&xml).expect_err("bad date");
     let text = err.to_string();
     assert!(text.contains("StartProduct[1]/Begindatum"), "{text}");
     assert!(!text.contains("2026-13-03"), "{text}");
     assert!(!err.breaks_delivery());
     let xml = wmo305("<Begindatum>2026-03-03</Begindatum>");
-    assert!(read(&xml).expect_err("missing").to_string().contains("StatusAanlevering"));
+    assert!(
+        read(&xml)
+            .expect_err("missing")
+            .to_string()
+            .contains("StatusAanlevering")
+    );
     let xml = wmo301().replace("<Bsn>111222333</Bsn>", "<Bsn>11122233</Bsn>");
     let err = read(&xml).expect_err("short bsn").to_string();
-    assert!(err.contains("Client/Bsn") && !err.contains("11122233"), "{err}");
+    assert!(
+        err.contains("Client/Bsn") && !err.contains("11122233"),
+        "{err}"
+    );
 }
 
 #[test]
