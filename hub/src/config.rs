@@ -102,6 +102,8 @@ impl Default for SyncSettings {
 pub enum SourceKind {
     /// XML export files (`schemas/formats/okc-xml-export.xsd`) from a file, folder or URL.
     XmlExport,
+    /// iWmo 3.2 messages (WMO301/305/307), one per file in a folder (`schemas/formats/iwmo.md`).
+    Iwmo,
 }
 
 /// Full snapshot or changes only.
@@ -361,8 +363,8 @@ mod tests {
     fn the_example_config_parses() {
         let path = deploy_dir().join("matchpoint.example.toml");
         let cfg = Config::load(&path).expect("example config parses");
-        assert_eq!(cfg.sources.len(), 1);
-        assert!(cfg.sources[0].mapping_spec.is_some());
+        assert!(!cfg.sources.is_empty());
+        assert!(cfg.sources.iter().all(|s| s.mapping_spec.is_some()));
     }
 
     #[test]

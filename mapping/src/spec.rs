@@ -146,6 +146,28 @@ pub struct Sensitivity {
     /// Every involvement in these life domains is sensitive.
     #[serde(default)]
     pub life_domains: Vec<Spanned<String>>,
+    /// Every involvement whose *source* life-domain code is one of these is sensitive (e.g.
+    /// WMO020 product categories 16 and 17, shelters); each must be in `codes.life_domain`.
+    #[serde(default)]
+    pub life_domain_codes: Vec<Spanned<String>>,
+}
+
+/// The contact shown for an organisation when the source delivers no contact person (e.g.
+/// iWmo, which carries none). Keyed by registry organisation code in `[directory]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryEntry {
+    /// Name of the contact (a person or a desk).
+    pub name: String,
+    /// Role.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Work phone.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Work e-mail.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// Defaults for fields a source does not deliver.
@@ -172,6 +194,8 @@ struct SpecFile {
     sensitive: Sensitivity,
     #[serde(default)]
     defaults: Defaults,
+    #[serde(default)]
+    directory: BTreeMap<String, Spanned<DirectoryEntry>>,
 }
 
 /// A checked mapping, ready to apply.
@@ -195,6 +219,10 @@ pub struct MappingSpec {
     pub coordinator: BTreeMap<String, bool>,
     /// Sensitive life domains.
     pub sensitive_domains: Vec<LifeDomain>,
+    /// Source life-domain codes whose involvements are sensitive.
+    pub sensitive_codes: Vec<String>,
+    /// Registry organisation code → contact, for records without a contact person.
+    pub directory: BTreeMap<String, DirectoryEntry>,
     /// Defaults.
     pub defaults: Defaults,
     /// The file this came from, for messages.
@@ -288,6 +316,30 @@ impl MappingSpec {
                 ),
             }
         }
+        let mut sensitive_codes = Vec::new();
+        for v in &file.sensitive.life_domain_codes {
+            if file.codes.life_domain.contains_key(v.get_ref()) {
+                sensitive_codes.push(v.get_ref().clone());
+            } else {
+                at(
+                    v.span(),
+                    format!(
+                        "sensitive.life_domain_codes: `{}` is not a code of [codes.life_domain]",
+                        v.get_ref()
+                    ),
+                );
+            }
+        }
+        let mut directory = BTreeMap::new();
+        for (org, entry) in &file.directory {
+            if entry.get_ref().name.trim().is_empty() {
+                at(
+                    entry.span(),
+                    format!("directory.{org}.name must not be empty"),
+                );
+            }
+            directory.insert(org.clone(), entry.get_ref().clone());
+        }
         if file.fields.status.is_some() && file.codes.status.is_empty() {
             problems.push(format!(
                 "{origin}: fields.status is mapped but the code table [codes.status] is missing"
@@ -373,6 +425,8 @@ impl MappingSpec {
             relation_kinds,
             coordinator: file.codes.coordinator,
             sensitive_domains,
+            sensitive_codes,
+            directory,
             defaults: file.defaults,
             origin: origin.to_owned(),
         })

@@ -7,6 +7,7 @@
 //! runner in `matchpoint_connectors`.
 
 pub mod files;
+pub mod iwmo;
 pub mod xml_export;
 
 use std::sync::Arc;
@@ -41,5 +42,6 @@ pub struct OpenContext<'a> {
 pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     match cx.source.kind {
         SourceKind::XmlExport => xml_export::open(cx),
+        SourceKind::Iwmo => iwmo::open(cx),
     }
 }
