@@ -753,3 +753,107 @@ fn a_url_location_is_refused_with_a_clear_message() {
     let err = h.run().expect_err("url");
     assert!(err.contains("folder"), "{err}");
 }
+
+/// The whole pipeline (reader thread, mapping, SQLite store, cursor) over a generated archive.
+#[tokio::test]
+async fn a_generated_archive_syncs_incrementally_through_the_pipeline() {
+    use crate::store::{QuarantineFilter, RunStatus, Store};
+    use crate::sync::{Progress, SyncContext, sync_source};
+
+    let h = Harness::new();
+    let summary = crate::generate::iwmo::write_lifecycles(h.dir.path(), 120, 11, day(1, 5))
+        .expect("generate");
+    let db = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&format!("sqlite://{}", db.path().join("m.db").display()))
+        .await
+        .expect("store");
+    let ctx = SyncContext {
+        store: store.clone(),
+        key: Arc::new(MasterKey::from_secret("k1", &[7u8; 32]).expect("key")),
+        registry: Arc::new(Registry::parse(ORGANISATIONS_TOML, "reg").expect("registry")),
+        max_end_share: 0.1,
+        quarantine_raw_days: 30,
+        batch_size: 50,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let progress = || Arc::new(Progress::default());
+    let first = sync_source(&ctx, &h.source, false, progress())
+        .await
+        .expect("sync");
+    assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+    assert_eq!(
+        first.counts.rejected, 0,
+        "generated messages are all acceptable"
+    );
+    assert_eq!(first.counts.inserted, summary.assignments);
+    let stored = store.involvements("wmo").await.expect("involvements");
+    assert_eq!(stored.len() as u64, summary.assignments);
+    for status in ["planned", "active", "ended"] {
+        assert!(
+            stored.iter().any(|s| s.status == status),
+            "no {status} involvement"
+        );
+    }
+    // Nothing new: a quiet night, nothing read.
+    let quiet = sync_source(&ctx, &h.source, false, progress())
+        .await
+        .expect("sync");
+    assert_eq!((quiet.status, quiet.counts.read), (RunStatus::Succeeded, 0));
+    // A stop arrives for a running assignment: one involvement updated, nothing else read.
+    let running = stored
+        .iter()
+        .find(|s| s.status == "active" && s.source_record_id.ends_with("-100001"))
+        .expect("assignment 100001 is running");
+    let provider = running
+        .source_record_id
+        .split('-')
+        .next()
+        .expect("agb")
+        .to_owned();
+    // The stop carries the assignment's client: take it from the generated 301.
+    let bsn = std::fs::read_dir(h.dir.path())
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with("wmo301.xml"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find(|x| x.contains("<ToewijzingNummer>100001<"))
+        .and_then(|x| x.split("<Bsn>").nth(1).map(|r| r[..9].to_owned()))
+        .expect("the 301 of assignment 100001");
+    let stop = OutMessage {
+        header: header(MessageKind::Wmo307, &provider, "LATE-1", day(12, 1)),
+        client: client(&bsn),
+        body: Body::Stop(vec![StoppedProduct {
+            number: Some(100_001),
+            product: None,
+            assignment_start: None,
+            start: day(1, 1),
+            reason: "38".into(),
+            end: day(11, 30),
+            status: DeliveryStatus::First,
+        }]),
+        every_optional: false,
+    };
+    h.put("99999999-late-wmo307.xml", &stop);
+    let late = sync_source(&ctx, &h.source, false, progress())
+        .await
+        .expect("sync");
+    assert_eq!(late.status, RunStatus::Succeeded, "{:?}", late.error);
+    assert_eq!((late.counts.read, late.counts.updated), (1, 1));
+    let after = store.involvements("wmo").await.expect("involvements");
+    let ended = after
+        .iter()
+        .find(|s| s.source_record_id == running.source_record_id)
+        .expect("still there");
+    assert_eq!(ended.status, "ended");
+    assert_eq!(ended.end_date.as_deref(), Some("2026-11-30"));
+    let q = store
+        .quarantine(&QuarantineFilter {
+            source: Some("wmo".into()),
+            run: None,
+            include_resolved: true,
+            limit: 100,
+        })
+        .await
+        .expect("quarantine");
+    assert!(q.is_empty(), "{q:?}");
+}
