@@ -492,6 +492,44 @@ mod tests {
         assert!(err.contains(&format!("m.toml:{line}")), "{err}");
     }
 
+    const WMO: &str = include_str!("../../deploy/mappings/wmo.toml");
+
+    #[test]
+    fn the_shipped_wmo_mapping_parses_with_directory_and_sensitive_codes() {
+        let spec = MappingSpec::parse(WMO, "wmo.toml").expect("valid");
+        assert_eq!(spec.sensitive_codes, vec!["16".to_owned(), "17".to_owned()]);
+        assert_eq!(spec.life_domains.get("16"), Some(&LifeDomain::Housing));
+        assert!(spec.directory.contains_key("WMO-THUISBEGELEIDING"));
+    }
+
+    #[test]
+    fn a_sensitive_code_outside_the_code_table_is_reported_with_its_line() {
+        let text = WMO.replace(
+            "life_domain_codes = [\"16\", \"17\"]",
+            "life_domain_codes = [\"16\", \"71\"]",
+        );
+        let err = MappingSpec::parse(&text, "m.toml")
+            .expect_err("must fail")
+            .to_string();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("life_domain_codes"))
+            .expect("line")
+            + 1;
+        assert!(
+            err.contains(&format!("m.toml:{line}")) && err.contains("`71`"),
+            "{err}"
+        );
+        let text = WMO.replace(
+            "name = \"Zorgloket Thuisbegeleiding Amstel\"",
+            "name = \" \"",
+        );
+        let err = MappingSpec::parse(&text, "m.toml")
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("directory.WMO-THUISBEGELEIDING.name"), "{err}");
+    }
+
     #[test]
     fn a_missing_code_table_and_a_bad_path_are_both_reported() {
         let text = SHIPPED
