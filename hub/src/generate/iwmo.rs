@@ -416,7 +416,7 @@ pub fn write_lifecycles(
 ) -> io::Result<IwmoSummary> {
     std::fs::create_dir_all(folder)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4957_4D4F); // "IWMO"
-    let mut bsns = BsnAllocator::new(seed ^ 0x4957_4D4F_4253_4E);
+    let mut bsns = BsnAllocator::new(seed ^ 0x0049_574D_4F42_534E); // "IWMOBSN"
     let mut summary = IwmoSummary {
         folder: folder.to_path_buf(),
         ..IwmoSummary::default()

@@ -148,10 +148,12 @@ fn optional_elements(xsd: &Path, types: Option<&[&str]>) -> BTreeSet<String> {
             (Some(ts), Some(t)) => ts.contains(&t.as_str()),
             (Some(_), None) => false,
         };
-        if wanted && l.starts_with("<xs:element ") && l.contains("minOccurs=\"0\"") {
-            if let Some(name) = l.split("name=\"").nth(1).and_then(|r| r.split('"').next()) {
-                names.insert(name.to_owned());
-            }
+        if wanted
+            && l.starts_with("<xs:element ")
+            && l.contains("minOccurs=\"0\"")
+            && let Some(name) = l.split("name=\"").nth(1).and_then(|r| r.split('"').next())
+        {
+            names.insert(name.to_owned());
         }
     }
     names
