@@ -414,9 +414,30 @@ pub fn write_lifecycles(
     seed: u64,
     first_day: NaiveDate,
 ) -> io::Result<IwmoSummary> {
+    let mut bsns = BsnAllocator::new(seed ^ 0x0049_574D_4F42_534E); // "IWMOBSN"
+    let mut birth_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4249_5254_48); // "BIRTH"
+    let persons = (0..clients).map_while(move |_| {
+        let bsn = bsns.next_bsn()?;
+        let birth = NaiveDate::from_ymd_opt(
+            birth_rng.random_range(1930..2005),
+            birth_rng.random_range(1..=12),
+            birth_rng.random_range(1..=28),
+        )?;
+        Some((format!("{bsn:09}"), birth))
+    });
+    write_lifecycles_for(folder, persons, seed, first_day)
+}
+
+/// Like [`write_lifecycles`], for given persons (BSN, birth date): lets a generated population
+/// (the sandbox) make the same persons WMO clients that other sources know.
+pub fn write_lifecycles_for(
+    folder: &Path,
+    persons: impl IntoIterator<Item = (String, NaiveDate)>,
+    seed: u64,
+    first_day: NaiveDate,
+) -> io::Result<IwmoSummary> {
     std::fs::create_dir_all(folder)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4957_4D4F); // "IWMO"
-    let mut bsns = BsnAllocator::new(seed ^ 0x0049_574D_4F42_534E); // "IWMOBSN"
     let mut summary = IwmoSummary {
         folder: folder.to_path_buf(),
         ..IwmoSummary::default()
@@ -431,10 +452,7 @@ pub fn write_lifecycles(
         summary.messages += 1;
         Ok(())
     };
-    for i in 0..clients {
-        let Some(bsn) = bsns.next_bsn() else {
-            break;
-        };
+    for (i, (bsn, birth)) in (0u64..).zip(persons) {
         let day = |offset: u64| {
             first_day
                 .checked_add_days(Days::new(offset))
@@ -444,13 +462,8 @@ pub fn write_lifecycles(
         let provider = PROVIDERS[rng.random_range(0..PROVIDERS.len())];
         let category = format!("{:02}", rng.random_range(1..=18u32));
         let client = OutClient {
-            bsn: format!("{bsn:09}"),
-            birth: NaiveDate::from_ymd_opt(
-                rng.random_range(1930..2005),
-                rng.random_range(1..=12),
-                rng.random_range(1..=28),
-            )
-            .unwrap_or(first_day),
+            bsn,
+            birth,
             birth_use: None,
             gender: rng.random_range(0..3u32).to_string(),
             surname: SURNAMES[rng.random_range(0..SURNAMES.len())].to_owned(),

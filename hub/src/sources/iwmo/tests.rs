@@ -857,3 +857,27 @@ async fn a_generated_archive_syncs_incrementally_through_the_pipeline() {
         .expect("quarantine");
     assert!(q.is_empty(), "{q:?}");
 }
+
+#[test]
+fn a_cancelled_run_fails_without_delivering_anything() {
+    let h = Harness::new();
+    h.put(
+        "001.xml",
+        &a301(
+            "T1",
+            day(3, 1),
+            BSN,
+            vec![assigned(1, "02", day(3, 1), None)],
+        ),
+    );
+    let cx = OpenContext {
+        source: &h.source,
+        cursor: None,
+        full: false,
+        cancel: Arc::new(AtomicBool::new(true)),
+    };
+    let mut stream = open(&cx).expect("open").expect("new files").stream;
+    let err = stream.next_record().expect_err("cancelled").to_string();
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(stream.cursor().is_none());
+}
