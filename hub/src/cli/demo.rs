@@ -13,6 +13,7 @@ use super::sync_cmd;
 
 const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/matchpoint.example.toml");
 const OKC2_MAPPING: &str = include_str!("../../../deploy/mappings/okc-2.toml");
+const WMO_MAPPING: &str = include_str!("../../../deploy/mappings/wmo.toml");
 
 /// Writes synthetic data with a progress line.
 pub fn generate_cmd(
@@ -90,6 +91,27 @@ pub async fn demo(dir: &Path, persons: u64, seed: u64) -> anyhow::Result<ExitCod
     let data = dir.join("data");
     println!("  synthetic data for {persons} persons (seed {seed}):");
     generate_cmd(persons, &data, seed, 0.02)?;
+    // The WMO module's iWmo messages (source `wmo`).
+    let first_day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default();
+    // One in five adults of the same population, so WMO clients are known to OKC too.
+    let wmo = generate::iwmo::write_for_population(
+        &data.join("wmo/berichten"),
+        &GenerateOptions {
+            persons,
+            out: data.clone(),
+            seed,
+            bad_share: 0.02,
+        },
+        5,
+        first_day,
+    )
+    .with_context(|| format!("writing iWmo messages into {}", data.join("wmo").display()))?;
+    println!(
+        "  {} iWmo messages for {} WMO assignments in {}",
+        wmo.messages,
+        wmo.assignments,
+        wmo.folder.display()
+    );
 
     let wrote_cfg = write_if_missing(&dir.join("matchpoint.toml"), EXAMPLE_CONFIG)?;
     write_if_missing(
@@ -97,6 +119,7 @@ pub async fn demo(dir: &Path, persons: u64, seed: u64) -> anyhow::Result<ExitCod
         generate::ORGANISATIONS_TOML,
     )?;
     write_if_missing(&dir.join("mappings/okc-2.toml"), OKC2_MAPPING)?;
+    write_if_missing(&dir.join("mappings/wmo.toml"), WMO_MAPPING)?;
     let cfg_path = dir.join("matchpoint.toml");
     println!(
         "  config:        {} ({})",

@@ -602,5 +602,47 @@ pub fn write_lifecycles_for(
     Ok(summary)
 }
 
+/// Writes WMO lifecycles for every `every`-th adult of the population that
+/// [`super::generate`] makes with the same options, so WMO clients are persons the other
+/// sources know too (one pseudonym across sources). Memory does not grow with the population.
+pub fn write_for_population(
+    folder: &Path,
+    opts: &super::GenerateOptions,
+    every: u64,
+    first_day: NaiveDate,
+) -> Result<IwmoSummary, super::GenerateError> {
+    let catalogue = super::Catalogue::build(
+        super::ORGANISATIONS_TOML,
+        &mut ChaCha8Rng::seed_from_u64(opts.seed ^ super::STAFF_SALT),
+    )
+    .map_err(super::GenerateError::Registry)?;
+    let today = super::export_date(opts.seed);
+    let mut population =
+        super::Population::new(opts.seed, opts.persons, opts.bad_share, today, &catalogue);
+    let every = every.max(1);
+    let mut adults = 0u64;
+    let mut pending: Vec<(String, NaiveDate)> = Vec::new();
+    let persons = std::iter::from_fn(move || {
+        loop {
+            if let Some(p) = pending.pop() {
+                return Some(p);
+            }
+            let household = population.next_household().ok().flatten()?;
+            for person in household.persons.iter().filter(|p| p.adult).rev() {
+                adults += 1;
+                if adults.is_multiple_of(every) {
+                    pending.push((format!("{:09}", person.bsn), person.birth));
+                }
+            }
+        }
+    });
+    write_lifecycles_for(folder, persons, opts.seed, first_day).map_err(|source| {
+        super::GenerateError::Write {
+            path: folder.to_path_buf(),
+            source,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests;

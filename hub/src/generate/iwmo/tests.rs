@@ -294,3 +294,34 @@ fn generated_lifecycles_validate_and_read_back() {
         );
     }
 }
+
+#[test]
+fn wmo_clients_of_a_population_are_persons_of_the_okc_export() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = crate::generate::GenerateOptions {
+        persons: 300,
+        out: dir.path().join("data"),
+        seed: 3,
+        bad_share: 0.0,
+    };
+    crate::generate::generate(&opts, &mut |_| {}).expect("generate");
+    let export =
+        std::fs::read_to_string(crate::generate::okc2_export_path(&opts.out)).expect("export");
+    let folder = dir.path().join("wmo");
+    let summary = write_for_population(&folder, &opts, 3, date(2026, 1, 5)).expect("wmo");
+    assert!(summary.assignments > 10, "{summary:?}");
+    let mut known = 0;
+    for entry in std::fs::read_dir(&folder).expect("list") {
+        let xml = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        let m = read_message(xml.as_bytes(), &MessageLimits::default()).expect("reads");
+        if export.contains(&format!("<bsn>{}</bsn>", m.client.bsn)) {
+            known += 1;
+        }
+    }
+    // Every WMO client is an adult of the population; most adults have an OKC record.
+    assert!(
+        known * 2 > summary.messages,
+        "{known} of {}",
+        summary.messages
+    );
+}
