@@ -415,7 +415,7 @@ pub fn write_lifecycles(
     first_day: NaiveDate,
 ) -> io::Result<IwmoSummary> {
     let mut bsns = BsnAllocator::new(seed ^ 0x0049_574D_4F42_534E); // "IWMOBSN"
-    let mut birth_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4249_5254_48); // "BIRTH"
+    let mut birth_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0042_4952_5448); // "BIRTH"
     let persons = (0..clients).map_while(move |_| {
         let bsn = bsns.next_bsn()?;
         let birth = NaiveDate::from_ymd_opt(
