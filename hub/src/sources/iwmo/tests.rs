@@ -881,3 +881,93 @@ fn a_cancelled_run_fails_without_delivering_anything() {
     assert!(err.contains("cancelled"), "{err}");
     assert!(stream.cursor().is_none());
 }
+
+/// One generated message: (Dagtekening day, kind 0..6, assignment number, client, date day).
+type Op = (u32, u8, u64, bool, u32);
+
+fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
+    let bsn = if other { OTHER_BSN } else { BSN };
+    let on = day(4, on);
+    let date = day(5, d);
+    let status = [
+        DeliveryStatus::First,
+        DeliveryStatus::Corrected,
+        DeliveryStatus::Withdrawn,
+    ][usize::from(kind % 3)];
+    let id = i.to_string();
+    let m = |k, body| msg(k, &id, on, THUIS, bsn, body);
+    match kind {
+        0 => m(
+            MessageKind::Wmo301,
+            Body::Assignment(vec![assigned(number, "02", day(3, 1), None)]),
+        ),
+        1 => m(
+            MessageKind::Wmo301,
+            Body::Assignment(vec![assigned(number, "02", day(3, 1), Some("13"))]),
+        ),
+        2..=4 => m(
+            MessageKind::Wmo305,
+            Body::Start(vec![StartedProduct {
+                number: (number == 1).then_some(number),
+                ..started(None, date, status)
+            }]),
+        ),
+        _ => m(
+            MessageKind::Wmo307,
+            Body::Stop(vec![StoppedProduct {
+                number: Some(number),
+                end: date,
+                ..stopped(date, "19", status)
+            }]),
+        ),
+    }
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        proptest::collection::vec(
+            (1u32..=28, 0u8..7, 1u64..=2, any::<bool>(), 1u32..=28),
+            1..12,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The outcome depends on the messages only, not on file names, file order or
+        /// duplicates: messages are applied by Dagtekening and identification, idempotently.
+        #[test]
+        fn file_order_and_duplicates_do_not_change_the_outcome(
+            ops in ops(),
+            order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ) {
+            let messages: Vec<OutMessage> =
+                ops.iter().enumerate().map(|(i, op)| op_message(i, *op)).collect();
+            let a = Harness::new();
+            for (i, m) in messages.iter().enumerate() {
+                a.put(&format!("{i:04}.xml"), m);
+            }
+            let b = Harness::new();
+            // A different file order: names from a seeded permutation.
+            let mut names: Vec<u64> = (0..messages.len() as u64)
+                .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ order).rotate_left(17))
+                .collect();
+            names.dedup();
+            for (i, m) in messages.iter().enumerate() {
+                b.put(&format!("{:020}-{i}.xml", names[i % names.len()]), m);
+            }
+            for (n, d) in dups.iter().enumerate() {
+                let i = d.index(messages.len());
+                b.put(&format!("dup-{n}-{i}.xml"), &messages[i]);
+            }
+            let (out_a, _) = a.read(true).expect("run").expect("records");
+            let (out_b, _) = b.read(true).expect("run").expect("records");
+            prop_assert_eq!(&out_a.records, &out_b.records);
+        }
+    }
+}
