@@ -11,8 +11,10 @@
 //! 2. applies every message in that order to the assignment state machine ([`state`]) —
 //!    reading each file a second time, one at a time;
 //! 3. yields one raw record per assignment touched by a *new* message (a file named after
-//!    the cursor; every assignment on a full run), holding its final state, for the source's
-//!    mapping (`deploy/mappings/wmo.toml`). The record id is `AGB-ToewijzingNummer`.
+//!    the cursor; every assignment on a full run), and per other assignment the provider has
+//!    for a client of a new message (a late message can change how an older start or stop
+//!    without number matched), holding its final state, for the source's mapping
+//!    (`deploy/mappings/wmo.toml`). The record id is `AGB-ToewijzingNummer`.
 //!
 //! Because the state is recomputed from the messages, a failed or cancelled run leaves
 //! nothing behind, a message that arrives late (an earlier `Dagtekening` in a later file) is
@@ -38,7 +40,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -348,6 +350,9 @@ impl IwmoStream {
         order.sort();
         // Pass 2: apply in order.
         let mut touched: BTreeSet<Key> = BTreeSet::new();
+        // (provider, BSN) of every new message: all their assignments are delivered, since a
+        // late message can change how an older start or stop without number matched.
+        let mut clients: HashSet<(String, String)> = HashSet::new();
         for key in order {
             self.check_cancel()?;
             let file = key.file;
@@ -377,6 +382,9 @@ impl IwmoStream {
                 }
                 continue;
             }
+            if new {
+                clients.insert((m.header.provider().to_owned(), m.client.bsn.clone()));
+            }
             for (i, result) in self.state.apply(&m).into_iter().enumerate() {
                 match result {
                     Ok(k) => {
@@ -403,6 +411,11 @@ impl IwmoStream {
             all.sort();
             all
         } else {
+            for (provider, bsn) in &clients {
+                for n in self.state.numbers_of(provider, bsn) {
+                    touched.insert((provider.clone(), *n));
+                }
+            }
             touched.into_iter().collect()
         };
         self.emit = keys.into_iter();

@@ -148,6 +148,13 @@ impl Assignments {
         self.by_key.keys()
     }
 
+    /// The assignment numbers a provider has for a client (BSN).
+    pub fn numbers_of(&self, provider: &str, bsn: &str) -> &[u64] {
+        self.by_client
+            .get(&(provider.to_owned(), bsn.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// Applies one message; per product the assignment it concerned, or why not.
     pub fn apply(&mut self, m: &Message) -> Vec<Result<Key, Problem>> {
         let provider = m.header.provider().to_owned();

@@ -491,9 +491,11 @@ fn a_start_without_assignment_number_matches_on_provider_client_product_and_date
     );
     let out = h.run_ok();
     assert!(out.rejects.is_empty(), "{:?}", out.rejects);
-    let inv = out.only();
-    assert_eq!(inv.source_record_id, format!("{THUIS}-2"));
-    assert_eq!(inv.status, InvolvementStatus::Active);
+    // Both assignments of this client at this provider are delivered; only 2 started.
+    let status = |n: u64| out.records[&format!("{THUIS}-{n}")].status;
+    assert_eq!(out.records.len(), 2, "{:?}", out.records.keys());
+    assert_eq!(status(2), InvolvementStatus::Active);
+    assert_eq!(status(1), InvolvementStatus::Planned);
 
     // A second assignment with the same product and date makes a start without number
     // ambiguous: quarantined, nothing changes.
@@ -523,7 +525,14 @@ fn a_start_without_assignment_number_matches_on_provider_client_product_and_date
     other.product = product("07");
     h.put("006.xml", &s305("S3", day(3, 8), other));
     let out = h.run_ok();
-    assert!(out.records.is_empty());
+    // The client's assignments are delivered again, none started: since assignment 4 arrived
+    // (dated before both starts), neither start without number can be matched.
+    assert_eq!(out.records.len(), 3, "{:?}", out.records.keys());
+    assert!(
+        out.records
+            .values()
+            .all(|i| i.status == InvolvementStatus::Planned)
+    );
     assert!(
         out.rejects[0].2.contains("no WMO301 assignment"),
         "{:?}",
@@ -970,4 +979,45 @@ mod properties {
             prop_assert_eq!(&out_a.records, &out_b.records);
         }
     }
+}
+
+#[test]
+fn a_late_assignment_that_makes_an_older_start_ambiguous_redelivers_the_other_assignment() {
+    let mut h = Harness::new();
+    h.put(
+        "001.xml",
+        &a301(
+            "T1",
+            day(3, 1),
+            BSN,
+            vec![assigned(1, "02", day(3, 1), None)],
+        ),
+    );
+    h.put(
+        "002.xml",
+        &s305(
+            "S1",
+            day(3, 6),
+            started(None, day(3, 5), DeliveryStatus::First),
+        ),
+    );
+    assert_eq!(h.run_ok().only().status, InvolvementStatus::Active);
+    // A second assignment of the same product and date, dated before the start: the start
+    // without number is now ambiguous, so assignment 1 is no longer started.
+    h.put(
+        "003.xml",
+        &a301(
+            "T2",
+            day(3, 2),
+            BSN,
+            vec![assigned(2, "02", day(3, 1), None)],
+        ),
+    );
+    let out = h.run_ok();
+    assert_eq!(out.records.len(), 2, "{:?}", out.records.keys());
+    assert!(
+        out.records
+            .values()
+            .all(|i| i.status == InvolvementStatus::Planned)
+    );
 }
