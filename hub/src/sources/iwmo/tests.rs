@@ -865,6 +865,36 @@ async fn a_generated_archive_syncs_incrementally_through_the_pipeline() {
         .await
         .expect("quarantine");
     assert!(q.is_empty(), "{q:?}");
+
+    // No clear BSN or client surname of any message reaches the database (or its WAL).
+    let mut secrets: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(h.dir.path()).expect("list") {
+        let xml = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        for tag in ["<Bsn>", "<iwmo:Achternaam>"] {
+            for part in xml.split(tag).skip(1) {
+                if let Some(v) = part.split('<').next() {
+                    secrets.push(v.to_owned());
+                }
+            }
+        }
+    }
+    secrets.sort();
+    secrets.dedup();
+    assert!(secrets.len() > 100, "{} secrets", secrets.len());
+    drop(ctx);
+    drop(store);
+    for name in ["m.db", "m.db-wal"] {
+        let Ok(bytes) = std::fs::read(db.path().join(name)) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for s in &secrets {
+            assert!(
+                !text.contains(s.as_str()),
+                "{name} holds a clear BSN or surname"
+            );
+        }
+    }
 }
 
 #[test]
