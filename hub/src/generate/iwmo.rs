@@ -645,4 +645,4 @@ pub fn write_for_population(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

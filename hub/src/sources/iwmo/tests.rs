@@ -194,7 +194,19 @@ mapping = "mappings/wmo.toml"
         }
     }
 
+    /// Writes a message and checks it against the official schema (when xmllint is there).
     fn put(&self, file: &str, m: &OutMessage) {
+        self.put_unchecked(file, m);
+        if let Some(lint) = crate::generate::iwmo::tests::xmllint() {
+            crate::generate::iwmo::tests::validate(
+                lint,
+                m.header.kind,
+                &self.dir.path().join(file),
+            );
+        }
+    }
+
+    fn put_unchecked(&self, file: &str, m: &OutMessage) {
         std::fs::write(self.dir.path().join(file), message_xml(m)).expect("write");
     }
 
@@ -989,7 +1001,7 @@ mod properties {
                 ops.iter().enumerate().map(|(i, op)| op_message(i, *op)).collect();
             let a = Harness::new();
             for (i, m) in messages.iter().enumerate() {
-                a.put(&format!("{i:04}.xml"), m);
+                a.put_unchecked(&format!("{i:04}.xml"), m);
             }
             let b = Harness::new();
             // A different file order: names from a seeded permutation.
@@ -998,11 +1010,11 @@ mod properties {
                 .collect();
             names.dedup();
             for (i, m) in messages.iter().enumerate() {
-                b.put(&format!("{:020}-{i}.xml", names[i % names.len()]), m);
+                b.put_unchecked(&format!("{:020}-{i}.xml", names[i % names.len()]), m);
             }
             for (n, d) in dups.iter().enumerate() {
                 let i = d.index(messages.len());
-                b.put(&format!("dup-{n}-{i}.xml"), &messages[i]);
+                b.put_unchecked(&format!("dup-{n}-{i}.xml"), &messages[i]);
             }
             let (out_a, _) = a.read(true).expect("run").expect("records");
             let (out_b, _) = b.read(true).expect("run").expect("records");
