@@ -397,6 +397,8 @@ struct Collected {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Depth {
     HeaderOnly,
+    /// Up to and including `Client/Bsn`.
+    Envelope,
     Whole,
 }
 
@@ -417,6 +419,19 @@ pub fn read_message<R: BufRead>(input: R, limits: &MessageLimits) -> Result<Mess
 pub fn read_header<R: BufRead>(input: R, limits: &MessageLimits) -> Result<Header, MessageError> {
     let c = collect(input, limits, Depth::HeaderOnly)?;
     header(&c)
+}
+
+/// Reads the header and the client's BSN (stops after `</Bsn>`, the first element of
+/// `Client`): enough to order messages and to tell which client they concern. The BSN is
+/// `None` when the message has none where the schema puts it (reading the whole message then
+/// reports the problem).
+pub fn read_envelope<R: BufRead>(
+    input: R,
+    limits: &MessageLimits,
+) -> Result<(Header, Option<String>), MessageError> {
+    let c = collect(input, limits, Depth::Envelope)?;
+    let h = header(&c)?;
+    Ok((h, c.fields.get("Client/Bsn").map(str::to_owned)))
 }
 
 fn collect<R: BufRead>(
@@ -546,7 +561,9 @@ fn collect<R: BufRead>(
                 if path == k.product_path() {
                     in_product = false;
                 }
-                if depth == Depth::HeaderOnly && path == "Header" {
+                if (depth == Depth::HeaderOnly && path == "Header")
+                    || (depth == Depth::Envelope && path == "Client/Bsn")
+                {
                     return Ok(Collected {
                         kind: k,
                         fields,
@@ -628,6 +645,11 @@ fn collect<R: BufRead>(
                         "Header",
                         format!("missing in this {} message", k.name()),
                     )),
+                    (Some(k), true) if depth == Depth::Envelope => Ok(Collected {
+                        kind: k,
+                        fields,
+                        products,
+                    }),
                     (Some(k), true) => Ok(Collected {
                         kind: k,
                         fields,

@@ -127,6 +127,19 @@ fn the_header_alone_can_be_read() {
 }
 
 #[test]
+fn the_envelope_holds_header_and_bsn() {
+    let (h, bsn) = read_envelope(wmo301().as_bytes(), &MessageLimits::default()).expect("envelope");
+    assert_eq!(h.id, "M-1");
+    assert_eq!(bsn.as_deref(), Some("111222333"));
+    // Reading stops after the BSN.
+    let broken = wmo301().replace("</Bericht>", "");
+    assert!(read_envelope(broken.as_bytes(), &MessageLimits::default()).is_ok());
+    let no_bsn = wmo301().replace("<Bsn>111222333</Bsn>", "");
+    let (_, bsn) = read_envelope(no_bsn.as_bytes(), &MessageLimits::default()).expect("envelope");
+    assert_eq!(bsn, None);
+}
+
+#[test]
 fn another_release_is_rejected_naming_the_version_found() {
     let xml = wmo301().replace(
         &header(MessageKind::Wmo301, "3_2", "3", "2"),
@@ -205,6 +218,7 @@ proptest! {
     fn the_reader_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let _ = read_message(&bytes[..], &MessageLimits::default());
         let _ = read_header(&bytes[..], &MessageLimits::default());
+        let _ = read_envelope(&bytes[..], &MessageLimits::default());
     }
 
     #[test]

@@ -4,12 +4,17 @@
 //! # How a run works
 //! The assignment state is derived from the message archive itself, not kept apart from the
 //! published index: every run
-//! 1. lists the folder's `*.xml` files and reads only their headers (pass 1), then sorts the
+//! 1. lists the folder's `*.xml` files and reads only their headers and the client's BSN
+//!    (pass 1), then sorts the
 //!    messages by `Dagtekening`, then message kind (WMO301 before WMO305 before WMO307 on the
 //!    same day: identifications of the municipality and of providers are not comparable), then
 //!    `Identificatie` (numerically when both are numbers), sender and file name;
-//! 2. applies every message in that order to the assignment state machine ([`state`]) —
-//!    reading each file a second time, one at a time;
+//! 2. applies the messages in that order to the assignment state machine ([`state`]) —
+//!    reading each file a second time, one at a time. An incremental run applies the new
+//!    messages and the old ones of the (provider, client) pairs the new ones concern: the
+//!    state of a pair depends on its own messages only (one exception: a `ToewijzingNummer`
+//!    reused for another client is only noticed when that client's messages are replayed
+//!    too, e.g. on a `--full` run);
 //! 3. yields one raw record per assignment touched by a *new* message (a file named after
 //!    the cursor; every assignment on a full run), and per other assignment the provider has
 //!    for a client of a new message (a late message can change how an older start or stop
@@ -30,11 +35,12 @@
 //! well-formed XML, truncated or larger than `limits.max_record_bytes` fails the run.
 //!
 //! # Memory and time
-//! Memory is bounded by the number of assignments (about 200 bytes each, the BSN in memory
-//! only) plus one sort key per message file (about 100 bytes); no message is held after it
-//! was applied, and each file is capped at `limits.max_record_bytes`. Time is linear in the
-//! size of the archive: old messages are re-read each run (headers and bodies), which keeps
-//! the state exact without a second store to keep in step with publication.
+//! Memory is bounded by the number of assignments applied (about 200 bytes each, the BSN in
+//! memory only) plus one sort key and (provider, BSN) per message file (about 150 bytes); no
+//! message is held after it was applied, and each file is capped at
+//! `limits.max_record_bytes`. Time is linear in the number of files: every run reads the
+//! start of every file (header and BSN) and the whole of the relevant ones, which keeps the
+//! state exact without a second store to keep in step with publication.
 
 pub mod state;
 #[cfg(test)]
@@ -48,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use matchpoint_connectors::iwmo::{
-    Header, MessageError, MessageKind, MessageLimits, read_header, read_message,
+    Header, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
 };
 use matchpoint_connectors::{DeliveryError, RecordError, RecordResult, RecordStream};
 use matchpoint_schemas::{Bsn, RawRecord, RecordPosition};
@@ -337,13 +343,25 @@ impl IwmoStream {
 
     /// Reads and applies every message; queues problems and the assignments to deliver.
     fn prepare(&mut self) -> Result<(), DeliveryError> {
-        // Pass 1: headers, for the order.
+        // Pass 1: header and BSN of every file, for the order and to tell which old messages
+        // can matter: those of a (provider, client) pair a new message concerns.
         let mut order = Vec::with_capacity(self.files.len());
+        let mut envelopes: Vec<Option<(String, String)>> = vec![None; self.files.len()];
+        let mut relevant: HashSet<(String, String)> = HashSet::new();
         for file in 0..self.files.len() {
             self.check_cancel()?;
             let name = self.files[file].1.clone();
-            match read_header(self.open_file(file)?, &self.limits) {
-                Ok(h) => order.push(SortKey::new(&h, file)),
+            match read_envelope(self.open_file(file)?, &self.limits) {
+                Ok((h, bsn)) => {
+                    order.push(SortKey::new(&h, file));
+                    if let Some(bsn) = bsn {
+                        let pair = (h.provider().to_owned(), bsn);
+                        if self.is_new(file) {
+                            relevant.insert(pair.clone());
+                        }
+                        envelopes[file] = Some(pair);
+                    }
+                }
                 Err(e) => self.problem(file, format!("file:{name}"), e)?,
             }
         }
@@ -357,6 +375,16 @@ impl IwmoStream {
             self.check_cancel()?;
             let file = key.file;
             let new = self.is_new(file);
+            // An old message of another (provider, client) pair cannot change what this run
+            // delivers (in incremental runs; a full run applies everything).
+            if !new
+                && self.since.is_some()
+                && !envelopes[file]
+                    .as_ref()
+                    .is_some_and(|pair| relevant.contains(pair))
+            {
+                continue;
+            }
             let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
             let input = self.open_file(file)?;
             if new {

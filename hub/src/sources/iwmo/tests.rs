@@ -938,6 +938,8 @@ type Op = (u32, u8, u64, bool, u32);
 
 fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
     let bsn = if other { OTHER_BSN } else { BSN };
+    // Assignment numbers are the municipality's: never shared between clients.
+    let number = if other { number + 10 } else { number };
     let on = day(4, on);
     let date = day(5, d);
     let status = [
@@ -959,7 +961,7 @@ fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
         2..=4 => m(
             MessageKind::Wmo305,
             Body::Start(vec![StartedProduct {
-                number: (number == 1).then_some(number),
+                number: (number % 10 == 1).then_some(number),
                 ..started(None, date, status)
             }]),
         ),
@@ -1019,6 +1021,44 @@ mod properties {
             let (out_a, _) = a.read(true).expect("run").expect("records");
             let (out_b, _) = b.read(true).expect("run").expect("records");
             prop_assert_eq!(&out_a.records, &out_b.records);
+        }
+
+        /// An incremental run delivers what a full run over the same files delivers, for
+        /// every assignment it delivers; and it delivers every assignment a new message
+        /// touched.
+        #[test]
+        fn an_incremental_run_agrees_with_a_full_run(ops in ops(), split in any::<prop::sample::Index>()) {
+            let messages: Vec<OutMessage> =
+                ops.iter().enumerate().map(|(i, op)| op_message(i, *op)).collect();
+            let split = split.index(messages.len() + 1);
+            let mut h = Harness::new();
+            for (i, m) in messages.iter().enumerate().take(split) {
+                h.put_unchecked(&format!("{i:04}.xml"), m);
+            }
+            if split > 0 {
+                h.run().expect("first run");
+            }
+            for (i, m) in messages.iter().enumerate().skip(split) {
+                h.put_unchecked(&format!("{i:04}.xml"), m);
+            }
+            let incremental = h.run().expect("second run");
+            let (full, _) = h.read(true).expect("full").expect("records");
+            let Some(incremental) = incremental else {
+                prop_assert_eq!(split, messages.len());
+                return Ok(());
+            };
+            for (id, inv) in &incremental.records {
+                prop_assert_eq!(Some(inv), full.records.get(id));
+            }
+            // Assignments whose WMO301 is new are delivered.
+            for m in messages.iter().skip(split) {
+                if let Body::Assignment(p) = &m.body {
+                    for a in p {
+                        let id = format!("{THUIS}-{}", a.number);
+                        prop_assert!(incremental.records.contains_key(&id) || !full.records.contains_key(&id));
+                    }
+                }
+            }
         }
     }
 }
