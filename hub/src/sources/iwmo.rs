@@ -346,11 +346,12 @@ impl IwmoStream {
         // Pass 1: header and BSN of every file, for the order and to tell which old messages
         // can matter: those of a (provider, client) pair a new message concerns.
         let mut order = Vec::with_capacity(self.files.len());
-        let mut envelopes: Vec<Option<(String, String)>> = vec![None; self.files.len()];
+        let mut envelopes: Vec<Option<(String, String)>> = Vec::with_capacity(self.files.len());
         let mut relevant: HashSet<(String, String)> = HashSet::new();
         for file in 0..self.files.len() {
             self.check_cancel()?;
             let name = self.files[file].1.clone();
+            let mut envelope = None;
             match read_envelope(self.open_file(file)?, &self.limits) {
                 Ok((h, bsn)) => {
                     order.push(SortKey::new(&h, file));
@@ -359,11 +360,12 @@ impl IwmoStream {
                         if self.is_new(file) {
                             relevant.insert(pair.clone());
                         }
-                        envelopes[file] = Some(pair);
+                        envelope = Some(pair);
                     }
                 }
                 Err(e) => self.problem(file, format!("file:{name}"), e)?,
             }
+            envelopes.push(envelope);
         }
         order.sort();
         // Pass 2: apply in order.
