@@ -462,6 +462,7 @@ fn collect<R: BufRead>(
     let mut fields = Fields::default();
     let mut products: Vec<Fields> = Vec::new();
     let mut in_product = false;
+    let mut header_done = false;
     let malformed =
         |reader: &NsReader<LimitedReader<R>>, message: String| MessageError::Malformed {
             byte_offset: reader.buffer_position(),
@@ -510,6 +511,12 @@ fn collect<R: BufRead>(
                         path.push('/');
                     }
                     path.push_str(&name);
+                }
+                if path == "Client" && !header_done {
+                    return Err(MessageError::invalid(
+                        "Client",
+                        "comes before the message's Header",
+                    ));
                 }
                 stack.push(name);
                 text.clear();
@@ -560,6 +567,9 @@ fn collect<R: BufRead>(
                 text.clear();
                 if path == k.product_path() {
                     in_product = false;
+                }
+                if path == "Header" {
+                    header_done = true;
                 }
                 if (depth == Depth::HeaderOnly && path == "Header")
                     || (depth == Depth::Envelope && path == "Client/Bsn")

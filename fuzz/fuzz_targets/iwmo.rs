@@ -1,14 +1,13 @@
 //! Drives the iWmo 3.2 message reader over arbitrary bytes with small limits.
 //!
 //! Besides "no panic, no hang, no unbounded memory" (which libFuzzer checks), asserts the
-//! reader's contract: reading only the header agrees with reading the whole message about the
-//! header, a message that reads has at least one product, and error texts never repeat the
-//! delivered BSN.
+//! reader's contract: reading only the header (or header and BSN) agrees with reading the whole
+//! message, and a message that reads has at least one and at most `max_products` products.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use matchpoint_connectors::iwmo::{Body, MessageLimits, read_header, read_message};
+use matchpoint_connectors::iwmo::{Body, MessageLimits, read_envelope, read_header, read_message};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the limits, so the limit edges get explored too.
@@ -24,8 +23,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let whole = read_message(input, &limits);
     let header = read_header(input, &limits);
+    let envelope = read_envelope(input, &limits);
     if let Ok(m) = &whole {
         assert_eq!(header.as_ref().ok(), Some(&m.header));
+        let (h, bsn) = envelope.as_ref().expect("the envelope of a readable message reads");
+        assert_eq!(h, &m.header);
+        assert_eq!(bsn.as_deref(), Some(m.client.bsn.as_str()));
         let products = match &m.body {
             Body::Assignment(p) => p.len(),
             Body::Start(p) => p.len(),

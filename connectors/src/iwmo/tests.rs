@@ -134,6 +134,12 @@ fn the_envelope_holds_header_and_bsn() {
     // Reading stops after the BSN.
     let broken = wmo301().replace("</Bericht>", "");
     assert!(read_envelope(broken.as_bytes(), &MessageLimits::default()).is_ok());
+    // The schema's order is required: Header, then Client.
+    let swapped = wmo301()
+        .replace("<Header>", "<Header_>")
+        .replace("</Header>", "</Header_>");
+    let err = read(&swapped).expect_err("no header first");
+    assert!(err.to_string().contains("Client"), "{err}");
     let no_bsn = wmo301().replace("<Bsn>111222333</Bsn>", "");
     let (_, bsn) = read_envelope(no_bsn.as_bytes(), &MessageLimits::default()).expect("envelope");
     assert_eq!(bsn, None);
