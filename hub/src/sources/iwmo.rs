@@ -128,9 +128,14 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         return Ok(None);
     }
     if files.is_empty() {
-        return Err(format!(
-            "no .xml message file in {loc}; nothing was published"
-        ));
+        // An empty folder is a quiet night for an incremental run; a full run has nothing
+        // to compare with and fails.
+        if since.is_none() && (cx.full || cx.source.mode == SourceMode::Full) {
+            return Err(format!(
+                "no .xml message file in {loc}; nothing was published"
+            ));
+        }
+        return Ok(None);
     }
     Ok(Some(Opened {
         stream: Box::new(IwmoStream::new(cx.source, files, since, cx.cancel.clone())),
@@ -272,7 +277,8 @@ impl IwmoStream {
             MessageError::Truncated(message) => DeliveryError::Truncated { location, message },
             MessageError::Limit(message) => DeliveryError::Limit {
                 location,
-                message: format!("{message} (limits.max_record_bytes caps one message file)"),
+                // One message file is capped by the source's `limits.max_record_bytes`.
+                message: message.replace("(limits.max_bytes)", "(limits.max_record_bytes)"),
             },
             MessageError::Malformed {
                 byte_offset,

@@ -1103,3 +1103,27 @@ fn a_late_assignment_that_makes_an_older_start_ambiguous_redelivers_the_other_as
             .all(|i| i.status == InvolvementStatus::Planned)
     );
 }
+
+#[test]
+fn an_empty_folder_is_a_quiet_night_and_an_oversized_file_fails_the_run() {
+    let mut h = Harness::new();
+    assert!(h.run().expect("quiet").is_none());
+    assert!(
+        h.read(true)
+            .expect_err("full run of nothing")
+            .contains("no .xml")
+    );
+    h.source.limits.max_record_bytes = 600;
+    h.put(
+        "001.xml",
+        &a301(
+            "T1",
+            day(3, 1),
+            BSN,
+            vec![assigned(1, "02", day(3, 1), None)],
+        ),
+    );
+    let err = h.run().expect_err("too big");
+    assert!(err.contains("limits.max_record_bytes"), "{err}");
+    assert!(h.cursor.is_none());
+}
