@@ -187,9 +187,22 @@ pub struct SourceConfig {
     /// Delivery limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Settings of kind `iwmo` (`[source.iwmo]`).
+    #[serde(default)]
+    pub iwmo: Option<IwmoSettings>,
     /// The loaded mapping (set during checks).
     #[serde(skip)]
     pub mapping_spec: Option<MappingSpec>,
+}
+
+/// Settings of an `iwmo` source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IwmoSettings {
+    /// The municipality's CBS code (four digits, e.g. `0363`): messages between providers and
+    /// another municipality are quarantined instead of applied.
+    #[serde(default)]
+    pub municipality: Option<String>,
 }
 
 impl Config {
@@ -278,6 +291,20 @@ impl Config {
                     &format!("{key}.max_end_share"),
                     share,
                 );
+            }
+            if let Some(iwmo) = &s.iwmo {
+                if s.kind != SourceKind::Iwmo {
+                    problems.push(format!(
+                        "{origin}: {key}: [source.iwmo] is only for sources of kind \"iwmo\""
+                    ));
+                }
+                if let Some(m) = &iwmo.municipality
+                    && !(m.len() == 4 && m.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    problems.push(format!(
+                        "{origin}: {key}.iwmo.municipality must be a four-digit CBS code such as \"0363\", found `{m}`"
+                    ));
+                }
             }
             if s.limits.max_depth < 3 {
                 problems.push(format!(

@@ -202,6 +202,8 @@ impl SortKey {
 /// One run over the message folder.
 pub struct IwmoStream {
     source: String,
+    /// Only messages of this municipality are applied (`[source.iwmo] municipality`).
+    municipality: Option<String>,
     files: Vec<(PathBuf, String)>,
     since: Option<String>,
     limits: MessageLimits,
@@ -231,6 +233,7 @@ impl IwmoStream {
             .sum();
         IwmoStream {
             source: source.name.clone(),
+            municipality: source.iwmo.as_ref().and_then(|i| i.municipality.clone()),
             files,
             since,
             limits: MessageLimits {
@@ -405,6 +408,23 @@ impl IwmoStream {
                     continue;
                 }
             };
+            if let Some(own) = self.municipality.clone()
+                && m.header.municipality() != own
+            {
+                if new {
+                    let position = self.next_position();
+                    self.queue.push_back(Err(RecordError {
+                        record_id: Some(record_id),
+                        position,
+                        field: Some("Header".into()),
+                        reason: format!(
+                            "message of municipality {}; this source applies messages of municipality {own} only ([source.iwmo] municipality)",
+                            m.header.municipality()
+                        ),
+                    }));
+                }
+                continue;
+            }
             if Bsn::parse(&m.client.bsn).is_err() {
                 // The mapping rejects it as `invalid_bsn`; the state never sees it.
                 if new {

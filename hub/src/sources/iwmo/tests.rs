@@ -1127,3 +1127,57 @@ fn an_empty_folder_is_a_quiet_night_and_an_oversized_file_fails_the_run() {
     assert!(err.contains("limits.max_record_bytes"), "{err}");
     assert!(h.cursor.is_none());
 }
+
+#[test]
+fn messages_of_another_municipality_are_quarantined_when_one_is_configured() {
+    let mut h = Harness::new();
+    h.source.iwmo = Some(crate::config::IwmoSettings {
+        municipality: Some("0363".into()),
+    });
+    let mut elsewhere = a301(
+        "T1",
+        day(3, 1),
+        BSN,
+        vec![assigned(1, "02", day(3, 1), None)],
+    );
+    elsewhere.header.sender = "0344".into();
+    h.put("001.xml", &elsewhere);
+    h.put(
+        "002.xml",
+        &a301(
+            "T2",
+            day(3, 1),
+            BSN,
+            vec![assigned(2, "02", day(3, 1), None)],
+        ),
+    );
+    let out = h.run_ok();
+    assert_eq!(out.only().source_record_id, format!("{THUIS}-2"));
+    assert_eq!(out.rejects.len(), 1, "{:?}", out.rejects);
+    assert!(
+        out.rejects[0].2.contains("municipality 0344"),
+        "{:?}",
+        out.rejects
+    );
+}
+
+#[test]
+fn the_iwmo_table_is_checked() {
+    let text = r#"
+[[source]]
+name = "wmo"
+kind = "iwmo"
+location = "x"
+mode = "incremental"
+schedule = "0 0 * * * *"
+mapping = "mappings/wmo.toml"
+[source.iwmo]
+municipality = "Amsterdam"
+"#;
+    let err = Config::parse(text, "m.toml", &deploy())
+        .expect_err("invalid")
+        .to_string();
+    assert!(err.contains("iwmo.municipality"), "{err}");
+    let bad_key = text.replace("municipality = \"Amsterdam\"", "gemeente = \"0363\"");
+    assert!(Config::parse(&bad_key, "m.toml", &deploy()).is_err());
+}
