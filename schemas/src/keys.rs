@@ -111,6 +111,8 @@ pub enum KeyPurpose {
     Audit,
     /// Encryption of raw quarantined records.
     Quarantine,
+    /// Signatures (HMAC tags) on audit-trail checkpoints and retention anchors.
+    AuditCheckpoint,
 }
 
 impl KeyPurpose {
@@ -119,6 +121,7 @@ impl KeyPurpose {
             KeyPurpose::Index => b"matchpoint/v1/index-pseudonym",
             KeyPurpose::Audit => b"matchpoint/v1/audit-pseudonym",
             KeyPurpose::Quarantine => b"matchpoint/v1/quarantine-aead",
+            KeyPurpose::AuditCheckpoint => b"matchpoint/v1/audit-checkpoint-mac",
         }
     }
 }
@@ -279,6 +282,30 @@ impl MasterKey {
     /// A pseudonymiser for one purpose (index or audit).
     pub fn pseudonymiser(&self, purpose: KeyPurpose) -> Pseudonymiser {
         Pseudonymiser::new(self.id.clone(), purpose, &self.subkey(purpose))
+    }
+
+    /// HMAC-SHA256 tag of `message` under the subkey for `purpose` (audit checkpoints and
+    /// retention anchors use [`KeyPurpose::AuditCheckpoint`]).
+    pub fn mac(&self, purpose: KeyPurpose, message: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let subkey = self.subkey(purpose);
+        // HMAC accepts keys of any length, so this cannot fail.
+        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(subkey.as_ref()) else {
+            unreachable!("HMAC accepts any key length")
+        };
+        mac.update(message);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Checks an HMAC tag made by [`MasterKey::mac`], in constant time.
+    pub fn verify_mac(&self, purpose: KeyPurpose, message: &[u8], tag: &[u8]) -> bool {
+        use hmac::Mac;
+        let subkey = self.subkey(purpose);
+        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(subkey.as_ref()) else {
+            unreachable!("HMAC accepts any key length")
+        };
+        mac.update(message);
+        mac.verify_slice(tag).is_ok()
     }
 
     /// The authenticated-encryption key for quarantined raw records.

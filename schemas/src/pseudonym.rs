@@ -56,6 +56,7 @@ impl Pseudonymiser {
             KeyPurpose::Index => b"matchpoint:index:bsn:",
             KeyPurpose::Audit => b"matchpoint:audit:bsn:",
             KeyPurpose::Quarantine => b"matchpoint:quarantine:bsn:",
+            KeyPurpose::AuditCheckpoint => b"matchpoint:audit-checkpoint:bsn:",
         };
         // HMAC accepts keys of any length, so this cannot fail.
         let mac = match HmacSha256::new_from_slice(subkey) {

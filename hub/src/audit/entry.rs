@@ -95,3 +95,106 @@ pub struct AuditEntry {
     /// SHA-256 of the previous entry's hash and this entry's canonical bytes, hex.
     pub hash: String,
 }
+
+impl AuditAction {
+    /// Every action, in declaration order.
+    pub const ALL: [AuditAction; 10] = [
+        AuditAction::Lookup,
+        AuditAction::BreakGlassLookup,
+        AuditAction::AuditSearch,
+        AuditAction::SubjectAccessReport,
+        AuditAction::AuditExport,
+        AuditAction::BreakGlassReview,
+        AuditAction::AuditVerify,
+        AuditAction::UserManagement,
+        AuditAction::OperatorView,
+        AuditAction::RetentionPurge,
+    ];
+
+    /// Stored code (the same as the JSON form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Lookup => "lookup",
+            AuditAction::BreakGlassLookup => "break_glass_lookup",
+            AuditAction::AuditSearch => "audit_search",
+            AuditAction::SubjectAccessReport => "subject_access_report",
+            AuditAction::AuditExport => "audit_export",
+            AuditAction::BreakGlassReview => "break_glass_review",
+            AuditAction::AuditVerify => "audit_verify",
+            AuditAction::UserManagement => "user_management",
+            AuditAction::OperatorView => "operator_view",
+            AuditAction::RetentionPurge => "retention_purge",
+        }
+    }
+
+    /// Parses a stored code.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == code)
+    }
+}
+
+impl AuditOutcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [AuditOutcome; 5] = [
+        AuditOutcome::Granted,
+        AuditOutcome::Refused,
+        AuditOutcome::BreakGlass,
+        AuditOutcome::Invalid,
+        AuditOutcome::Error,
+    ];
+
+    /// Stored code (the same as the JSON form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Granted => "granted",
+            AuditOutcome::Refused => "refused",
+            AuditOutcome::BreakGlass => "break_glass",
+            AuditOutcome::Invalid => "invalid",
+            AuditOutcome::Error => "error",
+        }
+    }
+
+    /// Parses a stored code.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == code)
+    }
+}
+
+impl NewAuditEntry {
+    /// An entry with the required fields and everything else empty (`records_returned` 0).
+    pub fn new(
+        role: impl Into<String>,
+        action: AuditAction,
+        outcome: AuditOutcome,
+        request_id: impl Into<String>,
+    ) -> Self {
+        NewAuditEntry {
+            user_id: None,
+            role: role.into(),
+            organisation: None,
+            action,
+            subject: None,
+            subject_key_id: None,
+            purpose: None,
+            outcome,
+            checks: Vec::new(),
+            break_glass: None,
+            records_returned: 0,
+            client_addr: None,
+            request_id: request_id.into(),
+            refers_to: None,
+        }
+    }
+
+    /// Makes this entry the review of break-glass entry `reviewed_seq`: action
+    /// [`AuditAction::BreakGlassReview`], `refers_to = reviewed_seq`, the check
+    /// `verdict:<code>`, and `break_glass = "<code>: <note>"`. Reviews are new entries, never
+    /// updates; an entry leaves the review queue once a review refers to it.
+    pub fn into_review(mut self, reviewed_seq: i64, verdict_code: &str, note: &str) -> Self {
+        self.action = AuditAction::BreakGlassReview;
+        self.refers_to = Some(reviewed_seq);
+        self.checks.push(format!("verdict:{verdict_code}"));
+        self.break_glass = Some(format!("{verdict_code}: {note}"));
+        self
+    }
+}

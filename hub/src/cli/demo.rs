@@ -11,6 +11,9 @@ use matchpoint_schemas::MasterKey;
 use super::Env;
 use super::sync_cmd;
 
+#[path = "demo_serve.rs"]
+mod demo_serve;
+
 const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/matchpoint.example.toml");
 const OKC2_MAPPING: &str = include_str!("../../../deploy/mappings/okc-2.toml");
 const WMO_MAPPING: &str = include_str!("../../../deploy/mappings/wmo.toml");
@@ -76,8 +79,14 @@ fn write_if_missing(path: &Path, text: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Key, data, config, sync, summary — everything under `dir`.
-pub async fn demo(dir: &Path, persons: u64, seed: u64) -> anyhow::Result<ExitCode> {
+/// Key, data, config, sync, summary — everything under `dir`; then (unless `listen` is
+/// `None`) the lookup API with demo users and ready-to-paste requests.
+pub async fn demo(
+    dir: &Path,
+    persons: u64,
+    seed: u64,
+    listen: Option<String>,
+) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     println!("Matchpoint demo in {}", dir.display());
 
@@ -148,5 +157,12 @@ pub async fn demo(dir: &Path, persons: u64, seed: u64) -> anyhow::Result<ExitCod
     println!("  {me} runs --config {shown}");
     println!("  {me} quarantine --config {shown}");
     println!("  {me} sync --config {shown}     # a second sync changes nothing");
+    match listen {
+        Some(listen) if code == ExitCode::SUCCESS => {
+            demo_serve::serve(&env.config, &listen, &me).await?;
+        }
+        Some(_) => println!("\nThe sync did not succeed, so the API is not started."),
+        None => println!("  {me} serve --config {shown}    # the lookup API"),
+    }
     Ok(code)
 }

@@ -2,8 +2,11 @@
 
 mod demo;
 mod output;
+mod run;
 mod runs;
+mod serve;
 mod sync_cmd;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,7 +41,8 @@ pub struct ConfigArg {
         long,
         short = 'c',
         env = "MATCHPOINT_CONFIG",
-        default_value = "matchpoint.toml"
+        default_value = "matchpoint.toml",
+        global = true
     )]
     pub config: PathBuf,
 }
@@ -87,6 +91,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the scheduler: sync each source when its schedule says so, until Ctrl-C.
+    ///
+    /// Never two runs of one source at once, also with several instances on one database
+    /// (a lease in the store). Missed slots after downtime are caught up with one run.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run what is due now, then exit (non-zero when a run failed or was held).
+        #[arg(long)]
+        once: bool,
+    },
     /// Show the run history, one run, or accept a held run.
     Runs {
         #[command(flatten)]
@@ -133,8 +148,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the lookup API (JSON under /api/v1; OpenAPI at /api/v1/openapi.json).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Address to listen on (default: `[server] listen`, 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Manage API users and their tokens.
+    Users {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: users::UsersAction,
+    },
     /// First-time experience on SQLite: key, synthetic data, config, sync and summary, all
-    /// under one folder.
+    /// under one folder; then serves the lookup API with demo users.
     Demo {
         /// Folder for everything the demo writes.
         #[arg(long, default_value = "matchpoint-demo")]
@@ -145,6 +175,12 @@ pub enum Command {
         /// Random seed for the synthetic data.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Address the lookup API listens on after the sync.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Stop after the sync instead of serving the API.
+        #[arg(long)]
+        no_serve: bool,
     },
 }
 
@@ -189,6 +225,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load(&config.config).await?;
             sync_cmd::sync(&env, &sources, full, json).await
         }
+        Command::Run { config, once } => {
+            let env = Env::load(&config.config).await?;
+            run::run(&env, once).await
+        }
         Command::Runs {
             config,
             action,
@@ -221,7 +261,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load_store_only(&config.config).await?;
             runs::stats(&env, json).await
         }
-        Command::Demo { dir, persons, seed } => demo::demo(&dir, persons, seed).await,
+        Command::Serve { config, listen } => serve::serve(&config.config, listen).await,
+        Command::Users { config, action } => users::users(&config.config, action).await,
+        Command::Demo {
+            dir,
+            persons,
+            seed,
+            listen,
+            no_serve,
+        } => demo::demo(&dir, persons, seed, (!no_serve).then_some(listen)).await,
     }
 }
 

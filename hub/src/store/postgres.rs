@@ -20,7 +20,18 @@ use super::{
 };
 use crate::failpoint;
 
-const MIGRATIONS: &[&str] = &[include_str!("postgres_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres_schema.sql"),
+    // Audit trail (issue 4): self-contained, may be reordered with other new migrations.
+    include_str!("../audit/postgres_migration.sql"),
+    // API users and the shielded flag (issue 4, lookup API).
+    include_str!("postgres_users.sql"),
+    // Source leases (issue 5, scheduler).
+    super::lease_postgres::MIGRATION,
+];
+
+#[path = "lookup_postgres.rs"]
+mod lookup;
 
 /// Advisory lock (one-bigint key space) held while migrating, so concurrent opens serialise.
 const MIGRATION_LOCK: i64 = 0x4d50_5f53_4348_454d;
@@ -78,6 +89,11 @@ fn sql(s: String) -> AssertSqlSafe<String> {
 }
 
 impl PgStore {
+    /// The connection pool (for the store's sibling modules).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects and migrates.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)

@@ -18,7 +18,18 @@ use super::{
 };
 use crate::failpoint;
 
-const MIGRATIONS: &[&str] = &[include_str!("sqlite_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sqlite_schema.sql"),
+    // Audit trail (issue 4): self-contained, may be reordered with other new migrations.
+    include_str!("../audit/sqlite_migration.sql"),
+    // API users and the shielded flag (issue 4, lookup API).
+    include_str!("sqlite_users.sql"),
+    // Source leases (issue 5, scheduler).
+    super::lease_sqlite::MIGRATION,
+];
+
+#[path = "lookup_sqlite.rs"]
+mod lookup;
 
 /// Indexes on pseudonyms. (Relations *from* a person need no index of their own: they are
 /// found through the person's involvements and the relations' primary key.) Inserting many rows in random pseudonym order into them costs far
@@ -133,6 +144,15 @@ impl SqliteStore {
                 staging_dir: PathBuf::from(staging_dir),
             }),
         })
+    }
+
+    /// Runs `f` on the connection on a blocking thread (for the store's sibling modules).
+    pub(super) async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with(move |conn, _| f(conn)).await
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
