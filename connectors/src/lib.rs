@@ -5,6 +5,7 @@
 //! - [`csv_drop`]: semicolon-separated Windows-1252 CSV drops, read streaming.
 //! - [`http`]: HTTP plumbing of the HTTP paged kinds (auth, failure classes, capped bodies).
 //! - [`json_flatten`]: JSON objects to field paths and groups (REST/JSON, FHIR).
+//! - [`iwmo`]: iWmo 3.2 messages (WMO301/305/307), one per file, read streaming into typed messages.
 //! - [`location`]: opening a delivery from a folder/file or an HTTP(S) URL, size-capped.
 //! - [`paged`]: the contract of paged sources (REST/JSON, FHIR, SOAP, SQL).
 //! - [`runner`]: the shared runner every paged kind goes through (retries, paging, cancel).
@@ -16,6 +17,7 @@ pub mod fhir;
 pub mod csv_drop;
 pub mod http;
 pub mod json_flatten;
+pub mod iwmo;
 pub mod location;
 pub mod paged;
 pub mod rest_json;

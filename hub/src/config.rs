@@ -252,6 +252,8 @@ pub enum SourceKind {
     /// A FHIR R4 server: `EpisodeOfCare` searches with included resources
     /// (`schemas/formats/fhir-r4.md`).
     Fhir,
+    /// iWmo 3.2 messages (WMO301/305/307), one per file in a folder (`schemas/formats/iwmo.md`).
+    Iwmo,
 }
 
 impl SourceKind {
@@ -501,6 +503,9 @@ pub struct SourceConfig {
     /// SQL pull options (kind `sql_pull`, required there).
     #[serde(default)]
     pub sql: Option<SqlSettings>,
+    /// Settings of kind `iwmo` (`[source.iwmo]`).
+    #[serde(default)]
+    pub iwmo: Option<IwmoSettings>,
     /// The loaded mapping (set during checks).
     #[serde(skip)]
     pub mapping_spec: Option<MappingSpec>,
@@ -558,6 +563,16 @@ pub struct SqlSettings {
     /// Column marking a deleted (or withdrawn) row; such a row ends its involvement.
     #[serde(default)]
     pub deleted_column: Option<String>,
+}
+
+/// Settings of an `iwmo` source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IwmoSettings {
+    /// The municipality's CBS code (four digits, e.g. `0363`): messages between providers and
+    /// another municipality are quarantined instead of applied.
+    #[serde(default)]
+    pub municipality: Option<String>,
 }
 
 impl Config {
@@ -671,6 +686,20 @@ impl Config {
                     &format!("{key}.max_end_share"),
                     share,
                 );
+            }
+            if let Some(iwmo) = &s.iwmo {
+                if s.kind != SourceKind::Iwmo {
+                    problems.push(format!(
+                        "{origin}: {key}: [source.iwmo] is only for sources of kind \"iwmo\""
+                    ));
+                }
+                if let Some(m) = &iwmo.municipality
+                    && !(m.len() == 4 && m.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    problems.push(format!(
+                        "{origin}: {key}.iwmo.municipality must be a four-digit CBS code such as \"0363\", found `{m}`"
+                    ));
+                }
             }
             if s.limits.max_depth < 3 {
                 problems.push(format!(

@@ -112,8 +112,26 @@ impl Mapper {
             )
         })?;
 
-        let contact_name = non_empty(raw.field(&f.contact_name))
-            .ok_or_else(|| Rejection::at(&f.contact_name, RejectReason::MissingField))?;
+        // The delivered contact person, else the mapping's directory entry of the organisation.
+        let contact = match non_empty(raw.field(&f.contact_name)) {
+            Some(name) => ContactPerson {
+                name: name.to_owned(),
+                role: self.opt(raw, &f.contact_role).map(str::to_owned),
+                phone: self.opt(raw, &f.contact_phone).map(str::to_owned),
+                email: self.opt(raw, &f.contact_email).map(str::to_owned),
+            },
+            None => match self.spec.directory.get(&org.code) {
+                Some(e) => ContactPerson {
+                    name: e.name.clone(),
+                    role: e.role.clone(),
+                    phone: e.phone.clone(),
+                    email: e.email.clone(),
+                },
+                None => {
+                    return Err(Rejection::at(&f.contact_name, RejectReason::MissingField));
+                }
+            },
+        };
 
         let start_raw = non_empty(raw.field(&f.start_date))
             .ok_or_else(|| Rejection::at(&f.start_date, RejectReason::MissingField))?;
@@ -222,17 +240,13 @@ impl Mapper {
             team: self.opt(raw, &f.team).map(str::to_owned),
             life_domain,
             goal: self.opt(raw, &f.goal).map(str::to_owned),
-            contact: ContactPerson {
-                name: contact_name.to_owned(),
-                role: self.opt(raw, &f.contact_role).map(str::to_owned),
-                phone: self.opt(raw, &f.contact_phone).map(str::to_owned),
-                email: self.opt(raw, &f.contact_email).map(str::to_owned),
-            },
+            contact,
             start_date,
             end_date,
             status,
             coordinator,
-            sensitive: self.spec.sensitive_domains.contains(&life_domain),
+            sensitive: self.spec.sensitive_domains.contains(&life_domain)
+                || self.spec.sensitive_codes.iter().any(|c| c == domain_code),
             shielded,
             purge_after,
             source: self.source.clone(),

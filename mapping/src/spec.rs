@@ -153,6 +153,28 @@ pub struct Sensitivity {
     /// Every involvement in these life domains is sensitive.
     #[serde(default)]
     pub life_domains: Vec<Spanned<String>>,
+    /// Every involvement whose *source* life-domain code is one of these is sensitive (e.g.
+    /// WMO020 product categories 16 and 17, shelters); each must be in `codes.life_domain`.
+    #[serde(default)]
+    pub life_domain_codes: Vec<Spanned<String>>,
+}
+
+/// The contact shown for an organisation when the source delivers no contact person (e.g.
+/// iWmo, which carries none). Keyed by registry organisation code in `[directory]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryEntry {
+    /// Name of the contact (a person or a desk).
+    pub name: String,
+    /// Role.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Work phone.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Work e-mail.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// Defaults for fields a source does not deliver.
@@ -179,6 +201,8 @@ struct SpecFile {
     sensitive: Sensitivity,
     #[serde(default)]
     defaults: Defaults,
+    #[serde(default)]
+    directory: BTreeMap<String, Spanned<DirectoryEntry>>,
 }
 
 /// A checked mapping, ready to apply.
@@ -204,6 +228,10 @@ pub struct MappingSpec {
     pub shielded: BTreeMap<String, bool>,
     /// Sensitive life domains.
     pub sensitive_domains: Vec<LifeDomain>,
+    /// Source life-domain codes whose involvements are sensitive.
+    pub sensitive_codes: Vec<String>,
+    /// Registry organisation code → contact, for records without a contact person.
+    pub directory: BTreeMap<String, DirectoryEntry>,
     /// Defaults.
     pub defaults: Defaults,
     /// The file this came from, for messages.
@@ -297,6 +325,30 @@ impl MappingSpec {
                 ),
             }
         }
+        let mut sensitive_codes = Vec::new();
+        for v in &file.sensitive.life_domain_codes {
+            if file.codes.life_domain.contains_key(v.get_ref()) {
+                sensitive_codes.push(v.get_ref().clone());
+            } else {
+                at(
+                    v.span(),
+                    format!(
+                        "sensitive.life_domain_codes: `{}` is not a code of [codes.life_domain]",
+                        v.get_ref()
+                    ),
+                );
+            }
+        }
+        let mut directory = BTreeMap::new();
+        for (org, entry) in &file.directory {
+            if entry.get_ref().name.trim().is_empty() {
+                at(
+                    entry.span(),
+                    format!("directory.{org}.name must not be empty"),
+                );
+            }
+            directory.insert(org.clone(), entry.get_ref().clone());
+        }
         if file.fields.status.is_some() && file.codes.status.is_empty() {
             problems.push(format!(
                 "{origin}: fields.status is mapped but the code table [codes.status] is missing"
@@ -389,6 +441,8 @@ impl MappingSpec {
             coordinator: file.codes.coordinator,
             shielded: file.codes.shielded,
             sensitive_domains,
+            sensitive_codes,
+            directory,
             defaults: file.defaults,
             origin: origin.to_owned(),
         })
@@ -452,6 +506,44 @@ mod tests {
             .expect("line")
             + 1;
         assert!(err.contains(&format!("m.toml:{line}")), "{err}");
+    }
+
+    const WMO: &str = include_str!("../../deploy/mappings/wmo.toml");
+
+    #[test]
+    fn the_shipped_wmo_mapping_parses_with_directory_and_sensitive_codes() {
+        let spec = MappingSpec::parse(WMO, "wmo.toml").expect("valid");
+        assert_eq!(spec.sensitive_codes, vec!["16".to_owned(), "17".to_owned()]);
+        assert_eq!(spec.life_domains.get("16"), Some(&LifeDomain::Housing));
+        assert!(spec.directory.contains_key("WMO-THUISBEGELEIDING"));
+    }
+
+    #[test]
+    fn a_sensitive_code_outside_the_code_table_is_reported_with_its_line() {
+        let text = WMO.replace(
+            "life_domain_codes = [\"16\", \"17\"]",
+            "life_domain_codes = [\"16\", \"71\"]",
+        );
+        let err = MappingSpec::parse(&text, "m.toml")
+            .expect_err("must fail")
+            .to_string();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("life_domain_codes"))
+            .expect("line")
+            + 1;
+        assert!(
+            err.contains(&format!("m.toml:{line}")) && err.contains("`71`"),
+            "{err}"
+        );
+        let text = WMO.replace(
+            "name = \"Zorgloket Thuisbegeleiding Amstel\"",
+            "name = \" \"",
+        );
+        let err = MappingSpec::parse(&text, "m.toml")
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("directory.WMO-THUISBEGELEIDING.name"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/matchpoint.example.to
 /// The line of the example config after which come the sources `matchpoint sandbox` serves.
 const SANDBOX_SOURCES_MARKER: &str = "# ==== Sources served by `matchpoint sandbox`";
 const OKC2_MAPPING: &str = include_str!("../../../deploy/mappings/okc-2.toml");
+const WMO_MAPPING: &str = include_str!("../../../deploy/mappings/wmo.toml");
 
 /// Writes synthetic data with a progress line.
 pub fn generate_cmd(
@@ -101,6 +102,27 @@ pub async fn demo(
     let data = dir.join("data");
     println!("  synthetic data for {persons} persons (seed {seed}):");
     generate_cmd(persons, &data, seed, 0.02)?;
+    // The WMO module's iWmo messages (source `wmo`).
+    let first_day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default();
+    // One in five adults of the same population, so WMO clients are known to OKC too.
+    let wmo = generate::iwmo::write_for_population(
+        &data.join("wmo/berichten"),
+        &GenerateOptions {
+            persons,
+            out: data.clone(),
+            seed,
+            bad_share: 0.02,
+        },
+        5,
+        first_day,
+    )
+    .with_context(|| format!("writing iWmo messages into {}", data.join("wmo").display()))?;
+    println!(
+        "  {} iWmo messages for {} WMO assignments in {}",
+        wmo.messages,
+        wmo.assignments,
+        wmo.folder.display()
+    );
 
     // Sources served by `matchpoint sandbox` need it running; the demo config stops before them.
     let file_sources = EXAMPLE_CONFIG
@@ -113,6 +135,7 @@ pub async fn demo(
         generate::ORGANISATIONS_TOML,
     )?;
     write_if_missing(&dir.join("mappings/okc-2.toml"), OKC2_MAPPING)?;
+    write_if_missing(&dir.join("mappings/wmo.toml"), WMO_MAPPING)?;
     let cfg_path = dir.join("matchpoint.toml");
     println!(
         "  config:        {} ({})",

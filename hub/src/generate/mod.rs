@@ -7,6 +7,7 @@
 //! - `bsn`: unique valid BSNs from a keyed permutation (no set of used numbers).
 //! - `population`: households, persons, involvements and defects, one household at a time.
 //! - `xml`: the export and manifest writers.
+//! - [`iwmo`]: iWmo 3.2 messages (WMO301/305/307) for the WMO module source.
 //!
 //! Output for a given seed and options is byte-identical. The population is generated twice:
 //! a first pass only counts the records (the export announces their number up front), the
@@ -16,6 +17,7 @@ mod bsn;
 mod catalogue;
 pub mod feed;
 pub mod fhir;
+pub mod iwmo;
 mod names;
 pub mod okc3_csv;
 mod population;

@@ -14,6 +14,7 @@ pub mod paged;
 pub mod rest_json;
 pub mod soap;
 pub mod sql_pull;
+pub mod iwmo;
 pub mod xml_export;
 
 use std::sync::Arc;
@@ -53,5 +54,6 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         SourceKind::Fhir => fhir::open(cx),
         SourceKind::CsvDrop => csv_drop::open(cx),
         SourceKind::SqlPull => sql_pull::open(cx),
+        SourceKind::Iwmo => iwmo::open(cx),
     }
 }

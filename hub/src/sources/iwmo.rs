@@ -1,0 +1,586 @@
+//! Kind `iwmo`: the WMO module's iWmo 3.2 messages (WMO301 assignment, WMO305 start, WMO307
+//! stop), one message per file in a folder (`schemas/formats/iwmo.md`).
+//!
+//! # How a run works
+//! The assignment state is derived from the message archive itself, not kept apart from the
+//! published index: every run
+//! 1. lists the folder's `*.xml` files and reads only their headers and the client's BSN
+//!    (pass 1), then sorts the
+//!    messages by `Dagtekening`, then message kind (WMO301 before WMO305 before WMO307 on the
+//!    same day: identifications of the municipality and of providers are not comparable), then
+//!    `Identificatie` (numerically when both are numbers), sender and file name;
+//! 2. applies the messages in that order to the assignment state machine ([`state`]) —
+//!    reading each file a second time, one at a time. An incremental run applies the new
+//!    messages and the old ones of the (provider, client) pairs the new ones concern: the
+//!    state of a pair depends on its own messages only (one exception: a `ToewijzingNummer`
+//!    reused for another client is only noticed when that client's messages are replayed
+//!    too, e.g. on a `--full` run);
+//! 3. yields one raw record per assignment touched by a *new* message (a file named after
+//!    the cursor; every assignment on a full run), and per other assignment the provider has
+//!    for a client of a new message (a late message can change how an older start or stop
+//!    without number matched), holding its final state, for the source's mapping
+//!    (`deploy/mappings/wmo.toml`). The record id is `AGB-ToewijzingNummer`.
+//!
+//! Because the state is recomputed from the messages, a failed or cancelled run leaves
+//! nothing behind, a message that arrives late (an earlier `Dagtekening` in a later file) is
+//! applied in its place, a WMO305/307 that arrived before its WMO301 takes effect once the
+//! WMO301 arrives, and the same message twice changes nothing (every operation sets state).
+//! The incremental upsert of the store is idempotent on (source, record id).
+//!
+//! Problems of new messages are quarantined with the message's kind, sender and
+//! identification as record id (no personal data): a schema problem, another iWmo version
+//! (the reason names the version found), a start or stop without matching assignment. A
+//! message whose BSN fails the elfproef is passed to the mapping as a record holding only the
+//! BSN, which quarantines it as `invalid_bsn` (sealed for replay). A file that is not
+//! well-formed XML, truncated or larger than `limits.max_record_bytes` fails the run.
+//!
+//! # Memory and time
+//! Memory is bounded by the number of assignments applied (about 200 bytes each, the BSN in
+//! memory only) plus one sort key and (provider, BSN) per message file (about 150 bytes); no
+//! message is held after it was applied, and each file is capped at
+//! `limits.max_record_bytes`. Time is linear in the number of files: every run reads the
+//! start of every file (header and BSN) and the whole of the relevant ones, which keeps the
+//! state exact without a second store to keep in step with publication.
+
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use matchpoint_connectors::iwmo::{
+    Header, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
+};
+use matchpoint_connectors::{DeliveryError, RecordError, RecordResult, RecordStream};
+use matchpoint_schemas::{Bsn, RawRecord, RecordPosition};
+use tracing::debug;
+
+use super::{OpenContext, Opened};
+use crate::config::{SourceConfig, SourceMode};
+use state::{Assignments, Key, Phase};
+
+/// WMO020 product categories and their names (the goal of an involvement).
+pub const PRODUCT_CATEGORIES: &[(&str, &str)] = &[
+    ("01", "Hulp bij het huishouden"),
+    ("02", "Begeleiding"),
+    ("03", "Persoonlijke verzorging"),
+    ("04", "Kortdurend verblijf"),
+    ("05", "Woondiensten"),
+    (
+        "06",
+        "Overige ondersteuning gericht op het individu of huishouden/gezin",
+    ),
+    ("07", "Dagbesteding"),
+    ("08", "Vervoerdiensten"),
+    ("09", "Overige groepsgerichte ondersteuning"),
+    ("10", "Overige maatwerk arrangementen"),
+    ("11", "Rolstoelen"),
+    ("12", "Vervoervoorzieningen"),
+    ("13", "Woonvoorzieningen"),
+    ("14", "Overige hulpmiddelen"),
+    ("15", "Beschermd wonen"),
+    ("16", "Opvang"),
+    ("17", "Spoedopvang"),
+    ("18", "Overige beschermd wonen en opvang"),
+];
+
+/// WMO588 reasons for ending support.
+pub const END_REASONS: &[(&str, &str)] = &[
+    ("02", "Overlijden"),
+    ("19", "Levering volgens plan beeindigd"),
+    ("20", "Levering is tijdelijk beeindigd"),
+    ("21", "Levering is eenzijdig door client beeindigd"),
+    ("22", "Levering is eenzijdig door aanbieder beeindigd"),
+    ("23", "Levering is in overeenstemming voortijdig beeindigd"),
+    ("31", "Verhuizing naar een andere gemeente"),
+    ("36", "Geinitieerd door de gemeente"),
+    ("37", "In verband met wijzigingsverzoek"),
+    ("38", "Overstap naar andere aanbieder"),
+    ("39", "Uitstroom naar ander domein"),
+];
+
+/// The category code delivered for an assignment without product (a budget assignment).
+pub const NO_PRODUCT: &str = "geen";
+
+/// Opens the run's messages: `Ok(None)` when no file is named after the cursor.
+pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
+    let loc = &cx.source.location;
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return Err(format!(
+            "source {}: an iwmo source reads a folder of message files; `{loc}` is a URL",
+            cx.source.name
+        ));
+    }
+    let files = list(Path::new(loc))?;
+    let since = if cx.full || cx.source.mode == SourceMode::Full {
+        None
+    } else {
+        cx.cursor.map(str::to_owned)
+    };
+    if let Some(c) = &since
+        && !files.iter().any(|(_, name)| name.as_str() > c.as_str())
+    {
+        return Ok(None);
+    }
+    if files.is_empty() {
+        // An empty folder is a quiet night for an incremental run; a full run has nothing
+        // to compare with and fails.
+        if since.is_none() && (cx.full || cx.source.mode == SourceMode::Full) {
+            return Err(format!(
+                "no .xml message file in {loc}; nothing was published"
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(Opened {
+        stream: Box::new(IwmoStream::new(cx.source, files, since, cx.cancel.clone())),
+    }))
+}
+
+/// The message files of a folder (or the one file), in name order.
+fn list(path: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    let shown = path.display();
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| format!("cannot list {shown}: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "xml"))
+            .collect()
+    } else if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        return Err(format!(
+            "iWmo message folder {shown} does not exist; create it or fix `location`"
+        ));
+    };
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (p, name)
+        })
+        .collect())
+}
+
+/// The order messages are applied in.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct SortKey {
+    dagtekening: chrono::NaiveDate,
+    kind: MessageKind,
+    /// Numeric identifications first, by value; then the others by text.
+    id_numeric: Option<u64>,
+    id: String,
+    sender: String,
+    file: usize,
+}
+
+impl SortKey {
+    fn new(h: &Header, file: usize) -> Self {
+        let numeric = (h.id.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| h.id.parse::<u64>().ok())
+            .flatten();
+        SortKey {
+            dagtekening: h.dagtekening,
+            kind: h.kind,
+            id_numeric: numeric,
+            id: h.id.clone(),
+            sender: h.sender.clone(),
+            file,
+        }
+    }
+}
+
+/// One run over the message folder.
+pub struct IwmoStream {
+    source: String,
+    /// Only messages of this municipality are applied (`[source.iwmo] municipality`).
+    municipality: Option<String>,
+    files: Vec<(PathBuf, String)>,
+    since: Option<String>,
+    limits: MessageLimits,
+    cancel: Arc<AtomicBool>,
+    prepared: bool,
+    queue: VecDeque<RecordResult>,
+    emit: std::vec::IntoIter<Key>,
+    state: Assignments,
+    index: u64,
+    bytes: u64,
+    total: u64,
+    finished: bool,
+}
+
+impl IwmoStream {
+    fn new(
+        source: &SourceConfig,
+        files: Vec<(PathBuf, String)>,
+        since: Option<String>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        let total = files
+            .iter()
+            .filter(|(_, name)| since.as_deref().is_none_or(|c| name.as_str() > c))
+            .filter_map(|(p, _)| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        IwmoStream {
+            source: source.name.clone(),
+            municipality: source.iwmo.as_ref().and_then(|i| i.municipality.clone()),
+            files,
+            since,
+            limits: MessageLimits {
+                max_bytes: source.limits.max_record_bytes,
+                max_event_bytes: source.limits.max_element_bytes,
+                max_depth: source.limits.max_depth,
+                ..MessageLimits::default()
+            },
+            cancel,
+            prepared: false,
+            queue: VecDeque::new(),
+            emit: Vec::new().into_iter(),
+            state: Assignments::default(),
+            index: 0,
+            bytes: 0,
+            total,
+            finished: false,
+        }
+    }
+
+    fn is_new(&self, file: usize) -> bool {
+        match (&self.since, self.files.get(file)) {
+            (None, _) => true,
+            (Some(c), Some((_, name))) => name.as_str() > c.as_str(),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn next_position(&mut self) -> RecordPosition {
+        self.index += 1;
+        RecordPosition {
+            index: self.index,
+            byte_offset: 0,
+        }
+    }
+
+    fn delivery_error(&self, file: usize, e: MessageError) -> DeliveryError {
+        let location = self
+            .files
+            .get(file)
+            .map(|(p, _)| p.display().to_string())
+            .unwrap_or_default();
+        match e {
+            MessageError::Truncated(message) => DeliveryError::Truncated { location, message },
+            MessageError::Limit(message) => DeliveryError::Limit {
+                location,
+                // One message file is capped by the source's `limits.max_record_bytes`.
+                message: message.replace("(limits.max_bytes)", "(limits.max_record_bytes)"),
+            },
+            MessageError::Malformed {
+                byte_offset,
+                message,
+            } => DeliveryError::Malformed {
+                location,
+                byte_offset,
+                record_index: 0,
+                message,
+            },
+            other => DeliveryError::Malformed {
+                location,
+                byte_offset: 0,
+                record_index: 0,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// A problem with one message: the run fails (broken file) or the message is
+    /// quarantined (new files only; old files were reported by their own run).
+    fn problem(
+        &mut self,
+        file: usize,
+        record_id: String,
+        e: MessageError,
+    ) -> Result<(), DeliveryError> {
+        if !self.is_new(file) {
+            debug!(file, "Skipping an old message that could not be applied.");
+            return Ok(());
+        }
+        if e.breaks_delivery() {
+            return Err(self.delivery_error(file, e));
+        }
+        let field = match &e {
+            MessageError::Invalid { element, .. } => Some(element.clone()),
+            _ => None,
+        };
+        let position = self.next_position();
+        self.queue.push_back(Err(RecordError {
+            record_id: Some(record_id),
+            position,
+            field,
+            reason: e.to_string(),
+        }));
+        Ok(())
+    }
+
+    fn open_file(&self, file: usize) -> Result<BufReader<File>, DeliveryError> {
+        let (path, _) = &self.files[file];
+        File::open(path)
+            .map(|f| BufReader::with_capacity(16 * 1024, f))
+            .map_err(|e| DeliveryError::Io {
+                location: path.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    fn check_cancel(&self) -> Result<(), DeliveryError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(DeliveryError::Io {
+                location: self.source.clone(),
+                message: "cancelled (interrupt)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads and applies every message; queues problems and the assignments to deliver.
+    fn prepare(&mut self) -> Result<(), DeliveryError> {
+        // Pass 1: header and BSN of every file, for the order and to tell which old messages
+        // can matter: those of a (provider, client) pair a new message concerns.
+        let mut order = Vec::with_capacity(self.files.len());
+        let mut envelopes: Vec<Option<(String, String)>> = Vec::with_capacity(self.files.len());
+        let mut relevant: HashSet<(String, String)> = HashSet::new();
+        for file in 0..self.files.len() {
+            self.check_cancel()?;
+            let name = self.files[file].1.clone();
+            let mut envelope = None;
+            match read_envelope(self.open_file(file)?, &self.limits) {
+                Ok((h, bsn)) => {
+                    order.push(SortKey::new(&h, file));
+                    if let Some(bsn) = bsn {
+                        let pair = (h.provider().to_owned(), bsn);
+                        if self.is_new(file) {
+                            relevant.insert(pair.clone());
+                        }
+                        envelope = Some(pair);
+                    }
+                }
+                Err(e) => self.problem(file, format!("file:{name}"), e)?,
+            }
+            envelopes.push(envelope);
+        }
+        order.sort();
+        // Pass 2: apply in order.
+        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        // (provider, BSN) of every new message: all their assignments are delivered, since a
+        // late message can change how an older start or stop without number matched.
+        let mut clients: HashSet<(String, String)> = HashSet::new();
+        for key in order {
+            self.check_cancel()?;
+            let file = key.file;
+            let new = self.is_new(file);
+            // An old message of another (provider, client) pair cannot change what this run
+            // delivers (in incremental runs; a full run applies everything).
+            if !new
+                && self.since.is_some()
+                && !envelopes[file]
+                    .as_ref()
+                    .is_some_and(|pair| relevant.contains(pair))
+            {
+                continue;
+            }
+            let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
+            let input = self.open_file(file)?;
+            if new {
+                self.bytes += std::fs::metadata(&self.files[file].0).map_or(0, |m| m.len());
+            }
+            let m = match read_message(input, &self.limits) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.problem(file, record_id, e)?;
+                    continue;
+                }
+            };
+            if let Some(own) = self.municipality.clone()
+                && m.header.municipality() != own
+            {
+                if new {
+                    let position = self.next_position();
+                    self.queue.push_back(Err(RecordError {
+                        record_id: Some(record_id),
+                        position,
+                        field: Some("Header".into()),
+                        reason: format!(
+                            "message of municipality {}; this source applies messages of municipality {own} only ([source.iwmo] municipality)",
+                            m.header.municipality()
+                        ),
+                    }));
+                }
+                continue;
+            }
+            if Bsn::parse(&m.client.bsn).is_err() {
+                // The mapping rejects it as `invalid_bsn`; the state never sees it.
+                if new {
+                    let position = self.next_position();
+                    self.queue.push_back(Ok(RawRecord {
+                        record_id: Some(record_id),
+                        position,
+                        fields: vec![("client/bsn".into(), m.client.bsn.clone())],
+                        groups: Vec::new(),
+                    }));
+                }
+                continue;
+            }
+            if new {
+                clients.insert((m.header.provider().to_owned(), m.client.bsn.clone()));
+            }
+            for (i, result) in self.state.apply(&m).into_iter().enumerate() {
+                match result {
+                    Ok(k) => {
+                        if new {
+                            touched.insert(k);
+                        }
+                    }
+                    Err(p) => {
+                        if new {
+                            let position = self.next_position();
+                            self.queue.push_back(Err(RecordError {
+                                record_id: Some(format!("{record_id}#{}", i + 1)),
+                                position,
+                                field: Some(p.element),
+                                reason: p.reason,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        let keys: Vec<Key> = if self.since.is_none() {
+            let mut all: Vec<Key> = self.state.keys().cloned().collect();
+            all.sort();
+            all
+        } else {
+            for (provider, bsn) in &clients {
+                for n in self.state.numbers_of(provider, bsn) {
+                    touched.insert((provider.clone(), *n));
+                }
+            }
+            touched.into_iter().collect()
+        };
+        self.emit = keys.into_iter();
+        Ok(())
+    }
+
+    /// The raw record of an assignment's current state.
+    fn record(&mut self, key: &Key) -> Option<RawRecord> {
+        let a = self.state.get(key)?.clone();
+        let position = self.next_position();
+        let d = |date: chrono::NaiveDate| date.format("%Y-%m-%d").to_string();
+        let phase = a.phase();
+        let mut fields = vec![
+            ("client/bsn".to_owned(), a.bsn.clone()),
+            ("aanbieder/agb".to_owned(), key.0.clone()),
+            ("gemeente".to_owned(), a.municipality.clone()),
+            ("toewijzing/nummer".to_owned(), key.1.to_string()),
+            ("toewijzing/datum".to_owned(), d(a.assigned_on)),
+            ("toewijzing/ingangsdatum".to_owned(), d(a.start)),
+            ("status".to_owned(), phase.code().to_owned()),
+        ];
+        if let Some(b) = a.birth_date {
+            fields.push(("client/geboortedatum".into(), d(b)));
+        }
+        if let Some(e) = a.end {
+            fields.push(("toewijzing/einddatum".into(), d(e)));
+        }
+        if let Some(r) = &a.change_reason {
+            fields.push(("toewijzing/reden_wijziging".into(), r.clone()));
+        }
+        match &a.product {
+            Some(p) => {
+                fields.push(("product/categorie".into(), p.category.clone()));
+                let name = PRODUCT_CATEGORIES
+                    .iter()
+                    .find(|(c, _)| *c == p.category)
+                    .map_or("Wmo-ondersteuning", |(_, n)| n);
+                let goal = match &p.code {
+                    Some(code) => {
+                        fields.push(("product/code".into(), code.clone()));
+                        format!("{name} (product {code})")
+                    }
+                    None => name.to_owned(),
+                };
+                fields.push(("product/doel".into(), goal));
+            }
+            None => {
+                fields.push(("product/categorie".into(), NO_PRODUCT.into()));
+                fields.push(("product/doel".into(), "Wmo-ondersteuning (budget)".into()));
+            }
+        }
+        // The involvement runs from the start of support (or of the assignment) to the
+        // stop (or the assignment's end); a voided assignment ends where it started.
+        let begin = a.started.unwrap_or(a.start);
+        fields.push(("levering/begindatum".into(), d(begin)));
+        let end = match (phase, &a.stopped) {
+            (Phase::Voided, _) => Some(begin),
+            (_, Some((end, reason))) => {
+                fields.push(("levering/reden_beeindiging".into(), reason.clone()));
+                if let Some((_, text)) = END_REASONS.iter().find(|(c, _)| c == reason) {
+                    fields.push(("levering/reden_omschrijving".into(), (*text).to_owned()));
+                }
+                Some(*end)
+            }
+            (_, None) => a.end,
+        };
+        if let Some(e) = end {
+            fields.push(("levering/einddatum".into(), d(e.max(begin))));
+        }
+        Some(RawRecord {
+            record_id: Some(format!("{}-{}", key.0, key.1)),
+            position,
+            fields,
+            groups: Vec::new(),
+        })
+    }
+}
+
+impl RecordStream for IwmoStream {
+    fn next_record(&mut self) -> Result<Option<RecordResult>, DeliveryError> {
+        if !self.prepared {
+            self.prepared = true;
+            self.prepare()?;
+        }
+        if let Some(r) = self.queue.pop_front() {
+            return Ok(Some(r));
+        }
+        while let Some(key) = self.emit.next() {
+            if let Some(rec) = self.record(&key) {
+                return Ok(Some(Ok(rec)));
+            }
+        }
+        self.finished = true;
+        Ok(None)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    fn total_bytes(&self) -> Option<u64> {
+        (self.total > 0).then_some(self.total)
+    }
+
+    /// The name of the last file in the folder, once every message was applied.
+    fn cursor(&self) -> Option<String> {
+        if !self.finished {
+            return None;
+        }
+        self.files.last().map(|(_, name)| name.clone())
+    }
+}
