@@ -95,8 +95,9 @@ impl ApiError {
                  is refused and no data is returned. Try again later; operators: check the \
                  store."
                 .into(),
-            ApiError::Internal => "Internal error; the request id identifies it in the logs."
-                .into(),
+            ApiError::Internal => {
+                "Internal error; the request id identifies it in the logs.".into()
+            }
         }
     }
 }

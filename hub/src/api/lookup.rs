@@ -19,8 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use matchpoint_schemas::Bsn;
 use serde::{Deserialize, Serialize};
@@ -42,18 +42,12 @@ pub const PURPOSES: &[(&str, &str)] = &[
         "safety_assessment",
         "assessing the safety of a child or adult",
     ),
-    (
-        "referral",
-        "referring the person to another organisation",
-    ),
+    ("referral", "referring the person to another organisation"),
     (
         "intake",
         "intake of a new client, to find who is already involved",
     ),
-    (
-        "crisis_response",
-        "responding to an acute crisis",
-    ),
+    ("crisis_response", "responding to an acute crisis"),
 ];
 
 /// Break-the-glass reason codes: (code, meaning).
@@ -232,13 +226,16 @@ fn check_break_glass(reason: &BreakGlassReason) -> Result<(), String> {
         ));
     }
     if looks_like_bsn(&reason.justification) {
-        return Err("break_glass_reason.justification must not contain a BSN or any other \
+        return Err(
+            "break_glass_reason.justification must not contain a BSN or any other \
                     number of 8 or more digits; describe the reason in words."
-            .to_owned());
+                .to_owned(),
+        );
     }
     if reason.justification.chars().any(char::is_control) {
-        return Err("break_glass_reason.justification must not contain control characters."
-            .to_owned());
+        return Err(
+            "break_glass_reason.justification must not contain control characters.".to_owned(),
+        );
     }
     Ok(())
 }
@@ -355,9 +352,7 @@ pub async fn lookup(
             entry.checks.push("relationship:none".to_owned());
             entry.action = AuditAction::BreakGlassLookup;
             entry.break_glass = Some(format!("{}: {}", reason.code, reason.justification.trim()));
-            entry
-                .checks
-                .push(format!("break_glass:{}", reason.code));
+            entry.checks.push(format!("break_glass:{}", reason.code));
             if rows.iter().any(|r| r.person == person && r.shielded) {
                 entry.checks.push("shielded".to_owned());
                 entry.outcome = AuditOutcome::Refused;
@@ -377,11 +372,18 @@ pub async fn lookup(
         .map(|f| (f.source, f.last_success_at))
         .collect();
     let view = |r: &LookupRow| involvement_view(&state, org, &fresh, r);
-    let own: Vec<InvolvementView> = rows.iter().filter(|r| r.person == person).map(view).collect();
+    let own: Vec<InvolvementView> = rows
+        .iter()
+        .filter(|r| r.person == person)
+        .map(view)
+        .collect();
     let mut household = Vec::new();
     for (member, relation) in &members {
-        let involvements: Vec<InvolvementView> =
-            rows.iter().filter(|r| &r.person == member).map(view).collect();
+        let involvements: Vec<InvolvementView> = rows
+            .iter()
+            .filter(|r| &r.person == member)
+            .map(view)
+            .collect();
         if !involvements.is_empty() {
             household.push(HouseholdView {
                 relation: relation.clone(),
@@ -390,7 +392,11 @@ pub async fn lookup(
         }
     }
     let warnings = coordinator_warning(&rows).into_iter().collect();
-    let returned = own.len() + household.iter().map(|h| h.involvements.len()).sum::<usize>();
+    let returned = own.len()
+        + household
+            .iter()
+            .map(|h| h.involvements.len())
+            .sum::<usize>();
     entry.records_returned = u32::try_from(returned).unwrap_or(u32::MAX);
     state.record(entry).await?;
     Ok(Json(LookupResponse {

@@ -79,9 +79,21 @@ fn list_params() -> Value {
 /// The document.
 pub fn spec() -> Value {
     let bsn = json!({ "type": "string", "description": "BSN, 8 or 9 digits (spaces, dots, dashes allowed). Only ever in a body." });
-    let mut quarantine = op("Quarantined records (no personal data)", "operator, admin", None, ok("Quarantine entries."), &["400", "403"]);
+    let mut quarantine = op(
+        "Quarantined records (no personal data)",
+        "operator, admin",
+        None,
+        ok("Quarantine entries."),
+        &["400", "403"],
+    );
     quarantine["parameters"] = list_params();
-    let mut runs = op("Sync run history", "operator, admin", None, ok("Runs, newest first."), &["400", "403"]);
+    let mut runs = op(
+        "Sync run history",
+        "operator, admin",
+        None,
+        ok("Runs, newest first."),
+        &["400", "403"],
+    );
     runs["parameters"] = list_params();
     let mut quality = op(
         "Data quality per run: shares of invalid BSNs, missing contact persons and unknown codes",
@@ -91,7 +103,13 @@ pub fn spec() -> Value {
         &["400", "403"],
     );
     quality["parameters"] = list_params();
-    let mut queue = op("Break-the-glass lookups not reviewed yet", "privacy_officer", None, ok("An audit page."), &["400", "403"]);
+    let mut queue = op(
+        "Break-the-glass lookups not reviewed yet",
+        "privacy_officer",
+        None,
+        ok("An audit page."),
+        &["400", "403"],
+    );
     queue["parameters"] = page_params();
     let mut review = op(
         "Review a break-the-glass lookup (a new audit entry, never an update)",
@@ -114,12 +132,15 @@ pub fn spec() -> Value {
     let mut subject_access = op(
         "Subject access report for one BSN: organisations holding involvements and every access",
         "privacy_officer",
-        Some(json!({ "type": "object", "required": ["bsn"], "additionalProperties": false, "properties": { "bsn": bsn } })),
+        Some(
+            json!({ "type": "object", "required": ["bsn"], "additionalProperties": false, "properties": { "bsn": bsn } }),
+        ),
         json!({ "description": "The report; CSV (formula-injection safe) with Accept: text/csv.",
                 "content": { "application/json": {}, "text/csv": {} } }),
         &["400", "403"],
     );
-    subject_access["description"] = json!("Roles: privacy_officer. Audited. `Accept: text/csv` for CSV.");
+    subject_access["description"] =
+        json!("Roles: privacy_officer. Audited. `Accept: text/csv` for CSV.");
 
     json!({
         "openapi": "3.1.0",

@@ -51,7 +51,9 @@ async fn begin(
         .require_audited(state, ROLES, AuditAction::OperatorView)
         .await?;
     let mut entry = caller.entry(AuditAction::OperatorView, AuditOutcome::Granted);
-    entry.checks.extend(["role".to_owned(), format!("view:{what}")]);
+    entry
+        .checks
+        .extend(["role".to_owned(), format!("view:{what}")]);
     let q = query
         .map(|Query(q)| q)
         .map_err(|_| {

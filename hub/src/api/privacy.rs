@@ -26,8 +26,14 @@ const ROLES: &[Role] = &[Role::PrivacyOfficer];
 /// Review verdict codes: (code, meaning).
 pub const VERDICTS: &[(&str, &str)] = &[
     ("justified", "the break-the-glass access was justified"),
-    ("unjustified", "the access was not justified; follow-up with the organisation"),
-    ("needs_follow_up", "more information is needed from the professional"),
+    (
+        "unjustified",
+        "the access was not justified; follow-up with the organisation",
+    ),
+    (
+        "needs_follow_up",
+        "more information is needed from the professional",
+    ),
 ];
 
 /// Most accesses listed in one subject access report.
@@ -225,9 +231,13 @@ pub async fn break_glass_queue(
         .require_audited(&state, ROLES, AuditAction::AuditSearch)
         .await?;
     let mut entry = caller.entry(AuditAction::AuditSearch, AuditOutcome::Granted);
-    entry.checks.extend(["role".to_owned(), "break_glass_queue".to_owned()]);
+    entry
+        .checks
+        .extend(["role".to_owned(), "break_glass_queue".to_owned()]);
     let paging = query
-        .map_err(|_| ApiError::BadRequest("Query parameters: before (integer), limit (1-1000).".into()))
+        .map_err(|_| {
+            ApiError::BadRequest("Query parameters: before (integer), limit (1-1000).".into())
+        })
         .and_then(|Query(q)| page(q.before, q.limit));
     let paging = match paging {
         Ok(p) => p,
@@ -269,7 +279,11 @@ pub async fn review(
         if !VERDICTS.iter().any(|(c, _)| *c == req.verdict) {
             return Err(ApiError::BadRequest(format!(
                 "verdict must be one of: {}.",
-                VERDICTS.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+                VERDICTS
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let n = req.note.trim().chars().count();
@@ -306,14 +320,10 @@ pub async fn review(
     entry.checks.insert(1, "role".to_owned());
     entry.subject = reviewed.entry.subject.clone();
     entry.subject_key_id = reviewed.entry.subject_key_id.clone();
-    let stored = state
-        .audit()
-        .append(entry)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "Audit entry could not be written; request refused.");
-            ApiError::AuditUnavailable
-        })?;
+    let stored = state.audit().append(entry).await.map_err(|error| {
+        tracing::error!(%error, "Audit entry could not be written; request refused.");
+        ApiError::AuditUnavailable
+    })?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
@@ -448,7 +458,9 @@ pub fn csv_cell(text: &str) -> String {
 
 /// The report as CSV: one section per part, each with its header line.
 pub fn report_csv(report: &SubjectAccessReport) -> String {
-    let mut out = String::from("section,organisation,name_or_role,life_domains_or_purpose,statuses_or_action,outcome,break_glass,at\n");
+    let mut out = String::from(
+        "section,organisation,name_or_role,life_domains_or_purpose,statuses_or_action,outcome,break_glass,at\n",
+    );
     for h in &report.organisations {
         let row = [
             "holds_involvements".to_owned(),
@@ -499,7 +511,9 @@ pub async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Res
             return Err(audit_failed(error));
         }
     };
-    entry.checks.push(format!("chain:{}", if report.ok { "ok" } else { "failed" }));
+    entry
+        .checks
+        .push(format!("chain:{}", if report.ok { "ok" } else { "failed" }));
     state.record(entry).await?;
     Ok(Json(report).into_response())
 }

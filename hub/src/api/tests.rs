@@ -167,10 +167,7 @@ impl Fx {
             shielded: b[3].clone(),
             unknown: b[4].clone(),
         };
-        sent_bsns()
-            .lock()
-            .expect("lock")
-            .extend(b.iter().cloned());
+        sent_bsns().lock().expect("lock").extend(b.iter().cloned());
         let child_pseudonym = key
             .pseudonymiser(KeyPurpose::Index)
             .pseudonymise(&Bsn::parse(&people.child).expect("bsn"));
@@ -191,11 +188,61 @@ impl Fx {
                     other: child_pseudonym,
                 }],
             ),
-            inv(&key, &people.child, "R2", "OKC-ZUID", YouthHealth, Active, false, false, vec![]),
-            inv(&key, &people.child, "R3", "JH-KOERS", YouthCare, Active, false, true, vec![]),
-            inv(&key, &people.other, "R4", "GGZ-AMSTELSTAD", MentalHealth, Active, false, false, vec![]),
-            inv(&key, &people.other, "R5", "OKC-OOST", YouthHealth, Active, false, false, vec![]),
-            inv(&key, &people.shielded, "R6", "OKC-WEST", YouthHealth, Active, false, false, vec![]),
+            inv(
+                &key,
+                &people.child,
+                "R2",
+                "OKC-ZUID",
+                YouthHealth,
+                Active,
+                false,
+                false,
+                vec![],
+            ),
+            inv(
+                &key,
+                &people.child,
+                "R3",
+                "JH-KOERS",
+                YouthCare,
+                Active,
+                false,
+                true,
+                vec![],
+            ),
+            inv(
+                &key,
+                &people.other,
+                "R4",
+                "GGZ-AMSTELSTAD",
+                MentalHealth,
+                Active,
+                false,
+                false,
+                vec![],
+            ),
+            inv(
+                &key,
+                &people.other,
+                "R5",
+                "OKC-OOST",
+                YouthHealth,
+                Active,
+                false,
+                false,
+                vec![],
+            ),
+            inv(
+                &key,
+                &people.shielded,
+                "R6",
+                "OKC-WEST",
+                YouthHealth,
+                Active,
+                false,
+                false,
+                vec![],
+            ),
         ];
         let n = records.len() as u64;
         let run = store.begin_run("okc-2", RunMode::Full).await.expect("run");
@@ -217,15 +264,22 @@ impl Fx {
         let shielded = key
             .pseudonymiser(KeyPurpose::Index)
             .pseudonymise(&Bsn::parse(&people.shielded).expect("bsn"));
-        exec(&url, &format!(
-            "UPDATE involvements SET shielded = {} WHERE person = {}",
-            if url.starts_with("sqlite") { "1" } else { "true" },
-            if url.starts_with("sqlite") {
-                format!("X'{}'", shielded.to_hex())
-            } else {
-                format!("'\\x{}'::bytea", shielded.to_hex())
-            }
-        ))
+        exec(
+            &url,
+            &format!(
+                "UPDATE involvements SET shielded = {} WHERE person = {}",
+                if url.starts_with("sqlite") {
+                    "1"
+                } else {
+                    "true"
+                },
+                if url.starts_with("sqlite") {
+                    format!("X'{}'", shielded.to_hex())
+                } else {
+                    format!("'\\x{}'::bytea", shielded.to_hex())
+                }
+            ),
+        )
         .await;
 
         let mut tokens = HashMap::new();
@@ -303,7 +357,11 @@ impl Fx {
         let before = self.audit_size().await;
         let mut req = Request::builder().method(method.clone()).uri(path);
         if let Some(who) = who {
-            let token = self.tokens.get(who).cloned().unwrap_or_else(|| who.to_owned());
+            let token = self
+                .tokens
+                .get(who)
+                .cloned()
+                .unwrap_or_else(|| who.to_owned());
             req = req.header("authorization", format!("Bearer {token}"));
         }
         for (k, v) in headers {
@@ -495,9 +553,15 @@ async fn the_refusal_is_byte_identical_for_an_indexed_and_an_unknown_bsn_and_aud
         h.sort();
         bodies.push((body, h));
     }
-    assert_eq!(bodies[0], bodies[1], "status, headers and body must not differ");
+    assert_eq!(
+        bodies[0], bodies[1],
+        "status, headers and body must not differ"
+    );
     let text = String::from_utf8_lossy(&bodies[0].0);
-    assert!(text.contains("break_glass_reason"), "explains break-the-glass: {text}");
+    assert!(
+        text.contains("break_glass_reason"),
+        "explains break-the-glass: {text}"
+    );
 }
 
 #[tokio::test]
@@ -684,7 +748,10 @@ async fn invalid_input_gets_400_that_never_echoes_the_bsn_and_is_audited() {
         .lookup("outsider", json!({ "bsn": bad, "purpose": "referral" }))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().unwrap_or("").contains("elfproef"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("elfproef"),
+        "{v}"
+    );
     assert!(!v.to_string().contains(&bad), "{v}");
     assert_eq!(fx.last_entry().await.entry.outcome, AuditOutcome::Invalid);
     // A BSN sent as a number: serde would quote it in its message; ours does not.
@@ -696,10 +763,18 @@ async fn invalid_input_gets_400_that_never_echoes_the_bsn_and_is_audited() {
     assert!(!v.to_string().contains(&fx.people.other), "{v}");
     // Free-text purpose.
     let (status, v) = fx
-        .lookup("outsider", json!({ "bsn": fx.people.other, "purpose": "curious" }))
+        .lookup(
+            "outsider",
+            json!({ "bsn": fx.people.other, "purpose": "curious" }),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().unwrap_or("").contains("coordinating_care"));
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("coordinating_care")
+    );
     // An oversized body.
     let (status, _, _) = fx
         .call_raw(
@@ -738,16 +813,92 @@ async fn authorisation_matrix_every_role_on_every_endpoint() {
     let review_path = format!("/api/v1/audit/break-glass/{review_seq}/reviews");
     // (method, path, body, roles allowed, success status, audited for authenticated callers)
     let endpoints: Vec<(Method, &str, Option<Value>, Vec<&str>, StatusCode, bool)> = vec![
-        (Method::GET, "/api/v1/me", None, vec!["parent_org", "outsider", "privacy_officer", "operator", "admin"], StatusCode::OK, false),
-        (Method::POST, "/api/v1/lookups", Some(lookup), vec!["parent_org"], StatusCode::OK, true),
-        (Method::POST, "/api/v1/audit/search", Some(bsn_body.clone()), vec!["privacy_officer"], StatusCode::OK, true),
-        (Method::GET, "/api/v1/audit/break-glass", None, vec!["privacy_officer"], StatusCode::OK, true),
-        (Method::POST, &review_path, Some(review), vec!["privacy_officer"], StatusCode::CREATED, true),
-        (Method::POST, "/api/v1/audit/subject-access", Some(bsn_body), vec!["privacy_officer"], StatusCode::OK, true),
-        (Method::GET, "/api/v1/audit/verify", None, vec!["privacy_officer"], StatusCode::OK, true),
-        (Method::GET, "/api/v1/sync/runs", None, vec!["operator", "admin"], StatusCode::OK, true),
-        (Method::GET, "/api/v1/sync/quarantine", None, vec!["operator", "admin"], StatusCode::OK, true),
-        (Method::GET, "/api/v1/sync/quality", None, vec!["operator", "admin"], StatusCode::OK, true),
+        (
+            Method::GET,
+            "/api/v1/me",
+            None,
+            vec![
+                "parent_org",
+                "outsider",
+                "privacy_officer",
+                "operator",
+                "admin",
+            ],
+            StatusCode::OK,
+            false,
+        ),
+        (
+            Method::POST,
+            "/api/v1/lookups",
+            Some(lookup),
+            vec!["parent_org"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::POST,
+            "/api/v1/audit/search",
+            Some(bsn_body.clone()),
+            vec!["privacy_officer"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit/break-glass",
+            None,
+            vec!["privacy_officer"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::POST,
+            &review_path,
+            Some(review),
+            vec!["privacy_officer"],
+            StatusCode::CREATED,
+            true,
+        ),
+        (
+            Method::POST,
+            "/api/v1/audit/subject-access",
+            Some(bsn_body),
+            vec!["privacy_officer"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit/verify",
+            None,
+            vec!["privacy_officer"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::GET,
+            "/api/v1/sync/runs",
+            None,
+            vec!["operator", "admin"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::GET,
+            "/api/v1/sync/quarantine",
+            None,
+            vec!["operator", "admin"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::GET,
+            "/api/v1/sync/quality",
+            None,
+            vec!["operator", "admin"],
+            StatusCode::OK,
+            true,
+        ),
     ];
     let callers = [
         None,
@@ -801,9 +952,7 @@ async fn authorisation_matrix_every_role_on_every_endpoint() {
     // Public endpoints need no token and write nothing.
     for (method, path) in ROUTES {
         if !path.starts_with("/api/v1/") || *path == "/api/v1/openapi.json" {
-            let (status, _) = fx
-                .call(Method::GET, path, None, None, false)
-                .await;
+            let (status, _) = fx.call(Method::GET, path, None, None, false).await;
             assert_eq!(status, StatusCode::OK, "{method} {path}");
         }
     }
@@ -823,17 +972,23 @@ async fn the_openapi_document_describes_every_route_and_every_route_exists() {
         );
         let concrete = path.replace("{seq}", "1");
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
-        let (status, _, _) = fx
-            .call_raw(m, &concrete, None, None, &[], false)
-            .await;
-        assert_ne!(status, StatusCode::NOT_FOUND, "{method} {path} is not routed");
+        let (status, _, _) = fx.call_raw(m, &concrete, None, None, &[], false).await;
+        assert_ne!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} {path} is not routed"
+        );
     }
     let documented = doc["paths"].as_object().map_or(0, |p| {
         p.values()
             .map(|ops| ops.as_object().map_or(0, |o| o.len()))
             .sum::<usize>()
     });
-    assert_eq!(documented, ROUTES.len(), "no undocumented extras either way");
+    assert_eq!(
+        documented,
+        ROUTES.len(),
+        "no undocumented extras either way"
+    );
 }
 
 #[tokio::test]
@@ -862,7 +1017,11 @@ async fn request_ids_are_taken_when_sane_generated_otherwise_and_recorded_in_the
         )
         .await;
     let id = h["x-request-id"].to_str().expect("ascii");
-    assert_eq!(id.len(), 32, "a generated id replaces an unusable one: {id}");
+    assert_eq!(
+        id.len(),
+        32,
+        "a generated id replaces an unusable one: {id}"
+    );
 }
 
 #[tokio::test]
@@ -870,7 +1029,10 @@ async fn subject_access_lists_organisations_and_accesses_as_json_and_formula_saf
     let fx = Fx::sqlite(12).await;
     for who in ["child_org", "outsider"] {
         let _ = fx
-            .lookup(who, json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }))
+            .lookup(
+                who,
+                json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+            )
             .await;
     }
     let (status, v) = fx
@@ -907,7 +1069,12 @@ async fn subject_access_lists_organisations_and_accesses_as_json_and_formula_saf
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(h["content-type"].to_str().unwrap_or("").starts_with("text/csv"));
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/csv")
+    );
     let csv = String::from_utf8(body).expect("utf-8");
     assert!(csv.lines().count() >= 4, "{csv}");
     assert!(!csv.contains(&fx.people.child));
@@ -999,8 +1166,14 @@ mod props {
 /// Every lookup outcome (granted, refused, break-glass) returns 503 and no data.
 async fn assert_lookups_fail_closed(fx: &Fx) {
     let bodies = [
-        ("child_org", json!({ "bsn": fx.people.child, "purpose": "coordinating_care" })),
-        ("outsider", json!({ "bsn": fx.people.child, "purpose": "coordinating_care" })),
+        (
+            "child_org",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        ),
+        (
+            "outsider",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        ),
         (
             "outsider",
             json!({ "bsn": fx.people.child, "purpose": "coordinating_care",
@@ -1009,7 +1182,13 @@ async fn assert_lookups_fail_closed(fx: &Fx) {
     ];
     for (who, body) in bodies {
         let (status, v) = fx
-            .call(Method::POST, "/api/v1/lookups", Some(who), Some(body), false)
+            .call(
+                Method::POST,
+                "/api/v1/lookups",
+                Some(who),
+                Some(body),
+                false,
+            )
             .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{who}: {v}");
         assert_eq!(v["error"], "audit_unavailable");
@@ -1063,7 +1242,9 @@ async fn lookups_fail_closed_on_postgresql_when_insert_on_the_audit_table_is_rev
     let database = format!("mp_api_{:08x}", rand::random::<u32>());
     let role = format!("mp_api_role_{:08x}", rand::random::<u32>());
     {
-        let mut c = sqlx::PgConnection::connect(&admin_url).await.expect("admin");
+        let mut c = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("admin");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .execute(&mut c)
             .await
@@ -1127,7 +1308,9 @@ async fn lookups_fail_closed_on_postgresql_when_insert_on_the_audit_table_is_rev
     assert_lookups_fail_closed(&limited).await;
     drop(limited);
     drop(owner);
-    let mut c = sqlx::PgConnection::connect(&admin_url).await.expect("admin");
+    let mut c = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("admin");
     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {database} WITH (FORCE); DROP ROLE IF EXISTS {role}"
     )))
@@ -1186,18 +1369,30 @@ async fn captured_logs_of_the_api_tests_never_contain_a_looked_up_bsn() {
     let fx = Fx::sqlite(16).await;
     for who in ["child_org", "outsider"] {
         let _ = fx
-            .lookup(who, json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }))
+            .lookup(
+                who,
+                json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+            )
             .await;
     }
     let _ = fx
-        .lookup("outsider", json!({ "bsn": fx.people.unknown, "purpose": "intake" }))
+        .lookup(
+            "outsider",
+            json!({ "bsn": fx.people.unknown, "purpose": "intake" }),
+        )
         .await;
     let text = {
         let buf = captured().0.lock().expect("lock");
         String::from_utf8_lossy(&buf).into_owned()
     };
-    assert!(text.contains("Request answered."), "the capture works: {text}");
+    assert!(
+        text.contains("Request answered."),
+        "the capture works: {text}"
+    );
     for bsn in sent_bsns().lock().expect("lock").iter() {
-        assert!(!text.contains(bsn.as_str()), "a looked-up BSN reached the log");
+        assert!(
+            !text.contains(bsn.as_str()),
+            "a looked-up BSN reached the log"
+        );
     }
 }

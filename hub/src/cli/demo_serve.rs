@@ -113,8 +113,16 @@ pub async fn serve(config: &Config, listen: &str, me: &str) -> anyhow::Result<()
     let privacy_org = outsider.clone();
     let mut tokens = Vec::new();
     for (name, role, org) in [
-        ("Demo professional (involved)", Role::Professional, &involved),
-        ("Demo professional (not involved)", Role::Professional, &outsider),
+        (
+            "Demo professional (involved)",
+            Role::Professional,
+            &involved,
+        ),
+        (
+            "Demo professional (not involved)",
+            Role::Professional,
+            &outsider,
+        ),
         ("Demo privacy officer", Role::PrivacyOfficer, &privacy_org),
         ("Demo operator", Role::Operator, &privacy_org),
     ] {

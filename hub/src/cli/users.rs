@@ -78,7 +78,10 @@ pub async fn add_user(
     check_label("--name", name).map_err(anyhow::Error::msg)?;
     let registry = Registry::load(&config.organisations)?;
     anyhow::ensure!(
-        registry.organisations().iter().any(|o| o.code == organisation),
+        registry
+            .organisations()
+            .iter()
+            .any(|o| o.code == organisation),
         "--organisation `{}` is not in the organisation registry {}; use a registry code such as `{}`",
         organisation.chars().take(60).collect::<String>(),
         config.organisations.display(),

@@ -12,8 +12,17 @@ use crate::users::{Role, User};
 
 const USER_COLUMNS: &str = "id, name, role, organisation, disabled, created_at";
 
-fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String, bool, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+fn user_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, String, String, String, bool, String)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn to_user(
@@ -42,7 +51,13 @@ impl SqliteStore {
             conn.execute(
                 "INSERT INTO users (name, role, organisation, disabled, token_hash, created_at)
                  VALUES (?1, ?2, ?3, 0, ?4, ?5)",
-                params![name, role.as_str(), organisation, &token_hash[..], now_text()],
+                params![
+                    name,
+                    role.as_str(),
+                    organisation,
+                    &token_hash[..],
+                    now_text()
+                ],
             )
             .map_err(e("add user"))?;
             Ok(conn.last_insert_rowid())
