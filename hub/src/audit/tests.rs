@@ -1262,3 +1262,16 @@ proptest! {
         prop_assert_eq!((f.kind, f.seq), expected, "{:?}", report);
     }
 }
+
+#[tokio::test]
+async fn opening_an_unmigrated_database_without_migrating_says_what_to_do() {
+    for t in targets().await {
+        let err = AuditLog::open_migrated(&t.url, key())
+            .await
+            .expect_err("no audit tables yet");
+        assert!(matches!(err, AuditError::Open(_)), "{}: {err}", t.name);
+        assert!(err.to_string().contains("no audit trail tables"), "{err}");
+        assert!(AuditLog::open(&t.url, key()).await.is_ok());
+        t.cleanup().await;
+    }
+}
