@@ -422,3 +422,108 @@ fn the_example_config_and_the_kubernetes_config_both_parse() {
         "no password in the ConfigMap's store URL (PGPASSFILE carries it)"
     );
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// No Docker engine here, so the build context is checked instead: every workspace member
+/// and every top-level folder a crate embeds files from (`include_str!`/`include_bytes!`) or
+/// names as a target path is copied into the build stage and not excluded by `.dockerignore`.
+#[test]
+fn the_image_build_copies_everything_the_build_reads() {
+    let df = read(&deploy("Dockerfile"));
+    let build_stage = df.split("\nFROM ").nth(1).expect("a build stage");
+    let copied: BTreeSet<String> = build_stage
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len().saturating_sub(1)]
+                .iter()
+                .map(|s| s.trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let ignored: Vec<String> = read(&root().join(".dockerignore"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end_matches('/').to_owned())
+        .collect();
+    let manifest = read(&root().join("Cargo.toml"));
+    let members: Vec<String> = manifest
+        .split("members = [")
+        .nth(1)
+        .and_then(|m| m.split(']').next())
+        .expect("workspace members")
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
+    assert!(members.len() >= 4, "{members:?}");
+    let mut needed: BTreeSet<String> = members.iter().cloned().collect();
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        needed.insert(f.to_owned());
+    }
+    let root_dir = root().canonicalize().expect("root");
+    for member in &members {
+        let mut files = Vec::new();
+        rust_files(&root().join(member), &mut files);
+        for file in files {
+            let text = read(&file);
+            for mac in ["include_str!(\"", "include_bytes!(\""] {
+                for rest in text.split(mac).skip(1) {
+                    let Some(rel) = rest.split('"').next() else {
+                        continue;
+                    };
+                    let target = file.parent().expect("dir").join(rel);
+                    let Ok(target) = target.canonicalize() else {
+                        panic!("{} embeds a missing file {rel}", file.display());
+                    };
+                    let top = target
+                        .strip_prefix(&root_dir)
+                        .ok()
+                        .and_then(|p| p.components().next())
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+                    if let Some(top) = top {
+                        needed.insert(top);
+                    }
+                }
+            }
+        }
+        // Target paths in the member's manifest (tests, benches) outside the member.
+        let cargo = read(&root().join(member).join("Cargo.toml"));
+        for line in cargo
+            .lines()
+            .filter(|l| l.trim_start().starts_with("path = \"../"))
+        {
+            let rel = line.split('"').nth(1).unwrap_or("");
+            if let Some(top) = Path::new(rel).components().nth(1) {
+                needed.insert(top.as_os_str().to_string_lossy().into_owned());
+            }
+        }
+    }
+    for need in &needed {
+        assert!(
+            copied.contains(need),
+            "the build stage must COPY `{need}` (copied: {copied:?})"
+        );
+        assert!(
+            !ignored.iter().any(|i| i == need),
+            ".dockerignore excludes `{need}`, which the build reads"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use chrono::Utc;
 use matchpoint_hub::schedule::{Action, Scheduler, SyncRunner, SystemClock, TickReport};
 use matchpoint_hub::store::{RunRecord, RunStatus};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::sync_cmd::print_summary;
 use super::{Env, output};
@@ -63,16 +63,27 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
     let mut results: Vec<RunRecord> = Vec::new();
     let mut not_started = false;
     loop {
-        let reports = scheduler
+        let reports = match scheduler
             .tick(&env.config.sources, &runner, cancelled)
-            .await?;
+            .await
+        {
+            Ok(reports) => reports,
+            // `--once` reports it; the long-running loop survives a store outage and looks
+            // again after `poll`.
+            Err(e) if once => return Err(e.into()),
+            Err(e) => {
+                error!(error = %e, "Looking at the schedules failed; trying again later.");
+                Vec::new()
+            }
+        };
         if reports.iter().any(|r| matches!(r.action, Action::Ran(_))) {
-            let expired = ctx.store.expire_sealed(Utc::now()).await?;
-            if expired > 0 {
-                info!(
+            match ctx.store.expire_sealed(Utc::now()).await {
+                Ok(0) => {}
+                Ok(expired) => info!(
                     expired,
                     "Deleted sealed raw copies of quarantined records past their retention."
-                );
+                ),
+                Err(e) => warn!(error = %e, "Deleting expired sealed raw copies failed."),
             }
         }
         // HOOK(retention, issue 5 part 2): schedule the retention job here from
@@ -86,8 +97,8 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         let now = Utc::now();
         // Until the next slot, at most `poll`; a source still due now (leased elsewhere, or
         // its run could not start) is looked at again after `poll`, not in a tight loop.
-        let wait = match scheduler.next_wake().await? {
-            Some(wake) if wake > now => (wake - now).min(poll),
+        let wait = match scheduler.next_wake().await {
+            Ok(Some(wake)) if wake > now => (wake - now).min(poll),
             _ => poll,
         }
         .to_std()

@@ -38,8 +38,9 @@
 //! # Staleness
 //!
 //! [`is_stale`] / [`freshness`]: a source whose last successful run finished more than
-//! `stale_after_hours` (default 36) ago, or that never succeeded, is stale. The API's
-//! `/readyz`, the metrics and lookup answers call these.
+//! `stale_after_hours` (default 36) ago, or that never succeeded, is stale. These are the
+//! one definition of staleness for the API's `/readyz` detail, the metrics and the freshness
+//! in lookup answers.
 
 mod cron_tz;
 mod scheduler;
