@@ -42,6 +42,12 @@ pub struct Config {
     /// The lookup API server (`matchpoint serve`).
     #[serde(default)]
     pub server: ServerSettings,
+    /// The scheduler of `matchpoint run`: time zone, full-run default, staleness, leases.
+    #[serde(default)]
+    pub schedule: ScheduleSettings,
+    /// How long data is kept (used by the retention job).
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// The source systems.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -134,6 +140,98 @@ impl Default for ServerSettings {
     }
 }
 
+/// Settings of the scheduler (`matchpoint run`); see `docs/scheduling.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// IANA time zone every `schedule` is evaluated in.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// Default full-reconciliation schedule of incremental sources (weekly: Sunday 03:00).
+    #[serde(default = "default_full_schedule")]
+    pub full_schedule: String,
+    /// A source whose last successful run is older than this is stale.
+    #[serde(default = "default_stale_after_hours")]
+    pub stale_after_hours: u32,
+    /// How long a source lease lasts before another instance may take it over; renewed
+    /// while the run lasts.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Longest sleep between two looks at the schedules.
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+}
+
+fn default_time_zone() -> String {
+    "Europe/Amsterdam".into()
+}
+fn default_full_schedule() -> String {
+    "0 0 3 * * Sun".into()
+}
+fn default_stale_after_hours() -> u32 {
+    36
+}
+fn default_lease_secs() -> u64 {
+    900
+}
+fn default_poll_secs() -> u64 {
+    60
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        ScheduleSettings {
+            time_zone: default_time_zone(),
+            full_schedule: default_full_schedule(),
+            stale_after_hours: default_stale_after_hours(),
+            lease_secs: default_lease_secs(),
+            poll_secs: default_poll_secs(),
+        }
+    }
+}
+
+/// Retention periods and the retention job's schedule (the job itself: issue 5, part 2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Involvements that ended longer ago than this many months are purged.
+    #[serde(default = "default_involvement_months")]
+    pub involvement_months: u32,
+    /// Quarantine entries older than this many days are purged.
+    #[serde(default = "default_quarantine_entry_days")]
+    pub quarantine_days: u32,
+    /// Audit entries are kept this many years, then removed through the privileged path.
+    #[serde(default = "default_audit_years")]
+    pub audit_years: u32,
+    /// When the retention job runs (cron, in `schedule.time_zone`).
+    #[serde(default = "default_retention_schedule")]
+    pub schedule: String,
+}
+
+fn default_involvement_months() -> u32 {
+    24
+}
+fn default_quarantine_entry_days() -> u32 {
+    180
+}
+fn default_audit_years() -> u32 {
+    5
+}
+fn default_retention_schedule() -> String {
+    "0 30 4 * * *".into()
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            involvement_months: default_involvement_months(),
+            quarantine_days: default_quarantine_entry_days(),
+            audit_years: default_audit_years(),
+            schedule: default_retention_schedule(),
+        }
+    }
+}
+
 /// Kinds of connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,6 +313,10 @@ pub struct SourceConfig {
     pub mode: SourceMode,
     /// Cron expression (seconds minutes hours day-of-month month day-of-week), Europe/Amsterdam.
     pub schedule: String,
+    /// Incremental sources: when to run a full reconciliation instead (default
+    /// `schedule.full_schedule`, weekly). Not allowed on full-mode sources.
+    #[serde(default)]
+    pub full_schedule: Option<String>,
     /// Path of the mapping file.
     pub mapping: PathBuf,
     /// Per-source shrink guard override.
@@ -295,6 +397,7 @@ impl Config {
                 "{origin}: sync.batch_size must be between 1 and 100000"
             ));
         }
+        check_schedule_settings(&mut problems, origin, &cfg.schedule, &cfg.retention);
         if cfg.sources.is_empty() {
             problems.push(format!("{origin}: no [[source]] is configured"));
         }
@@ -321,6 +424,15 @@ impl Config {
                      expected six fields: sec min hour day month weekday, e.g. \"0 30 2 * * *\"",
                     s.schedule
                 ));
+            }
+            if let Some(full) = &s.full_schedule {
+                if s.mode == SourceMode::Full {
+                    problems.push(format!(
+                        "{origin}: {key}.full_schedule is only for incremental sources; \
+                         a full-mode source runs in full on `schedule` (remove the key)"
+                    ));
+                }
+                check_cron(&mut problems, origin, &format!("{key}.full_schedule"), full);
             }
             if let Some(share) = s.max_end_share {
                 check_share(
@@ -386,6 +498,53 @@ impl Config {
     }
 }
 
+fn check_cron(problems: &mut Vec<String>, origin: &str, key: &str, expr: &str) {
+    if let Err(e) = cron::Schedule::from_str(expr) {
+        problems.push(format!(
+            "{origin}: {key} `{expr}` is not a cron expression ({e}); \
+             expected six fields: sec min hour day month weekday, e.g. \"0 0 3 * * Sun\""
+        ));
+    }
+}
+
+fn check_schedule_settings(
+    problems: &mut Vec<String>,
+    origin: &str,
+    s: &ScheduleSettings,
+    r: &RetentionSettings,
+) {
+    if chrono_tz::Tz::from_str(&s.time_zone).is_err() {
+        problems.push(format!(
+            "{origin}: schedule.time_zone `{}` is not an IANA time zone name, e.g. \"Europe/Amsterdam\"",
+            s.time_zone
+        ));
+    }
+    check_cron(problems, origin, "schedule.full_schedule", &s.full_schedule);
+    if s.stale_after_hours == 0 {
+        problems.push(format!(
+            "{origin}: schedule.stale_after_hours must be at least 1"
+        ));
+    }
+    if !(30..=86_400).contains(&s.lease_secs) {
+        problems.push(format!(
+            "{origin}: schedule.lease_secs must be between 30 and 86400, found {}",
+            s.lease_secs
+        ));
+    }
+    if !(1..=3_600).contains(&s.poll_secs) {
+        problems.push(format!(
+            "{origin}: schedule.poll_secs must be between 1 and 3600, found {}",
+            s.poll_secs
+        ));
+    }
+    check_cron(problems, origin, "retention.schedule", &r.schedule);
+    if r.involvement_months == 0 || r.quarantine_days == 0 || r.audit_years == 0 {
+        problems.push(format!(
+            "{origin}: retention periods (involvement_months, quarantine_days, audit_years) must be at least 1"
+        ));
+    }
+}
+
 fn check_share(problems: &mut Vec<String>, origin: &str, key: &str, v: f64) {
     if !(0.0..=1.0).contains(&v) {
         problems.push(format!(
@@ -436,6 +595,50 @@ mapping = "missing.toml"
             .expect_err("invalid")
             .to_string();
         for needle in ["store", "max_end_share", ".name", ".schedule", ".mapping"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn the_schedule_and_retention_defaults_apply_when_the_sections_are_missing() {
+        let s = ScheduleSettings::default();
+        assert_eq!(s.time_zone, "Europe/Amsterdam");
+        assert_eq!(s.stale_after_hours, 36);
+        assert_eq!(s.full_schedule, "0 0 3 * * Sun");
+        assert_eq!(RetentionSettings::default().involvement_months, 24);
+        assert_eq!(RetentionSettings::default().audit_years, 5);
+    }
+
+    #[test]
+    fn bad_schedule_settings_are_each_reported() {
+        let text = r#"
+[schedule]
+time_zone = "Europe/Amstelveen"
+full_schedule = "weekly"
+stale_after_hours = 0
+lease_secs = 1
+[retention]
+schedule = "nightly"
+[[source]]
+name = "a"
+kind = "xml_export"
+location = "x.xml"
+mode = "full"
+schedule = "0 30 2 * * *"
+full_schedule = "0 0 3 * * Sun"
+mapping = "mappings/okc-2.toml"
+"#;
+        let err = Config::parse(text, "m.toml", &deploy_dir())
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "schedule.time_zone",
+            "schedule.full_schedule",
+            "stale_after_hours",
+            "lease_secs",
+            "retention.schedule",
+            "full_schedule is only for incremental sources",
+        ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
     }

@@ -6,6 +6,7 @@
 //! - [`store`]: the published index, runs, staging and quarantine (SQLite or PostgreSQL).
 //! - [`sources`]: one module per connector kind, from a configured source to raw records.
 //! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
+//! - [`schedule`]: when each source runs (DST rule, catch-up, leases) and source staleness.
 //! - [`generate`]: synthetic but realistic source data for demos, tests and benchmarks.
 //! - [`users`]: API users, roles and bearer tokens.
 //! - [`api`]: the lookup service's JSON API (axum router).
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
+pub mod schedule;
 pub mod sources;
 pub mod store;
 pub mod sync;

@@ -3,6 +3,7 @@
 mod audit;
 mod demo;
 mod output;
+mod run;
 mod runs;
 mod serve;
 mod sync_cmd;
@@ -41,7 +42,8 @@ pub struct ConfigArg {
         long,
         short = 'c',
         env = "MATCHPOINT_CONFIG",
-        default_value = "matchpoint.toml"
+        default_value = "matchpoint.toml",
+        global = true
     )]
     pub config: PathBuf,
 }
@@ -89,6 +91,17 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the scheduler: sync each source when its schedule says so, until Ctrl-C.
+    ///
+    /// Never two runs of one source at once, also with several instances on one database
+    /// (a lease in the store). Missed slots after downtime are caught up with one run.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run what is due now, then exit (non-zero when a run failed or was held).
+        #[arg(long)]
+        once: bool,
     },
     /// Show the run history, one run, or accept a held run.
     Runs {
@@ -219,6 +232,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let env = Env::load(&config.config).await?;
             sync_cmd::sync(&env, &sources, full, json).await
+        }
+        Command::Run { config, once } => {
+            let env = Env::load(&config.config).await?;
+            run::run(&env, once).await
         }
         Command::Runs {
             config,

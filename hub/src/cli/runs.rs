@@ -138,7 +138,10 @@ pub async fn runs(
                     "{}",
                     output::table(&["organisation", "life domain", "involvements"], &rows)
                 );
-                println!("\nPublish it anyway with: matchpoint runs accept {run}");
+                println!(
+                    "\nPublish it anyway with: {}",
+                    output::hint(&env.config.path, &format!("runs accept {run}"))
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -151,7 +154,7 @@ pub async fn runs(
             if json {
                 output::json(&rec)?;
             } else {
-                print_summary(std::slice::from_ref(&rec));
+                print_summary(&env.config.path, std::slice::from_ref(&rec));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -238,7 +241,7 @@ pub async fn replay(env: &Env, source: Option<String>, json: bool) -> anyhow::Re
     if json {
         output::json(&results)?;
     } else if !results.is_empty() {
-        print_summary(&results);
+        print_summary(&env.config.path, &results);
     }
     Ok(ExitCode::SUCCESS)
 }

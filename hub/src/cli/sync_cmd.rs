@@ -56,7 +56,7 @@ pub async fn sync(env: &Env, names: &[String], full: bool, json: bool) -> anyhow
     if json {
         output::json(&results)?;
     } else {
-        print_summary(&results);
+        print_summary(&env.config.path, &results);
     }
     let bad = results
         .iter()
@@ -69,7 +69,7 @@ pub async fn sync(env: &Env, names: &[String], full: bool, json: bool) -> anyhow
 }
 
 /// The summary table printed after a sync.
-pub fn print_summary(results: &[RunRecord]) {
+pub fn print_summary(config: &std::path::Path, results: &[RunRecord]) {
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
@@ -115,14 +115,19 @@ pub fn print_summary(results: &[RunRecord]) {
         }
         if r.status == RunStatus::Held {
             println!(
-                "  see what it would end: matchpoint runs show {id}; publish anyway: matchpoint runs accept {id}",
-                id = r.id
+                "  see what it would end: {}; publish anyway: {}",
+                output::hint(config, &format!("runs show {}", r.id)),
+                output::hint(config, &format!("runs accept {}", r.id))
             );
         }
         if r.counts.rejected > 0 {
             println!(
-                "  {} rejected records: matchpoint quarantine --source {} --run {}",
-                r.counts.rejected, r.source, r.id
+                "  {} rejected records: {}",
+                r.counts.rejected,
+                output::hint(
+                    config,
+                    &format!("quarantine --source {} --run {}", r.source, r.id)
+                )
             );
         }
     }

@@ -8,6 +8,8 @@
 //! [`Store::complete_run`] compares, applies and records the run in one transaction.
 
 mod codec;
+mod lease_postgres;
+mod lease_sqlite;
 pub mod lookup;
 pub mod postgres;
 pub mod sqlite;
@@ -364,6 +366,31 @@ pub struct StoredInvolvement {
     pub content_hash: String,
 }
 
+/// The result of trying to take a source's lease (see `crate::schedule`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// This holder now has the lease until the requested expiry.
+    Acquired,
+    /// Another holder has it (a run of the source is in progress elsewhere).
+    HeldBy {
+        /// The other holder (`host/pid/nonce`).
+        holder: String,
+        /// When its lease expires unless renewed.
+        expires_at: DateTime<Utc>,
+    },
+}
+
+/// What the scheduler needs to know about a source's past runs (replays do not count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScheduleHistory {
+    /// Start of the latest full or incremental run, whatever its outcome.
+    pub last_started: Option<DateTime<Utc>>,
+    /// Start of the latest full run, whatever its outcome.
+    pub last_full_started: Option<DateTime<Utc>>,
+    /// End of the latest successful (published) run.
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
 /// The store, by backend.
 #[derive(Clone)]
 pub enum Store {
@@ -496,6 +523,41 @@ impl Store {
         source: &str,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
         dispatch!(self, s => s.relations(source).await)
+    }
+}
+
+/// Source leases and schedule history (`lease_sqlite.rs`, `lease_postgres.rs`).
+impl Store {
+    /// Takes the source's lease for `holder` until `expires_at` if nobody holds it or the
+    /// holder's lease expired before `now`.
+    pub async fn try_lease(
+        &self,
+        source: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        dispatch!(self, s => s.try_lease(source, holder, now, expires_at).await)
+    }
+
+    /// Extends `holder`'s lease; `false` when it no longer holds it.
+    pub async fn renew_lease(
+        &self,
+        source: &str,
+        holder: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.renew_lease(source, holder, expires_at).await)
+    }
+
+    /// Gives up `holder`'s lease (nothing happens when it does not hold it).
+    pub async fn release_lease(&self, source: &str, holder: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release_lease(source, holder).await)
+    }
+
+    /// Latest run starts and last success of a source, for the scheduler and staleness.
+    pub async fn schedule_history(&self, source: &str) -> Result<ScheduleHistory, StoreError> {
+        dispatch!(self, s => s.schedule_history(source).await)
     }
 }
 

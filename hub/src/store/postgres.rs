@@ -26,6 +26,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../audit/postgres_migration.sql"),
     // API users and the shielded flag (issue 4, lookup API).
     include_str!("postgres_users.sql"),
+    // Source leases (issue 5, scheduler).
+    super::lease_postgres::MIGRATION,
 ];
 
 #[path = "lookup_postgres.rs"]
@@ -87,6 +89,11 @@ fn sql(s: String) -> AssertSqlSafe<String> {
 }
 
 impl PgStore {
+    /// The connection pool (for the store's sibling modules).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects and migrates.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)

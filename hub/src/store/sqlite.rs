@@ -24,6 +24,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../audit/sqlite_migration.sql"),
     // API users and the shielded flag (issue 4, lookup API).
     include_str!("sqlite_users.sql"),
+    // Source leases (issue 5, scheduler).
+    super::lease_sqlite::MIGRATION,
 ];
 
 #[path = "lookup_sqlite.rs"]
@@ -142,6 +144,15 @@ impl SqliteStore {
                 staging_dir: PathBuf::from(staging_dir),
             }),
         })
+    }
+
+    /// Runs `f` on the connection on a blocking thread (for the store's sibling modules).
+    pub(super) async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with(move |conn, _| f(conn)).await
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>

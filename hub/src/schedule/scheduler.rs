@@ -1,0 +1,288 @@
+//! One look at every schedule ([`Scheduler::tick`]): decide, take the lease, run, release.
+//! The loop around it (sleeping, Ctrl-C) is `matchpoint run` (`cli/run.rs`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use tracing::{error, info, warn};
+
+use super::{Clock, Decision, ScheduleError, SourcePlan, decide, next_due};
+use crate::config::{Config, SourceConfig};
+use crate::store::{LeaseOutcome, RunRecord, Store, StoreError};
+use crate::sync::{Progress, SyncContext, SyncError, sync_source};
+
+/// Lease name reserved for the retention job (issue 5, part 2): when it lands, it is
+/// scheduled like a source, under this lease, from `[retention] schedule`.
+pub const RETENTION_JOB: &str = "__retention__";
+
+/// What runs a source when it is due: the real sync ([`SyncRunner`]) in production.
+pub trait RunSource {
+    /// Runs one sync of `source` (`full`: a full reconciliation) and returns its record.
+    fn run(
+        &self,
+        source: &SourceConfig,
+        full: bool,
+    ) -> impl Future<Output = Result<RunRecord, SyncError>>;
+}
+
+/// Runs sources with the sync pipeline (`sync::sync_source`).
+pub struct SyncRunner<'a> {
+    /// Store, key, registry and cancellation flag.
+    pub ctx: &'a SyncContext,
+}
+
+impl RunSource for SyncRunner<'_> {
+    async fn run(&self, source: &SourceConfig, full: bool) -> Result<RunRecord, SyncError> {
+        sync_source(self.ctx, source, full, Arc::new(Progress::default())).await
+    }
+}
+
+/// What a tick did with a due source.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// The run happened (its record says whether it published).
+    Ran(RunRecord),
+    /// Another instance holds the source's lease; nothing was started here.
+    Skipped {
+        /// The lease's holder.
+        holder: String,
+        /// When its lease expires unless renewed.
+        until: DateTime<Utc>,
+    },
+    /// By the time the lease was ours, another instance had already run it.
+    AlreadyRun,
+    /// The run could not be started or recorded.
+    Failed(String),
+}
+
+/// One due source and what happened to it.
+#[derive(Debug, Clone)]
+pub struct TickReport {
+    /// Source name.
+    pub source: String,
+    /// Why and how it was due.
+    pub decision: Decision,
+    /// What happened.
+    pub action: Action,
+}
+
+/// The scheduler of one process. Several may share one database: leases keep their runs of
+/// one source apart.
+pub struct Scheduler<C: Clock> {
+    store: Store,
+    clock: C,
+    holder: String,
+    lease: Duration,
+    plans: Vec<SourcePlan>,
+}
+
+/// A lease holder id for this process: `host/pid/nonce` (no personal data).
+pub fn holder_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "{host}/{}/{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+impl<C: Clock> Scheduler<C> {
+    /// A scheduler for every configured source.
+    pub fn from_config(config: &Config, store: Store, clock: C) -> Result<Self, ScheduleError> {
+        let lease = Duration::seconds(i64::try_from(config.schedule.lease_secs).unwrap_or(900));
+        Ok(Scheduler {
+            store,
+            clock,
+            holder: holder_id(),
+            lease,
+            plans: SourcePlan::from_config(config)?,
+        })
+    }
+
+    /// Uses `holder` as this instance's lease holder id (tests name their instances).
+    pub fn with_holder(mut self, holder: &str) -> Self {
+        holder.clone_into(&mut self.holder);
+        self
+    }
+
+    /// This instance's lease holder id.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The plans, one per source.
+    pub fn plans(&self) -> &[SourcePlan] {
+        &self.plans
+    }
+
+    /// The injected clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Looks at every source once and runs, one after another, those that are due.
+    /// `sources` are the configured sources (looked up by name). Stops starting runs when
+    /// `stop()` turns true.
+    pub async fn tick<R: RunSource>(
+        &self,
+        sources: &[SourceConfig],
+        runner: &R,
+        stop: impl Fn() -> bool,
+    ) -> Result<Vec<TickReport>, StoreError> {
+        let mut reports = Vec::new();
+        for plan in &self.plans {
+            if stop() {
+                break;
+            }
+            let Some(source) = sources.iter().find(|s| s.name == plan.source) else {
+                continue;
+            };
+            let history = self.store.schedule_history(&plan.source).await?;
+            let Some(decision) = decide(plan, &history, self.clock.now()) else {
+                continue;
+            };
+            let action = self.run_leased(plan, source, runner).await?;
+            reports.push(TickReport {
+                source: plan.source.clone(),
+                decision,
+                action,
+            });
+        }
+        Ok(reports)
+    }
+
+    /// Takes the lease, re-checks the decision, runs with the lease renewed, releases it.
+    async fn run_leased<R: RunSource>(
+        &self,
+        plan: &SourcePlan,
+        source: &SourceConfig,
+        runner: &R,
+    ) -> Result<Action, StoreError> {
+        let name = plan.source.as_str();
+        let now = self.clock.now();
+        match self
+            .store
+            .try_lease(name, &self.holder, now, now + self.lease)
+            .await?
+        {
+            LeaseOutcome::HeldBy { holder, expires_at } => {
+                info!(
+                    source = name,
+                    holder = %holder,
+                    until = %expires_at.to_rfc3339(),
+                    "Source is due but another instance holds its lease; skipped here."
+                );
+                return Ok(Action::Skipped {
+                    holder,
+                    until: expires_at,
+                });
+            }
+            LeaseOutcome::Acquired => {}
+        }
+        // Another instance may have run it between our look and our lease.
+        let history = match self.store.schedule_history(name).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.release(name).await;
+                return Err(e);
+            }
+        };
+        let Some(decision) = decide(plan, &history, self.clock.now()) else {
+            info!(
+                source = name,
+                "Source was run by another instance meanwhile; skipped."
+            );
+            self.release(name).await;
+            return Ok(Action::AlreadyRun);
+        };
+        if decision.missed > 0 {
+            info!(
+                source = name,
+                missed = decision.missed,
+                "Slots were missed (downtime); one catch-up run serves them all."
+            );
+        }
+        info!(
+            source = name,
+            full = decision.full,
+            reason = ?decision.reason,
+            slot = %decision.slot.to_rfc3339(),
+            "Scheduled run starting."
+        );
+        let outcome = self.run_renewing(name, source, decision.full, runner).await;
+        self.release(name).await;
+        Ok(match outcome {
+            Ok(record) => Action::Ran(record),
+            Err(e) => {
+                error!(source = name, error = %e, "Scheduled run could not be started.");
+                Action::Failed(e.to_string())
+            }
+        })
+    }
+
+    /// Runs the source while renewing its lease every third of the lease period.
+    async fn run_renewing<R: RunSource>(
+        &self,
+        name: &str,
+        source: &SourceConfig,
+        full: bool,
+        runner: &R,
+    ) -> Result<RunRecord, SyncError> {
+        let every = self
+            .lease
+            .to_std()
+            .map(|d| d / 3)
+            .unwrap_or(std::time::Duration::from_secs(300));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let run = runner.run(source, full);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                result = &mut run => return result,
+                _ = renew.tick() => {
+                    let until = self.clock.now() + self.lease;
+                    match self.store.renew_lease(name, &self.holder, until).await {
+                        Ok(true) => {}
+                        Ok(false) => warn!(
+                            source = name,
+                            "The source lease was lost during the run (expired and taken over); \
+                             publication stays serialised by the store, but check lease_secs."
+                        ),
+                        Err(e) => warn!(source = name, error = %e, "Renewing the source lease failed."),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn release(&self, name: &str) {
+        if let Err(e) = self.store.release_lease(name, &self.holder).await {
+            warn!(source = name, error = %e, "Releasing the source lease failed; it expires by itself.");
+        }
+    }
+
+    /// The earliest instant any source is next due (now for a source that never ran).
+    pub async fn next_wake(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = self.clock.now();
+        let mut wake: Option<DateTime<Utc>> = None;
+        for plan in &self.plans {
+            let history = self.store.schedule_history(&plan.source).await?;
+            if let Some(t) = next_due(plan, &history, now) {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        }
+        Ok(wake)
+    }
+}
