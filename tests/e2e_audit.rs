@@ -93,3 +93,68 @@ fn verify_and_checkpoint_detect_tampering_and_audit_themselves() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("signature"), "{}", stderr(&out));
 }
+
+fn psql(url: &str, sql: &str) -> std::process::Output {
+    std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .expect("psql must be installed to run the PostgreSQL tests")
+}
+
+#[test]
+fn postgres_verify_and_checkpoint_through_the_binary() {
+    let Ok(admin) = std::env::var("MATCHPOINT_TEST_POSTGRES_URL") else {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"PostgreSQL audit end-to-end test SKIPPED: set MATCHPOINT_TEST_POSTGRES_URL\n",
+        );
+        return;
+    };
+    let name = format!("mp_e2e_audit_{}_{:08x}", std::process::id(), rand_tag());
+    let out = psql(&admin, &format!("CREATE DATABASE {name}"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .expect("url has a database");
+    let url = format!("{base}/{name}");
+    let inst = Install::with_store(20, 4, 0.0, Some(&url));
+
+    let out = inst.mp(&["audit", "checkpoint", "--out", "cp.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, v) = verify_json(&inst, Some("cp.json"));
+    assert!(ok, "{v}");
+    assert_eq!(v["checkpoint_matched"], true, "{v}");
+
+    // The trigger refuses; with triggers disabled the change is named.
+    let refused = psql(&url, "UPDATE audit_log SET role = 'admin' WHERE seq = 1");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("append-only"),
+        "{}",
+        stderr(&refused)
+    );
+    let out = psql(
+        &url,
+        "ALTER TABLE audit_log DISABLE TRIGGER USER; \
+         UPDATE audit_log SET role = 'admin' WHERE seq = 1;",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, v) = verify_json(&inst, Some("cp.json"));
+    assert!(!ok, "{v}");
+    assert_eq!(v["failure"]["seq"], 1, "{v}");
+    assert_eq!(v["failure"]["kind"], "changed", "{v}");
+
+    drop(inst);
+    let _ = psql(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+}
+
+fn rand_tag() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}

@@ -374,6 +374,18 @@ mod tests {
     }
 
     #[test]
+    fn macs_are_per_purpose_and_checked_exactly() {
+        let key = MasterKey::from_secret("k1", &[0x11; 32]).expect("key");
+        let other = MasterKey::from_secret("k1", &[0x12; 32]).expect("key");
+        let tag = key.mac(KeyPurpose::AuditCheckpoint, b"message");
+        assert!(key.verify_mac(KeyPurpose::AuditCheckpoint, b"message", &tag));
+        assert!(!key.verify_mac(KeyPurpose::AuditCheckpoint, b"messagf", &tag));
+        assert!(!key.verify_mac(KeyPurpose::Audit, b"message", &tag));
+        assert!(!other.verify_mac(KeyPurpose::AuditCheckpoint, b"message", &tag));
+        assert!(!key.verify_mac(KeyPurpose::AuditCheckpoint, b"message", &tag[..31]));
+    }
+
+    #[test]
     fn debug_of_a_key_shows_no_secret() {
         let key = MasterKey::from_secret("k1", &[0xAB; 32]).expect("key");
         let dbg = format!(

@@ -48,6 +48,13 @@
 //! [`KeyPurpose::Audit`] subkey ([`AuditLog::subject`]): not joinable by value with the
 //! index pseudonyms, and never the clear BSN.
 //!
+//! **Limits.** On SQLite the trail shares the index file, so an append waits while a sync
+//! publishes (one write transaction: ~12 s for a first import of 1M records, milliseconds for
+//! an ordinary re-sync); after 10 s of waiting it fails, and the API answers 503 (fail
+//! closed). PostgreSQL has no such wait: publication never touches the audit tables. Subject
+//! pseudonyms are made with the loaded key only; entries written under an older key id
+//! (`subject_key_id`) are found only with that key loaded.
+//!
 //! **Back up the master key.** Checkpoint tags, anchors and subject pseudonyms all derive from
 //! the master key file. Losing it makes subject-access reports over the existing trail
 //! impossible (a BSN can no longer be turned into the pseudonym the entries hold) and old

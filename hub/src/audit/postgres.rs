@@ -189,6 +189,17 @@ impl PgAudit {
             .connect_with(options)
             .await
             .map_err(|err| AuditError::Open(format!("{}: {err}", redact_url(url))))?;
+        let migrated: bool = sqlx::query_scalar("SELECT to_regclass('audit_head') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .map_err(e("open"))?;
+        if !migrated {
+            return Err(AuditError::Open(format!(
+                "{} holds no audit trail tables; open it once with a role that may migrate \
+                 (e.g. run `matchpoint audit verify`)",
+                redact_url(url)
+            )));
+        }
         tokio::spawn(writer_loop(pool.clone(), rx, counters));
         Ok(PgAudit { pool })
     }

@@ -199,6 +199,20 @@ impl SqliteAudit {
         })
         .await
         .map_err(|err| AuditError::db("open", err))??;
+        let migrated = reader
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_head'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(e("open"))?;
+        if migrated == 0 {
+            return Err(AuditError::Open(format!(
+                "{} holds no audit trail tables; open it once with a role that may migrate \
+                 (e.g. run `matchpoint audit verify`)",
+                path.display()
+            )));
+        }
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer_loop(writer, rx, counters))
