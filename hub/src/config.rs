@@ -1086,6 +1086,36 @@ mapping = "missing.toml"
     }
 
     #[test]
+    fn bad_server_settings_are_reported_with_their_keys() {
+        let text = r#"
+[server]
+listen = "localhost"
+request_timeout_secs = 0
+max_body_bytes = 10
+[[source]]
+name = "okc-2"
+kind = "xml_export"
+location = "x.xml"
+mode = "full"
+schedule = "0 30 2 * * *"
+mapping = "mappings/okc-2.toml"
+"#;
+        let err = Config::parse(text, "m.toml", &deploy_dir())
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "server.listen",
+            "server.request_timeout_secs",
+            "server.max_body_bytes",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        let defaults = ServerSettings::default();
+        assert_eq!(defaults.listen, "127.0.0.1:8080");
+        assert_eq!(defaults.max_body_bytes, 65536);
+    }
+
+    #[test]
     fn the_schedule_and_retention_defaults_apply_when_the_sections_are_missing() {
         let s = ScheduleSettings::default();
         assert_eq!(s.time_zone, "Europe/Amsterdam");

@@ -148,6 +148,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/audit/break-glass/{seq}/reviews"),
     ("post", "/api/v1/audit/subject-access"),
     ("get", "/api/v1/audit/verify"),
+    ("post", "/api/v1/audit/verify"),
     ("get", "/api/v1/sync/runs"),
     ("get", "/api/v1/sync/quarantine"),
     ("get", "/api/v1/sync/quality"),
@@ -173,7 +174,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/audit/subject-access",
             post(privacy::subject_access),
         )
-        .route("/api/v1/audit/verify", get(privacy::verify))
+        .route(
+            "/api/v1/audit/verify",
+            get(privacy::verify).post(privacy::verify_checkpoint),
+        )
         .route("/api/v1/sync/runs", get(operator::runs))
         .route("/api/v1/sync/quarantine", get(operator::quarantine))
         .route("/api/v1/sync/quality", get(operator::quality))

@@ -196,7 +196,17 @@ pub fn spec() -> Value {
             "/api/v1/audit/break-glass": { "get": queue },
             "/api/v1/audit/break-glass/{seq}/reviews": { "post": review },
             "/api/v1/audit/subject-access": { "post": subject_access },
-            "/api/v1/audit/verify": { "get": op("Recompute the hash chain; names the first damaged entry", "privacy_officer", None, ok("The verification report."), &["403"]) },
+            "/api/v1/audit/verify": {
+                "get": op("Recompute the hash chain; names the first damaged entry", "privacy_officer", None, ok("The verification report."), &["403"]),
+                "post": op(
+                    "Recompute the hash chain against a checkpoint kept outside the database (finds a truncated tail or a rewritten chain)",
+                    "privacy_officer",
+                    Some(json!({ "type": "object", "required": ["checkpoint"], "additionalProperties": false,
+                        "properties": { "checkpoint": { "type": "string", "description": "A line printed by `matchpoint audit checkpoint`." } } })),
+                    ok("The verification report."),
+                    &["400", "403"],
+                )
+            },
             "/api/v1/sync/runs": { "get": runs },
             "/api/v1/sync/quarantine": { "get": quarantine },
             "/api/v1/sync/quality": { "get": quality }

@@ -17,7 +17,8 @@ use super::body::JsonBody;
 use super::lookup::looks_like_bsn;
 use super::{ApiError, AppState};
 use crate::audit::{
-    AuditAction, AuditEntry, AuditFilter, AuditOutcome, AuditPage, MAX_PAGE, PageRequest,
+    AuditAction, AuditEntry, AuditError, AuditFilter, AuditOutcome, AuditPage, Checkpoint,
+    MAX_PAGE, PageRequest,
 };
 use crate::users::Role;
 
@@ -491,15 +492,73 @@ fn push_row(out: &mut String, cells: &[String]) {
     out.push('\n');
 }
 
+/// `POST /api/v1/audit/verify` body: a checkpoint line from `matchpoint audit checkpoint`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The checkpoint (one JSON line) kept outside the database.
+    pub checkpoint: String,
+}
+
 /// `GET /api/v1/audit/verify`: recomputes the chain and names the first damaged entry.
 pub async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    verify_with(state, caller, None).await
+}
+
+/// `POST /api/v1/audit/verify`: the same against a checkpoint kept outside the database, so a
+/// truncated tail or a rewritten chain is found too.
+pub async fn verify_checkpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<JsonBody<VerifyRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    verify_with(state, caller, Some(body)).await
+}
+
+async fn verify_with(
+    state: AppState,
+    caller: Caller,
+    body: Option<Result<JsonBody<VerifyRequest>, ApiError>>,
+) -> Result<Response, ApiError> {
     caller
         .require_audited(&state, ROLES, AuditAction::AuditVerify)
         .await?;
     let mut entry = caller.entry(AuditAction::AuditVerify, AuditOutcome::Granted);
     entry.checks.push("role".to_owned());
-    let report = match state.audit().verify(None).await {
+    let checkpoint = match body {
+        None => None,
+        Some(body) => {
+            let parsed = body.and_then(|JsonBody(r)| {
+                Checkpoint::parse(&r.checkpoint).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "checkpoint: {e} (use a line printed by `matchpoint audit checkpoint`)"
+                    ))
+                })
+            });
+            match parsed {
+                Ok(cp) => {
+                    entry.checks.push("checkpoint".to_owned());
+                    Some(cp)
+                }
+                Err(error) => {
+                    entry.outcome = AuditOutcome::Invalid;
+                    state.record(entry).await?;
+                    return Err(error);
+                }
+            }
+        }
+    };
+    let report = match state.audit().verify(checkpoint.as_ref()).await {
         Ok(r) => r,
+        Err(
+            error @ (AuditError::CheckpointSignature
+            | AuditError::CheckpointKey { .. }
+            | AuditError::Checkpoint(_)),
+        ) => {
+            entry.outcome = AuditOutcome::Invalid;
+            state.record(entry).await?;
+            return Err(ApiError::BadRequest(format!("checkpoint: {error}")));
+        }
         Err(error) => {
             entry.outcome = AuditOutcome::Error;
             state.record(entry).await?;

@@ -800,6 +800,13 @@ async fn authorisation_matrix_every_role_on_every_endpoint() {
     assert_eq!(status, StatusCode::OK);
     let review_seq = fx.last_entry().await.seq;
 
+    let checkpoint = fx
+        .state
+        .audit()
+        .checkpoint()
+        .await
+        .expect("checkpoint")
+        .to_json_line();
     let lookup = json!({ "bsn": fx.people.child, "purpose": "coordinating_care" });
     let bsn_body = json!({ "bsn": fx.people.child });
     let review = json!({ "verdict": "needs_follow_up", "note": "Asked the team for context" });
@@ -872,6 +879,14 @@ async fn authorisation_matrix_every_role_on_every_endpoint() {
             Method::GET,
             "/api/v1/audit/verify",
             None,
+            vec!["privacy_officer"],
+            StatusCode::OK,
+            true,
+        ),
+        (
+            Method::POST,
+            "/api/v1/audit/verify",
+            Some(json!({ "checkpoint": checkpoint })),
             vec!["privacy_officer"],
             StatusCode::OK,
             true,
@@ -1017,6 +1032,68 @@ async fn operators_see_runs_quarantine_and_the_share_of_each_defect_per_run() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fx.last_entry().await.entry.outcome, AuditOutcome::Invalid);
+}
+
+#[tokio::test]
+async fn verify_against_a_checkpoint_reports_the_chain_and_refuses_a_forged_checkpoint() {
+    let fx = Fx::sqlite(19).await;
+    let _ = fx
+        .lookup(
+            "child_org",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        )
+        .await;
+    let line = fx
+        .state
+        .audit()
+        .checkpoint()
+        .await
+        .expect("checkpoint")
+        .to_json_line();
+    let (status, report) = fx
+        .call(
+            Method::POST,
+            "/api/v1/audit/verify",
+            Some("privacy_officer"),
+            Some(json!({ "checkpoint": line })),
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["checkpoint_matched"], true, "{report}");
+    assert!(
+        fx.last_entry()
+            .await
+            .entry
+            .checks
+            .contains(&"checkpoint".to_owned())
+    );
+    // A checkpoint whose size was raised (as if entries had been cut off) fails its signature.
+    let mut forged: Value = serde_json::from_str(&line).expect("json line");
+    let size = forged["size"].as_i64().expect("size");
+    forged["size"] = json!(size + 5);
+    let (status, v) = fx
+        .call(
+            Method::POST,
+            "/api/v1/audit/verify",
+            Some("privacy_officer"),
+            Some(json!({ "checkpoint": forged.to_string() })),
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(fx.last_entry().await.entry.outcome, AuditOutcome::Invalid);
+    let (status, _) = fx
+        .call(
+            Method::POST,
+            "/api/v1/audit/verify",
+            Some("privacy_officer"),
+            Some(json!({ "checkpoint": "not a checkpoint" })),
+            true,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
