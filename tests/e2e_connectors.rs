@@ -490,6 +490,15 @@ pub fn empty_full_delivery_is_held(k: &KindUnderTest) {
 
 /// Ctrl-C during a long `Retry-After` wait stops the run within seconds, publishing nothing.
 pub fn cancellation_stops_quickly(k: &KindUnderTest) {
+    cancellation_under(k, "status=503:1:retry-after=300");
+}
+
+/// Ctrl-C while a slow server has not answered yet stops the run within seconds too.
+pub fn cancellation_during_a_slow_answer(k: &KindUnderTest) {
+    cancellation_under(k, "latency=300s");
+}
+
+fn cancellation_under(k: &KindUnderTest, spec: &str) {
     let sb = Sandbox::start(40, 18);
     let paging = Paging {
         max_retry_after_ms: 600_000,
@@ -500,13 +509,13 @@ pub fn cancellation_stops_quickly(k: &KindUnderTest) {
     assert_eq!(ok["status"], "succeeded", "{ok}");
     let before = rows(&inst, k.source);
     sb.control(k.source, "reset-stats", "");
-    sb.faults(k.source, "status=503:1:retry-after=300");
+    sb.faults(k.source, spec);
     let child = command(&inst, k, &["sync", "--json", "--source", k.source])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("sync");
-    // Wait until the upstream answered the first request (the run is now waiting 300 s).
+    // Wait until the upstream has the first request (the run now waits 300 s either way).
     let deadline = Instant::now() + Duration::from_secs(60);
     while sb.stats(k.source)["requests"].as_u64().unwrap_or(0) == 0 {
         assert!(
@@ -636,6 +645,10 @@ macro_rules! compliance_suite {
             #[test]
             fn ctrl_c_stops_a_waiting_run_quickly() {
                 cancellation_stops_quickly(&$kind);
+            }
+            #[test]
+            fn ctrl_c_stops_a_run_waiting_for_a_slow_server() {
+                cancellation_during_a_slow_answer(&$kind);
             }
             #[test]
             fn the_cursor_resumes_after_an_interrupted_run() {
