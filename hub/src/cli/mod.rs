@@ -42,7 +42,8 @@ pub struct ConfigArg {
         long,
         short = 'c',
         env = "MATCHPOINT_CONFIG",
-        default_value = "matchpoint.toml"
+        default_value = "matchpoint.toml",
+        global = true
     )]
     pub config: PathBuf,
 }

@@ -28,7 +28,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Prints a value as pretty JSON on stdout.
-/// A follow-up command to print as a hint: `matchpoint [--config F] ARGS`, with `--config` when
+/// A follow-up command to print as a hint: `matchpoint ARGS [--config F]`, with `--config` when
 /// the configuration is not the default `./matchpoint.toml`, so the line can be pasted as is.
 pub fn hint(config: &std::path::Path, args: &str) -> String {
     if config == std::path::Path::new("matchpoint.toml")
@@ -36,7 +36,7 @@ pub fn hint(config: &std::path::Path, args: &str) -> String {
     {
         format!("matchpoint {args}")
     } else {
-        format!("matchpoint --config {} {args}", config.display())
+        format!("matchpoint {args} --config {}", config.display())
     }
 }
 
@@ -57,7 +57,7 @@ mod tests {
         );
         assert_eq!(
             hint(std::path::Path::new("demo/matchpoint.toml"), "runs show 3"),
-            "matchpoint --config demo/matchpoint.toml runs show 3"
+            "matchpoint runs show 3 --config demo/matchpoint.toml"
         );
     }
 

@@ -46,6 +46,19 @@ pub async fn run(
     listen: &str,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    #[cfg(matchpoint_unaudited)]
+    {
+        let loopback = listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        anyhow::ensure!(
+            loopback,
+            "this is a benchmark-only build with auditing compiled out: it serves on loopback only"
+        );
+        eprintln!(
+            "WARNING: benchmark-only build, auditing is compiled out. Never use it for real data."
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:0)"))?;
