@@ -718,3 +718,22 @@ fn the_same_person_gets_one_pseudonym_across_kinds() {
         "okc-1's relations point at persons okc-6 delivers"
     );
 }
+
+/// REST/JSON paging also follows `Link: rel="next"` headers (the sandbox sends them when the
+/// location asks with `links=header`): the same records arrive.
+#[test]
+fn rest_json_follows_link_headers() {
+    let k = &REST_JSON;
+    let sb = Sandbox::start(80, 24);
+    let inst = install(k, &sb, "full", &Paging::default());
+    let (url, _) = sb.upstream(k.source);
+    let cfg = inst.path("matchpoint.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, text.replace(url, &format!("{url}?links=header"))).expect("write");
+    let run = sync_one(&inst, k);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let stats = sb.stats(k.source);
+    assert!(stats["pages"].as_u64().unwrap_or(0) > 1, "{stats}");
+    assert_eq!(count(&run, "read"), stats["records"].as_u64().unwrap_or(0));
+    assert_eq!(count(&run, "inserted"), count(&run, "read"));
+}
