@@ -502,6 +502,15 @@ pub fn empty_full_delivery_is_held(k: &KindUnderTest) {
 
 /// Ctrl-C during a long `Retry-After` wait stops the run within seconds, publishing nothing.
 pub fn cancellation_stops_quickly(k: &KindUnderTest) {
+    cancellation_under(k, "status=503:1:retry-after=300");
+}
+
+/// Ctrl-C while a slow server has not answered yet stops the run within seconds too.
+pub fn cancellation_during_a_slow_answer(k: &KindUnderTest) {
+    cancellation_under(k, "latency=300s");
+}
+
+fn cancellation_under(k: &KindUnderTest, spec: &str) {
     let sb = Sandbox::start(40, 18);
     let paging = Paging {
         max_retry_after_ms: 600_000,
@@ -512,13 +521,13 @@ pub fn cancellation_stops_quickly(k: &KindUnderTest) {
     assert_eq!(ok["status"], "succeeded", "{ok}");
     let before = rows(&inst, k.source);
     sb.control(k.source, "reset-stats", "");
-    sb.faults(k.source, "status=503:1:retry-after=300");
+    sb.faults(k.source, spec);
     let child = command(&inst, k, &["sync", "--json", "--source", k.source])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("sync");
-    // Wait until the upstream answered the first request (the run is now waiting 300 s).
+    // Wait until the upstream has the first request (the run now waits 300 s either way).
     let deadline = Instant::now() + Duration::from_secs(60);
     while sb.stats(k.source)["requests"].as_u64().unwrap_or(0) == 0 {
         assert!(
@@ -650,6 +659,10 @@ macro_rules! compliance_suite {
                 cancellation_stops_quickly(&$kind);
             }
             #[test]
+            fn ctrl_c_stops_a_run_waiting_for_a_slow_server() {
+                cancellation_during_a_slow_answer(&$kind);
+            }
+            #[test]
             fn the_cursor_resumes_after_an_interrupted_run() {
                 cursor_resumes_after_an_interrupted_run(&$kind);
             }
@@ -726,4 +739,23 @@ fn the_same_person_gets_one_pseudonym_across_kinds() {
         linked > 0,
         "okc-1's relations point at persons okc-6 delivers"
     );
+}
+
+/// REST/JSON paging also follows `Link: rel="next"` headers (the sandbox sends them when the
+/// location asks with `links=header`): the same records arrive.
+#[test]
+fn rest_json_follows_link_headers() {
+    let k = &REST_JSON;
+    let sb = Sandbox::start(80, 24);
+    let inst = install(k, &sb, "full", &Paging::default());
+    let (url, _) = sb.upstream(k.source);
+    let cfg = inst.path("matchpoint.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, text.replace(url, &format!("{url}?links=header"))).expect("write");
+    let run = sync_one(&inst, k);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let stats = sb.stats(k.source);
+    assert!(stats["pages"].as_u64().unwrap_or(0) > 1, "{stats}");
+    assert_eq!(count(&run, "read"), stats["records"].as_u64().unwrap_or(0));
+    assert_eq!(count(&run, "inserted"), count(&run, "read"));
 }

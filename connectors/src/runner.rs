@@ -12,8 +12,9 @@
 //!   (`delay = random(0, min(max_delay, base_delay × 2^(attempt-1)))`), never shorter than the
 //!   server's `Retry-After`, up to [`RetryPolicy::max_attempts`] attempts per page; then the run
 //!   fails cleanly with the last error;
-//! - **cancellation**: every wait (backoff, rate limit) watches the cancel flag in slices of at
-//!   most [`CANCEL_POLL`], so Ctrl-C stops a waiting run within a fraction of a second;
+//! - **cancellation**: every wait (backoff, rate limit, and the fetch itself, which runs on
+//!   its own thread) watches the cancel flag in slices of at most [`CANCEL_POLL`], so Ctrl-C
+//!   stops a run within a fraction of a second even while a slow server is answering;
 //! - **rate limiting**: an optional minimum interval between the starts of two requests;
 //! - **metrics**: request, retry, page, record and byte counters ([`RunnerStats`]), and a
 //!   `debug`-level tracing span per page.
@@ -21,8 +22,9 @@
 //! Time is injected ([`Clock`]) so the backoff schedule is tested without real sleeps.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, debug_span, warn};
@@ -190,8 +192,9 @@ enum State {
 }
 
 /// Reads a paged source as one delivery. See the [module documentation](self).
-pub struct PagedRunner<C: PagedConnector> {
-    connector: C,
+pub struct PagedRunner<C: PagedConnector + 'static> {
+    connector: Arc<Mutex<C>>,
+    location: String,
     config: RunnerConfig,
     clock: Box<dyn Clock>,
     jitter: Jitter,
@@ -204,7 +207,7 @@ pub struct PagedRunner<C: PagedConnector> {
     stats: RunnerStats,
 }
 
-impl<C: PagedConnector> PagedRunner<C> {
+impl<C: PagedConnector + 'static> PagedRunner<C> {
     /// A runner with the system clock.
     pub fn new(connector: C, config: RunnerConfig) -> Self {
         Self::with_clock(connector, config, Box::new(SystemClock))
@@ -222,7 +225,8 @@ impl<C: PagedConnector> PagedRunner<C> {
             since: config.since.clone(),
         };
         PagedRunner {
-            connector,
+            location: connector.describe(),
+            connector: Arc::new(Mutex::new(connector)),
             config,
             clock,
             jitter: Jitter(seed),
@@ -241,11 +245,6 @@ impl<C: PagedConnector> PagedRunner<C> {
         self.stats
     }
 
-    /// The connector (e.g. for its own counters).
-    pub fn connector(&self) -> &C {
-        &self.connector
-    }
-
     fn fail(&mut self, e: DeliveryError) -> DeliveryError {
         self.state = State::Done;
         self.buffer.clear();
@@ -254,7 +253,7 @@ impl<C: PagedConnector> PagedRunner<C> {
 
     fn cancelled(&mut self) -> DeliveryError {
         self.fail(DeliveryError::Io {
-            location: self.connector.describe(),
+            location: self.location.clone(),
             message: "cancelled (interrupt) while waiting".into(),
         })
     }
@@ -272,7 +271,51 @@ impl<C: PagedConnector> PagedRunner<C> {
         }
         self.last_request_at = Some(self.clock.now());
         self.stats.requests += 1;
-        self.connector.fetch(req)
+        self.fetch_watching_cancel(req)
+    }
+
+    /// Runs one fetch on its own thread and waits for it, looking at the cancel flag every
+    /// [`CANCEL_POLL`]: Ctrl-C does not wait for a slow server. A cancelled fetch is left to
+    /// end on its own (its timeout bounds it); a fetch that panics fails the run.
+    fn fetch_watching_cancel(&mut self, req: &PageRequest) -> Result<Page, FetchError> {
+        let (tx, rx) = mpsc::channel();
+        let connector = self.connector.clone();
+        let request = req.clone();
+        let location = self.location.clone();
+        std::thread::Builder::new()
+            .name("page-fetch".into())
+            .spawn(move || {
+                let result = match connector.lock() {
+                    Ok(mut c) => c.fetch(&request),
+                    Err(_) => Err(FetchError::Fatal(DeliveryError::Io {
+                        location,
+                        message: "an earlier page fetch failed unexpectedly".into(),
+                    })),
+                };
+                let _ = tx.send(result);
+            })
+            .map_err(|e| {
+                FetchError::Fatal(DeliveryError::Io {
+                    location: self.location.clone(),
+                    message: format!("cannot start a fetch thread: {e}"),
+                })
+            })?;
+        loop {
+            match rx.recv_timeout(CANCEL_POLL) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.config.cancel.load(Ordering::Relaxed) {
+                        return Err(FetchError::Fatal(self.cancelled()));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(FetchError::Fatal(DeliveryError::Io {
+                        location: self.location.clone(),
+                        message: "the page fetch stopped unexpectedly (internal error)".into(),
+                    }));
+                }
+            }
+        }
     }
 
     /// Fetches one page with retries.
@@ -286,7 +329,7 @@ impl<C: PagedConnector> PagedRunner<C> {
                     message,
                     retry_after,
                 }) => {
-                    let location = self.connector.describe();
+                    let location = self.location.clone();
                     if attempt >= self.config.retry.max_attempts {
                         return Err(self.fail(DeliveryError::Io {
                             location,
@@ -332,7 +375,7 @@ impl<C: PagedConnector> PagedRunner<C> {
             return Err(self.cancelled());
         }
         if self.stats.pages >= self.config.max_pages {
-            let location = self.connector.describe();
+            let location = self.location.clone();
             return Err(self.fail(DeliveryError::Limit {
                 location,
                 message: format!(
@@ -353,7 +396,7 @@ impl<C: PagedConnector> PagedRunner<C> {
             "Page received."
         );
         if self.stats.bytes > self.config.max_bytes {
-            let location = self.connector.describe();
+            let location = self.location.clone();
             return Err(self.fail(DeliveryError::Limit {
                 location,
                 message: format!(
@@ -372,7 +415,7 @@ impl<C: PagedConnector> PagedRunner<C> {
         self.state = match page.next {
             Some(token) => {
                 if self.last_token.as_deref() == Some(token.as_str()) {
-                    let location = self.connector.describe();
+                    let location = self.location.clone();
                     return Err(self.fail(DeliveryError::Malformed {
                         location,
                         byte_offset: self.stats.bytes,
@@ -389,7 +432,7 @@ impl<C: PagedConnector> PagedRunner<C> {
     }
 }
 
-impl<C: PagedConnector> RecordStream for PagedRunner<C> {
+impl<C: PagedConnector + 'static> RecordStream for PagedRunner<C> {
     fn next_record(&mut self) -> Result<Option<RecordResult>, DeliveryError> {
         loop {
             if let Some(rec) = self.buffer.pop_front() {
@@ -403,7 +446,7 @@ impl<C: PagedConnector> RecordStream for PagedRunner<C> {
                     if let Some(total) = self.announced
                         && total != self.stats.records
                     {
-                        let location = self.connector.describe();
+                        let location = self.location.clone();
                         return Err(self.fail(DeliveryError::Truncated {
                             location,
                             message: format!(

@@ -423,3 +423,54 @@ fn jitter_draws_are_in_the_unit_interval() {
         assert!((0.0..1.0).contains(&u));
     }
 }
+
+/// A connector that flags cancellation as soon as its fetch starts and then hangs until the
+/// test lets it go: the runner must not wait for it.
+struct Hanging {
+    cancel: Arc<AtomicBool>,
+    release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl PagedConnector for Hanging {
+    fn describe(&self) -> String {
+        "hanging".into()
+    }
+    fn fetch(&mut self, _: &PageRequest) -> Result<Page, FetchError> {
+        self.cancel.store(true, Ordering::Relaxed);
+        let _ = self.release.lock().unwrap().recv();
+        Ok(Page::default())
+    }
+}
+
+#[test]
+fn cancel_during_a_hanging_fetch_stops_the_run() {
+    let cfg = config();
+    let (release, rx) = std::sync::mpsc::channel::<()>();
+    let conn = Hanging {
+        cancel: cfg.cancel.clone(),
+        release: Arc::new(Mutex::new(rx)),
+    };
+    let mut runner = PagedRunner::new(conn, cfg);
+    let err = runner.next_record().unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    assert!(runner.next_record().unwrap().is_none());
+    drop(release);
+}
+
+struct Panicking;
+
+impl PagedConnector for Panicking {
+    fn describe(&self) -> String {
+        "panicking".into()
+    }
+    fn fetch(&mut self, _: &PageRequest) -> Result<Page, FetchError> {
+        panic!("connector bug")
+    }
+}
+
+#[test]
+fn a_panicking_fetch_fails_the_run_instead_of_the_process() {
+    let mut runner = PagedRunner::new(Panicking, config());
+    let err = runner.next_record().unwrap_err();
+    assert!(err.to_string().contains("stopped unexpectedly"), "{err}");
+}

@@ -291,6 +291,16 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text parses or is refused with a message; never a panic.
+        #[test]
+        fn any_spec_text_is_handled(text in "[a-z0-9=:,.-]{0,40}") {
+            if let Err(e) = FaultSpec::parse(&text) {
+                proptest::prop_assert!(e.starts_with("faults:"));
+            }
+        }
+    }
+
     #[test]
     fn draws_are_deterministic_and_spread() {
         assert_eq!(draw(1, 2), draw(1, 2));

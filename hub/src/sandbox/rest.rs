@@ -3,6 +3,7 @@
 //! `GET /okc-1/involvements?limit=N[&updated_since=TS][&after=ID]` with
 //! `Authorization: Bearer sandbox-okc-1`: records in id order, `next` as a relative link
 //! (keyset paging on the record id), `total` the number of records of the whole delivery.
+//! With `links=header` in the query, the next link comes as `Link: <…>; rel="next"`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,6 +99,8 @@ async fn page(
         }
     };
     let since = q.get("updated_since").map(String::as_str);
+    // `links=header`: the next page's link travels in a `Link` header instead of the body.
+    let link_header = q.get("links").is_some_and(|l| l == "header");
     let page = up.page(since, q.get("after").map(String::as_str), limit);
     let items: Vec<Value> = page
         .records
@@ -119,8 +122,20 @@ async fn page(
             if let Some(s) = since {
                 n.push_str(&format!("&updated_since={}", encode(s)));
             }
+            if link_header {
+                n.push_str("&links=header");
+            }
             n
         });
+    if link_header {
+        let mut resp = axum::Json(json!({"total": page.total, "items": items})).into_response();
+        if let Some(n) = next
+            && let Ok(v) = header::HeaderValue::from_str(&format!("<{n}>; rel=\"next\""))
+        {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+        return resp;
+    }
     axum::Json(json!({"total": page.total, "items": items, "next": next})).into_response()
 }
 
