@@ -87,16 +87,23 @@ pub enum SqlConn {
 
 impl SqlConn {
     /// Connects to `url`; a SQLite database is opened read-only unless `write` (and then
-    /// created when missing).
+    /// created when missing). sqlx's statement logging is off: statements of the simulated
+    /// supplier databases carry (synthetic) BSNs as literals, and none belong in a log.
     pub async fn connect(url: &str, write: bool) -> Result<SqlConn, sqlx::Error> {
         match Dialect::of_url(url) {
             Some(Dialect::Postgres) => Ok(SqlConn::Postgres(
-                PgConnectOptions::from_str(url)?.connect().await?,
+                PgConnectOptions::from_str(url)?
+                    .disable_statement_logging()
+                    .connect()
+                    .await?,
             )),
             Some(Dialect::MySql) => {
                 let url = url.replacen("mariadb://", "mysql://", 1);
                 Ok(SqlConn::MySql(
-                    MySqlConnectOptions::from_str(&url)?.connect().await?,
+                    MySqlConnectOptions::from_str(&url)?
+                        .disable_statement_logging()
+                        .connect()
+                        .await?,
                 ))
             }
             Some(Dialect::Sqlite) => Ok(SqlConn::Sqlite(
@@ -104,6 +111,7 @@ impl SqlConn {
                     .read_only(!write)
                     .create_if_missing(write)
                     .busy_timeout(Duration::from_secs(30))
+                    .disable_statement_logging()
                     .connect()
                     .await?,
             )),
