@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Install, stderr, stdout};
+use common::{Install, nine_digit_runs, stderr, stdout};
 
 const PERSONS: u64 = 300;
 const SEED: u64 = 7;
@@ -92,6 +92,10 @@ fn sync(inst: &Install) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("sync --json output: {e}\n{}", stderr(&out)));
     assert!(out.status.success(), "sync: {v}\n{}", stderr(&out));
+    // No BSN (nor any nine-digit number) in the output or the debug log.
+    let mut printed = out.stdout.clone();
+    printed.extend_from_slice(&out.stderr);
+    assert_eq!(nine_digit_runs(&printed), Vec::<String>::new());
     v.as_array().cloned().unwrap_or_default()
 }
 

@@ -6,8 +6,8 @@
 //!   variable) or `url_file` (a file), never from the configuration's clear text, and is never
 //!   shown with its password.
 //! - **Paging by keyset**: `SELECT * FROM view WHERE (updated_at, id) > (cursor) ORDER BY
-//!   updated_at, id LIMIT page_size` (`[source.paging] page_size`) (written out as `u > ? OR (u = ? AND id > ?)`, which all
-//!   three databases index). A page token and the incremental cursor are the last row's
+//!   updated_at, id LIMIT page_size` (`[source.paging] page_size`; the condition is written
+//!   out as `u > ? OR (u = ? AND id > ?)`, which all three databases index). A page token and the incremental cursor are the last row's
 //!   `(updated_at, id)`, kept in the column's own type (JSON), so comparisons are exact.
 //! - **Incremental**: the first page of an incremental run starts after the committed cursor,
 //!   so a run reads only rows changed since the last successful run; an interrupted run
@@ -27,7 +27,9 @@
 //!   be read fail the run with a message naming the source and the view.
 //!
 //! sqlx is async and the sync pipeline reads on a plain thread: the connector owns a small
-//! current-thread tokio runtime and blocks on it for each page; one connection per run. The
+//! current-thread tokio runtime and blocks on it for each page; one connection per run. (So
+//! [`SqlPull::fetch`](PagedConnector::fetch) must not be called from inside an async task;
+//! the pipeline's reader thread and `spawn_blocking` threads are fine.) The
 //! shared runner (`matchpoint_connectors::runner`) drives the pages: retries with backoff,
 //! cancellation, page and byte limits.
 
@@ -85,16 +87,23 @@ pub enum SqlConn {
 
 impl SqlConn {
     /// Connects to `url`; a SQLite database is opened read-only unless `write` (and then
-    /// created when missing).
+    /// created when missing). sqlx's statement logging is off: statements of the simulated
+    /// supplier databases carry (synthetic) BSNs as literals, and none belong in a log.
     pub async fn connect(url: &str, write: bool) -> Result<SqlConn, sqlx::Error> {
         match Dialect::of_url(url) {
             Some(Dialect::Postgres) => Ok(SqlConn::Postgres(
-                PgConnectOptions::from_str(url)?.connect().await?,
+                PgConnectOptions::from_str(url)?
+                    .disable_statement_logging()
+                    .connect()
+                    .await?,
             )),
             Some(Dialect::MySql) => {
                 let url = url.replacen("mariadb://", "mysql://", 1);
                 Ok(SqlConn::MySql(
-                    MySqlConnectOptions::from_str(&url)?.connect().await?,
+                    MySqlConnectOptions::from_str(&url)?
+                        .disable_statement_logging()
+                        .connect()
+                        .await?,
                 ))
             }
             Some(Dialect::Sqlite) => Ok(SqlConn::Sqlite(
@@ -102,6 +111,7 @@ impl SqlConn {
                     .read_only(!write)
                     .create_if_missing(write)
                     .busy_timeout(Duration::from_secs(30))
+                    .disable_statement_logging()
                     .connect()
                     .await?,
             )),
