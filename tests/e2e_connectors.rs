@@ -726,7 +726,10 @@ fn the_same_person_gets_one_pseudonym_across_kinds() {
             |r| r.get(0),
         )
         .expect("query");
-    assert!(fhir_linked > 0, "okc-5's RelatedPersons point at persons okc-1 delivers");
+    assert!(
+        fhir_linked > 0,
+        "okc-5's RelatedPersons point at persons okc-1 delivers"
+    );
     let linked: i64 = conn
         .query_row(
             "SELECT count(*) FROM relations r WHERE r.source = 'okc-1'

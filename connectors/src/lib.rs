@@ -13,11 +13,11 @@
 //! - [`soap`]: kind `soap`, a SOAP-style XML web service (one POSTed envelope per page).
 //! - [`xml_export`]: the OKC nightly XML export file, parsed streaming with quick-xml.
 
-pub mod fhir;
 pub mod csv_drop;
+pub mod fhir;
 pub mod http;
-pub mod json_flatten;
 pub mod iwmo;
+pub mod json_flatten;
 pub mod location;
 pub mod paged;
 pub mod rest_json;

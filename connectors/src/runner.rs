@@ -245,6 +245,11 @@ impl<C: PagedConnector + 'static> PagedRunner<C> {
         self.stats
     }
 
+    /// The connector (e.g. for its own counters); `None` if a fetch panicked while holding it.
+    pub fn connector(&self) -> Option<std::sync::MutexGuard<'_, C>> {
+        self.connector.lock().ok()
+    }
+
     fn fail(&mut self, e: DeliveryError) -> DeliveryError {
         self.state = State::Done;
         self.buffer.clear();

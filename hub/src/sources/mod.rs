@@ -7,14 +7,14 @@
 //! runner in `matchpoint_connectors` ([`paged::open_paged`] builds it from the source's
 //! `[source.paging]` settings; [`paged::http_client`] the HTTP client from `[source.http]`).
 
-pub mod fhir;
 pub mod csv_drop;
+pub mod fhir;
 pub mod files;
+pub mod iwmo;
 pub mod paged;
 pub mod rest_json;
 pub mod soap;
 pub mod sql_pull;
-pub mod iwmo;
 pub mod xml_export;
 
 use std::sync::Arc;

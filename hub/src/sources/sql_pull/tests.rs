@@ -179,7 +179,11 @@ async fn scenario(url: &str) {
         while let Some(rec) = runner.next_record().expect("reads") {
             ids.push(rec.expect("good row").record_id.expect("id"));
         }
-        (ids, runner.connector().pages, runner.cursor())
+        (
+            ids,
+            runner.connector().expect("connector").pages,
+            runner.cursor(),
+        )
     })
     .join()
     .expect("reader thread");
