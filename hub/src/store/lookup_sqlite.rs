@@ -1,5 +1,8 @@
-//! SQLite queries for the lookup API (see `lookup.rs`). A child module of `sqlite.rs`, so it
-//! runs on the store's connection.
+//! SQLite queries for the lookup API (see `lookup.rs`). A child module of `sqlite.rs`.
+//!
+//! Writes (users) run on the store's connection; lookups run on a small pool of read-only
+//! connections ([`Readers`]): in WAL mode readers never wait for the writer, so lookups run
+//! in parallel with each other and with a sync's publication.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -11,6 +14,46 @@ use crate::store::lookup::{
     HouseholdRows, LookupRow, PersonRelation, QualityRow, SourceFreshness, inverse_kind, role_of,
 };
 use crate::users::{Role, User};
+
+/// Most idle read-only connections kept.
+const MAX_IDLE_READERS: usize = 8;
+
+/// A pool of read-only connections to the store's file, opened on demand.
+pub(super) struct Readers {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(super) fn new(path: &std::path::Path) -> Readers {
+        Readers {
+            path: path.to_path_buf(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(e("open reader"))?;
+        c.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(e("open reader"))?;
+        Ok(c)
+    }
+
+    fn give_back(&self, c: Connection) {
+        if let Ok(mut v) = self.idle.lock()
+            && v.len() < MAX_IDLE_READERS
+        {
+            v.push(c);
+        }
+    }
+}
 
 const USER_COLUMNS: &str = "id, name, role, organisation, disabled, created_at";
 
@@ -41,6 +84,26 @@ fn to_user(
 }
 
 impl SqliteStore {
+    /// Runs `f` on a read-only connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.take()?;
+            let out = f(&conn);
+            // A connection that failed is dropped rather than reused.
+            if out.is_ok() {
+                inner.readers.give_back(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|err| StoreError::db("task", err))?
+    }
+
     pub(in crate::store) async fn add_user(
         &self,
         name: &str,
@@ -103,7 +166,7 @@ impl SqliteStore {
         &self,
         token_hash: [u8; 32],
     ) -> Result<Option<User>, StoreError> {
-        self.with(move |conn, _| {
+        self.read(move |conn| {
             let row = conn
                 .query_row(
                     &format!("SELECT {USER_COLUMNS} FROM users WHERE token_hash = ?1"),
@@ -121,22 +184,21 @@ impl SqliteStore {
         &self,
         persons: Vec<Vec<u8>>,
     ) -> Result<Vec<LookupRow>, StoreError> {
-        self.with(move |conn, _| involvements_of(conn, &persons))
-            .await
+        self.read(move |conn| involvements_of(conn, &persons)).await
     }
 
     pub(in crate::store) async fn person_relations(
         &self,
         person: Vec<u8>,
     ) -> Result<Vec<PersonRelation>, StoreError> {
-        self.with(move |conn, _| relations_of(conn, &person)).await
+        self.read(move |conn| relations_of(conn, &person)).await
     }
 
     pub(in crate::store) async fn household_rows(
         &self,
         person: Vec<u8>,
     ) -> Result<HouseholdRows, StoreError> {
-        self.with(move |conn, _| {
+        self.read(move |conn| {
             let relations = relations_of(conn, &person)?;
             let mut persons = vec![person.clone()];
             for r in &relations {
@@ -156,7 +218,7 @@ impl SqliteStore {
     pub(in crate::store) async fn source_freshness(
         &self,
     ) -> Result<Vec<SourceFreshness>, StoreError> {
-        self.with(move |conn, _| freshness(conn)).await
+        self.read(freshness).await
     }
 
     pub(in crate::store) async fn data_quality(

@@ -52,6 +52,9 @@ pub struct SqliteStore {
 struct Inner {
     conn: Mutex<Connection>,
     staging_dir: PathBuf,
+    /// Read-only connections for the lookup API (`lookup_sqlite.rs`), so lookups neither wait
+    /// for each other nor for this connection.
+    readers: lookup::Readers,
 }
 
 pub(crate) fn now_text() -> String {
@@ -142,6 +145,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 staging_dir: PathBuf::from(staging_dir),
+                readers: lookup::Readers::new(path),
             }),
         })
     }
