@@ -47,6 +47,18 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             "okc-2  xml_export  {}",
             matchpoint_hub::generate::okc2_export_path(&opts.out).display()
         );
+        // The WMO module's iWmo messages: one in five adults of the same population.
+        let first_day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default();
+        let folder = opts.out.join("wmo").join("berichten");
+        let wmo =
+            matchpoint_hub::generate::iwmo::write_for_population(&folder, &opts, 5, first_day)
+                .context("writing the iWmo messages")?;
+        println!(
+            "wmo  iwmo  {}  messages: {}  assignments: {}",
+            folder.display(),
+            wmo.messages,
+            wmo.assignments
+        );
     }
     let supplier = args.supplier_db.clone().or_else(|| {
         args.dir
