@@ -444,3 +444,56 @@ pub async fn start_with_fallback(
         opts.listen_base
     ))
 }
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+
+    fn options(listen_base: u16) -> SandboxOptions {
+        SandboxOptions {
+            persons: 20,
+            seed: 1,
+            faults: FaultSpec::default(),
+            listen_base,
+            dir: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_moves_every_upstream_to_a_later_base() {
+        // Hold a free port and ask for the base whose first upstream would listen on it.
+        let held = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        let first = port - UPSTREAMS[0].port_offset;
+
+        let err = start_with_fallback(&options(first), 1, 10)
+            .await
+            .err()
+            .expect("the only base tried has a taken port");
+        assert!(err.contains("no free ports"), "{err}");
+        assert!(err.contains(&port.to_string()), "{err}");
+
+        let (base, running) = start_with_fallback(&options(first), 5, 10)
+            .await
+            .expect("a later base is free");
+        assert!(base > first && (base - first) % 10 == 0, "base {base}");
+        assert_eq!(running.len(), UPSTREAMS.len());
+        for (def, r) in UPSTREAMS.iter().zip(&running) {
+            assert_eq!(r.name, def.name);
+            assert!(
+                r.root
+                    .ends_with(&format!(":{}", base + def.port_offset)),
+                "{} at {}",
+                r.name,
+                r.root
+            );
+            // It accepts connections once started.
+            let addr = r.root.trim_start_matches("http://");
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the started upstream");
+        }
+    }
+}
