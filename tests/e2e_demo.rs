@@ -88,7 +88,11 @@ fn demo_syncs_all_eight_sources_and_a_later_sync_with_the_sandbox_changes_nothin
     // All eight sources ran once and succeeded, with records.
     let runs = newest_runs(tmp.path(), config_s);
     let names: HashSet<&str> = runs.iter().filter_map(|r| r["source"].as_str()).collect();
-    assert_eq!(names, SOURCES.iter().copied().collect::<HashSet<_>>(), "{runs:?}");
+    assert_eq!(
+        names,
+        SOURCES.iter().copied().collect::<HashSet<_>>(),
+        "{runs:?}"
+    );
     for r in &runs {
         assert_eq!(r["status"], "succeeded", "{r}");
         assert!(
@@ -104,14 +108,24 @@ fn demo_syncs_all_eight_sources_and_a_later_sync_with_the_sandbox_changes_nothin
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .collect();
-    for secret in ["sandbox-okc-1", "sandbox-okc-5", "sandbox-okc-6", "supplier.db"] {
+    for secret in [
+        "sandbox-okc-1",
+        "sandbox-okc-5",
+        "sandbox-okc-6",
+        "supplier.db",
+    ] {
         assert!(
             !settings.iter().any(|l| l.contains(secret)),
             "{secret} is set in the config"
         );
     }
     #[cfg(unix)]
-    for f in ["okc-1.token", "okc-5.token", "okc-6.password", "supplier-db.url"] {
+    for f in [
+        "okc-1.token",
+        "okc-5.token",
+        "okc-6.password",
+        "supplier-db.url",
+    ] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("secrets").join(f))
             .expect("secret file")
@@ -132,7 +146,10 @@ fn demo_syncs_all_eight_sources_and_a_later_sync_with_the_sandbox_changes_nothin
             |r| r.get(0),
         )
         .expect("query");
-    assert!(most >= 6, "the best-known person is known to {most} sources");
+    assert!(
+        most >= 6,
+        "the best-known person is known to {most} sources"
+    );
     let persons_in_index: i64 = db
         .query_row("SELECT COUNT(DISTINCT person) FROM involvements", [], |r| {
             r.get(0)

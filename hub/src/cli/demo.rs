@@ -29,8 +29,7 @@ mod demo_serve;
 
 const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/matchpoint.example.toml");
 /// First line of a config the demo wrote; such a config is rewritten by the next demo.
-const DEMO_CONFIG_HEADER: &str =
-    "# Written by `matchpoint demo`; rewritten by the next demo in this folder (remove this line to keep your edits).";
+const DEMO_CONFIG_HEADER: &str = "# Written by `matchpoint demo`; rewritten by the next demo in this folder (remove this line to keep your edits).";
 /// The mapping file of every source of the example config.
 const MAPPINGS: &[(&str, &str)] = &[
     ("okc-1", include_str!("../../../deploy/mappings/okc-1.toml")),
@@ -208,8 +207,7 @@ pub async fn demo(
     }
     println!("  synthetic data for {persons} persons (seed {seed}):");
     let supplier_url = format!("sqlite://{}", dir.join("supplier.db").display());
-    super::sandbox::write_sources(dir, persons, seed, DEMO_BAD_SHARE, Some(&supplier_url))
-        .await?;
+    super::sandbox::write_sources(dir, persons, seed, DEMO_BAD_SHARE, Some(&supplier_url)).await?;
 
     // The HTTP upstreams, in this process, at the first base port with all ports free.
     let opts = SandboxOptions {
@@ -349,8 +347,8 @@ mod tests {
 
     #[test]
     fn demo_config_names_a_missing_example_address() {
-        let err = demo_config(&[("127.0.0.1:1".to_owned(), "x".to_owned())])
+        let err = demo_config(&[("127.0.0.1:9".to_owned(), "x".to_owned())])
             .expect_err("unknown address");
-        assert!(err.to_string().contains("127.0.0.1:1"));
+        assert!(err.to_string().contains("127.0.0.1:9"));
     }
 }

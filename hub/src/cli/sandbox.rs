@@ -74,12 +74,8 @@ pub(super) async fn write_sources(
         seed,
         bad_share,
     };
-    let summary = generate(&opts, &mut |_| {}).with_context(|| {
-        format!(
-            "writing the file-based sources into {}",
-            opts.out.display()
-        )
-    })?;
+    let summary = generate(&opts, &mut |_| {})
+        .with_context(|| format!("writing the file-based sources into {}", opts.out.display()))?;
     println!(
         "okc-2  xml_export  {}  records: {} ({} deliberately bad)",
         matchpoint_hub::generate::okc2_export_path(&opts.out).display(),

@@ -354,9 +354,8 @@ async fn bind_all(base: u16) -> Result<Vec<tokio::net::TcpListener>, String> {
         let port = if base == 0 {
             0
         } else {
-            base.checked_add(def.port_offset).ok_or_else(|| {
-                format!("--listen-base {base} leaves no room for port offsets")
-            })?
+            base.checked_add(def.port_offset)
+                .ok_or_else(|| format!("--listen-base {base} leaves no room for port offsets"))?
         };
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -483,8 +482,7 @@ mod start_tests {
         for (def, r) in UPSTREAMS.iter().zip(&running) {
             assert_eq!(r.name, def.name);
             assert!(
-                r.root
-                    .ends_with(&format!(":{}", base + def.port_offset)),
+                r.root.ends_with(&format!(":{}", base + def.port_offset)),
                 "{} at {}",
                 r.name,
                 r.root
