@@ -133,6 +133,15 @@ fn demo_syncs_all_eight_sources_and_a_later_sync_with_the_sandbox_changes_nothin
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("secrets"))
+            .expect("secrets folder")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "secrets folder");
+    }
 
     // One person is known to at least six sources under one pseudonym, and no source
     // pseudonymised differently: there are no more persons in the index than in the

@@ -139,6 +139,12 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating folder {}", parent.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("setting mode 0700 on {}", parent.display()))?;
+        }
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
