@@ -477,7 +477,10 @@ mod start_tests {
         let (base, running) = start_with_fallback(&options(first), 5, 10)
             .await
             .expect("a later base is free");
-        assert!(base > first && (base - first).is_multiple_of(10), "base {base}");
+        assert!(
+            base > first && (base - first).is_multiple_of(10),
+            "base {base}"
+        );
         assert_eq!(running.len(), UPSTREAMS.len());
         for (def, r) in UPSTREAMS.iter().zip(&running) {
             assert_eq!(r.name, def.name);
