@@ -169,9 +169,14 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// The demo config: the example config with every sandbox upstream at its actual address
 /// (`hosts`: example `host:port` → actual `host:port`) and every secret read from its file
-/// under `secrets/` instead of an environment variable.
-fn demo_config(hosts: &[(String, String)]) -> anyhow::Result<String> {
-    let mut text = format!("{DEMO_CONFIG_HEADER}\n{EXAMPLE_CONFIG}");
+/// under `secrets/` instead of an environment variable; its header names the command
+/// (`sandbox_cmd`) that serves the HTTP sources for later syncs.
+fn demo_config(hosts: &[(String, String)], sandbox_cmd: &str) -> anyhow::Result<String> {
+    // A comment line: no line break from a folder name may end it.
+    let sandbox_cmd = sandbox_cmd.replace(['\n', '\r'], " ");
+    let mut text = format!(
+        "{DEMO_CONFIG_HEADER}\n# The HTTP sources (okc-1, okc-5, okc-6) need the sandbox running for a sync:\n#   {sandbox_cmd}\n{EXAMPLE_CONFIG}"
+    );
     for (from, to) in hosts {
         anyhow::ensure!(
             text.contains(from.as_str()),
@@ -251,13 +256,27 @@ pub async fn demo(
     write_secret(&dir.join("secrets/okc-6.password"), "sandbox-okc-6")?;
     write_secret(&dir.join("secrets/supplier-db.url"), &supplier_url)?;
 
+    // The binary as the user can type it (e.g. ./target/release/matchpoint after `cargo run`).
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let cwd = std::env::current_dir().ok()?;
+            exe.strip_prefix(&cwd)
+                .ok()
+                .map(|rel| format!("./{}", rel.display()))
+        })
+        .unwrap_or_else(|| "matchpoint".to_owned());
+    let sandbox_cmd = format!(
+        "{me} sandbox --dir {} --persons {persons} --seed {seed} --bad-share {DEMO_BAD_SHARE} --listen-base {base}",
+        dir.display()
+    );
     let cfg_path = dir.join("matchpoint.toml");
     let ours = std::fs::read_to_string(&cfg_path)
         .map(|t| t.starts_with(DEMO_CONFIG_HEADER))
         .unwrap_or(true);
     let cfg_state = if ours {
         let existed = cfg_path.exists();
-        std::fs::write(&cfg_path, demo_config(&hosts)?)
+        std::fs::write(&cfg_path, demo_config(&hosts, &sandbox_cmd)?)
             .with_context(|| format!("writing {}", cfg_path.display()))?;
         if existed { "rewritten" } else { "new" }
     } else {
@@ -278,31 +297,17 @@ pub async fn demo(
     let env = Env::load(&cfg_path).await?;
     let code = sync_cmd::sync(&env, &[], false, false).await?;
     let shown = cfg_path.display();
-    // The binary as the user can type it (e.g. ./target/release/matchpoint after `cargo run`).
-    let me = std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            let cwd = std::env::current_dir().ok()?;
-            exe.strip_prefix(&cwd)
-                .ok()
-                .map(|rel| format!("./{}", rel.display()))
-        })
-        .unwrap_or_else(|| "matchpoint".to_owned());
-    let sandbox_cmd = format!(
-        "{me} sandbox --dir {} --persons {persons} --seed {seed} --bad-share {DEMO_BAD_SHARE} --listen-base {base}",
-        dir.display()
-    );
     println!();
     println!("Next:");
     println!("  {me} stats --config {shown}");
     println!("  {me} runs --config {shown}");
     println!("  {me} quarantine --config {shown}");
-    println!("  {me} sync --config {shown}     # a second sync changes nothing");
     println!(
         "The HTTP sources (okc-1, okc-5, okc-6) are served by this demo process. Once it has \
          stopped, later syncs need the sandbox running in another shell:"
     );
     println!("  {sandbox_cmd}");
+    println!("  {me} sync --config {shown}     # then a second sync changes nothing");
     match listen {
         Some(listen) if code == ExitCode::SUCCESS => {
             println!("The sandbox keeps running while the API is served.");
@@ -330,7 +335,8 @@ mod tests {
                 )
             })
             .collect();
-        let text = demo_config(&hosts).expect("demo config");
+        let text = demo_config(&hosts, "matchpoint sandbox --dir D").expect("demo config");
+        assert!(text.contains("#   matchpoint sandbox --dir D\n"));
         assert!(text.starts_with(DEMO_CONFIG_HEADER));
         for d in UPSTREAMS {
             assert!(text.contains(&format!("127.0.0.1:{}{}", 41000 + d.port_offset, d.path)));
@@ -353,7 +359,7 @@ mod tests {
 
     #[test]
     fn demo_config_names_a_missing_example_address() {
-        let err = demo_config(&[("127.0.0.1:9".to_owned(), "x".to_owned())])
+        let err = demo_config(&[("127.0.0.1:9".to_owned(), "x".to_owned())], "")
             .expect_err("unknown address");
         assert!(err.to_string().contains("127.0.0.1:9"));
     }
