@@ -60,7 +60,12 @@ async fn sample_bsns(config: &Config, max: usize) -> anyhow::Result<Vec<String>>
     .context("reading the demo data")?
 }
 
-/// Example persons: (bsn, involved organisation, uninvolved organisation).
+/// Sources that know a person well enough for the demo's example: the lookup then shows
+/// many organisations (the seed document's Kuipers family is known to six).
+const EXAMPLE_SOURCES: usize = 6;
+
+/// Example persons: (bsn, involved organisation, uninvolved organisation). Prefers the
+/// first person known to [`EXAMPLE_SOURCES`] sources, else the one known to the most.
 async fn pick_examples(
     state: &AppState,
     bsns: &[String],
@@ -71,6 +76,7 @@ async fn pick_examples(
         .iter()
         .map(|o| o.code.clone())
         .collect();
+    let mut best: Option<(usize, (String, String, String))> = None;
     for text in bsns {
         let Ok(bsn) = Bsn::parse(text) else { continue };
         let person = state.index_pseudonym(&bsn);
@@ -97,9 +103,20 @@ async fn pick_examples(
         else {
             continue;
         };
-        return Ok(Some((text.clone(), involved, outsider.clone())));
+        let known = rows
+            .iter()
+            .filter(|r| r.person == person)
+            .map(|r| r.source.as_str())
+            .collect::<HashSet<_>>()
+            .len();
+        if best.as_ref().is_none_or(|(n, _)| known > *n) {
+            best = Some((known, (text.clone(), involved, outsider.clone())));
+        }
+        if known >= EXAMPLE_SOURCES {
+            break;
+        }
     }
-    Ok(None)
+    Ok(best.map(|(_, example)| example))
 }
 
 /// Adds demo users, prints example requests and serves until Ctrl-C.

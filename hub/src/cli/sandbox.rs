@@ -1,6 +1,13 @@
 //! `matchpoint sandbox`: starts every simulated upstream on loopback and runs until Ctrl-C.
+//!
+//! With `--dir DIR` it also writes the file-based sources of the same population under
+//! `DIR/data` (the okc-2 XML export, the okc-3 CSV drop, the iWmo messages of source `wmo`)
+//! and the supplier database of the SQL sources (okc-4, RIS; `sqlite://DIR/supplier.db` by
+//! default). `matchpoint demo` uses the same writing ([`write_sources`]) and starting logic,
+//! so `matchpoint sandbox --dir DIR` with the demo's persons, seed, bad share and base port
+//! serves exactly what the demo synced: a later `sync` finds nothing new.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -23,53 +30,103 @@ pub struct SandboxArgs {
     /// Upstream N listens on this port + N (okc-1 on +1, okc-6 on +6); 0 picks free ports.
     #[arg(long, default_value_t = 18000)]
     pub listen_base: u16,
-    /// Folder to write the file-based sources to (the okc-2 XML export).
+    /// Folder to write the file-based sources to (okc-2 XML export, okc-3 CSV drop, iWmo
+    /// messages of `wmo`, under DIR/data).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Share of deliberately bad records in the okc-2 export and the iWmo messages (0 to 1;
+    /// `matchpoint demo` uses 0.02).
+    #[arg(long, default_value_t = 0.0)]
+    pub bad_share: f64,
     /// Database for the SQL sources (okc-4, RIS): sqlite://PATH, postgres://… or mysql://…
     /// (default: sqlite://DIR/supplier.db with --dir). See `matchpoint supplier-db`.
     #[arg(long, env = "MATCHPOINT_SUPPLIER_DB_URL")]
     pub supplier_db: Option<String>,
 }
 
+/// First day of the generated iWmo messages.
+fn iwmo_first_day() -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default()
+}
+
+/// One in this many adults of the population gets a WMO assignment (source `wmo`), so WMO
+/// clients are known to the OKC sources too.
+const IWMO_EVERY: u64 = 5;
+
+/// Writes every file-based source of the population under `dir/data` (okc-2 XML export,
+/// okc-3 CSV drop, iWmo messages in `data/wmo/berichten`) and, given `supplier`, creates
+/// the supplier database of okc-4 and RIS there. Deterministic in (`persons`, `seed`,
+/// `bad_share`): writing again gives the same deliveries. Prints one line per source.
+pub(super) async fn write_sources(
+    dir: &Path,
+    persons: u64,
+    seed: u64,
+    bad_share: f64,
+    supplier: Option<&str>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        bad_share.is_finite() && (0.0..=1.0).contains(&bad_share),
+        "--bad-share must be between 0.0 and 1.0, found {bad_share}"
+    );
+    let opts = GenerateOptions {
+        persons,
+        out: dir.join("data"),
+        seed,
+        bad_share,
+    };
+    let summary = generate(&opts, &mut |_| {})
+        .with_context(|| format!("writing the file-based sources into {}", opts.out.display()))?;
+    println!(
+        "okc-2  xml_export  {}  records: {} ({} deliberately bad)",
+        matchpoint_hub::generate::okc2_export_path(&opts.out).display(),
+        summary.records,
+        summary.bad_records
+    );
+    let folder = opts.out.join("wmo").join("berichten");
+    let wmo = matchpoint_hub::generate::iwmo::write_for_population(
+        &folder,
+        &opts,
+        IWMO_EVERY,
+        iwmo_first_day(),
+    )
+    .with_context(|| format!("writing iWmo messages into {}", folder.display()))?;
+    println!(
+        "wmo    iwmo        {}  messages: {} for {} assignments",
+        wmo.folder.display(),
+        wmo.messages,
+        wmo.assignments
+    );
+    if let Some(url) = supplier {
+        super::supplier_db::create(url, persons, seed).await?;
+    }
+    super::supplier_db::write_okc3(dir, persons, seed, 0)?;
+    Ok(())
+}
+
 /// Runs the sandbox until Ctrl-C.
 pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let faults = FaultSpec::parse(&args.faults).map_err(anyhow::Error::msg)?;
-    if let Some(dir) = &args.dir {
-        let opts = GenerateOptions {
-            persons: args.persons,
-            out: dir.join("data"),
-            seed: args.seed,
-            bad_share: 0.0,
-        };
-        generate(&opts, &mut |_| {}).context("writing the file-based sources")?;
-        println!(
-            "okc-2  xml_export  {}",
-            matchpoint_hub::generate::okc2_export_path(&opts.out).display()
-        );
-        // The WMO module's iWmo messages: one in five adults of the same population.
-        let first_day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default();
-        let folder = opts.out.join("wmo").join("berichten");
-        let wmo =
-            matchpoint_hub::generate::iwmo::write_for_population(&folder, &opts, 5, first_day)
-                .context("writing the iWmo messages")?;
-        println!(
-            "wmo  iwmo  {}  messages: {}  assignments: {}",
-            folder.display(),
-            wmo.messages,
-            wmo.assignments
-        );
-    }
     let supplier = args.supplier_db.clone().or_else(|| {
         args.dir
             .as_ref()
             .map(|d| format!("sqlite://{}", d.join("supplier.db").display()))
     });
-    if let Some(url) = &supplier {
-        super::supplier_db::create(url, args.persons, args.seed).await?;
-    }
-    if let Some(dir) = &args.dir {
-        super::supplier_db::write_okc3(dir, args.persons, args.seed, 0)?;
+    match &args.dir {
+        Some(dir) => {
+            write_sources(
+                dir,
+                args.persons,
+                args.seed,
+                args.bad_share,
+                supplier.as_deref(),
+            )
+            .await?;
+        }
+        None => {
+            if let Some(url) = &supplier {
+                super::supplier_db::create(url, args.persons, args.seed).await?;
+            }
+        }
     }
     let opts = SandboxOptions {
         persons: args.persons,

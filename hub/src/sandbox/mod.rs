@@ -346,10 +346,33 @@ pub struct Running {
     pub upstream: Arc<Upstream>,
 }
 
-/// Builds every upstream's data, binds its port and serves it on the current tokio runtime.
-pub async fn start(opts: &SandboxOptions) -> Result<Vec<Running>, String> {
-    let mut running = Vec::new();
+/// Binds one loopback listener per upstream: port `base` + offset each, or free ports
+/// when `base` is 0. Fails (dropping what it bound) if any port is taken.
+async fn bind_all(base: u16) -> Result<Vec<tokio::net::TcpListener>, String> {
+    let mut listeners = Vec::with_capacity(UPSTREAMS.len());
     for def in UPSTREAMS {
+        let port = if base == 0 {
+            0
+        } else {
+            base.checked_add(def.port_offset)
+                .ok_or_else(|| format!("--listen-base {base} leaves no room for port offsets"))?
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("{}: cannot listen on 127.0.0.1:{port}: {e}", def.name))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Builds every upstream's data and serves it on the bound `listeners` (one per entry of
+/// [`UPSTREAMS`], in order) on the current tokio runtime.
+fn serve_all(
+    opts: &SandboxOptions,
+    listeners: Vec<tokio::net::TcpListener>,
+) -> Result<Vec<Running>, String> {
+    let mut running = Vec::new();
+    for (def, listener) in UPSTREAMS.iter().zip(listeners) {
         let feed = Feed::build(def.name, def.prefix, opts.persons, opts.seed, def.share)?;
         let up = Arc::new(Upstream::new(
             def.name,
@@ -357,21 +380,6 @@ pub async fn start(opts: &SandboxOptions) -> Result<Vec<Running>, String> {
             feed,
             opts.faults.clone(),
         ));
-        let port = if opts.listen_base == 0 {
-            0
-        } else {
-            opts.listen_base
-                .checked_add(def.port_offset)
-                .ok_or_else(|| {
-                    format!(
-                        "--listen-base {} leaves no room for port offsets",
-                        opts.listen_base
-                    )
-                })?
-        };
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("{}: cannot listen on 127.0.0.1:{port}: {e}", def.name))?;
         let addr = listener
             .local_addr()
             .map_err(|e| format!("{}: {e}", def.name))?;
@@ -395,4 +403,98 @@ pub async fn start(opts: &SandboxOptions) -> Result<Vec<Running>, String> {
         });
     }
     Ok(running)
+}
+
+/// Builds every upstream's data, binds its port and serves it on the current tokio runtime.
+/// The servers run until the runtime shuts down; every port is bound before it returns, so
+/// the upstreams accept connections as soon as it has returned.
+pub async fn start(opts: &SandboxOptions) -> Result<Vec<Running>, String> {
+    let listeners = bind_all(opts.listen_base).await?;
+    serve_all(opts, listeners)
+}
+
+/// Like [`start`], but when a port of `opts.listen_base` is taken (another sandbox or demo
+/// on this machine, tests in parallel) tries the bases `step`, `2 * step`, … above it, at
+/// most `tries` bases in all, so that every upstream keeps its fixed offset from one base.
+/// Returns the base used with the running upstreams. A base of 0 picks free ports.
+pub async fn start_with_fallback(
+    opts: &SandboxOptions,
+    tries: u16,
+    step: u16,
+) -> Result<(u16, Vec<Running>), String> {
+    let mut last_err = String::from("no base port tried");
+    let mut base = opts.listen_base;
+    for _ in 0..tries.max(1) {
+        match bind_all(base).await {
+            Ok(listeners) => return Ok((base, serve_all(opts, listeners)?)),
+            Err(e) => last_err = e,
+        }
+        if base == 0 {
+            break;
+        }
+        base = match base.checked_add(step) {
+            Some(b) if step > 0 => b,
+            _ => break,
+        };
+    }
+    Err(format!(
+        "no free ports for the sandbox from base {} on ({last_err}); stop the other sandbox \
+         or demo, or choose another base port",
+        opts.listen_base
+    ))
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+
+    fn options(listen_base: u16) -> SandboxOptions {
+        SandboxOptions {
+            persons: 20,
+            seed: 1,
+            faults: FaultSpec::default(),
+            listen_base,
+            dir: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_moves_every_upstream_to_a_later_base() {
+        // Hold a free port and ask for the base whose first upstream would listen on it.
+        let held = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        let first = port - UPSTREAMS[0].port_offset;
+
+        let err = start_with_fallback(&options(first), 1, 10)
+            .await
+            .err()
+            .expect("the only base tried has a taken port");
+        assert!(err.contains("no free ports"), "{err}");
+        assert!(err.contains(&port.to_string()), "{err}");
+
+        let (base, running) = start_with_fallback(&options(first), 5, 10)
+            .await
+            .expect("a later base is free");
+        assert!(
+            base > first && (base - first).is_multiple_of(10),
+            "base {base}"
+        );
+        assert_eq!(running.len(), UPSTREAMS.len());
+        for (def, r) in UPSTREAMS.iter().zip(&running) {
+            assert_eq!(r.name, def.name);
+            assert!(
+                r.root.ends_with(&format!(":{}", base + def.port_offset)),
+                "{} at {}",
+                r.name,
+                r.root
+            );
+            // It accepts connections once started.
+            let addr = r.root.trim_start_matches("http://");
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the started upstream");
+        }
+    }
 }
