@@ -2,6 +2,7 @@
 
 mod audit;
 mod demo;
+mod keys;
 mod output;
 mod run;
 mod runs;
@@ -61,6 +62,13 @@ pub enum Command {
         /// Key id (version) stored beside every pseudonym; default `k` + today's date.
         #[arg(long)]
         key_id: Option<String>,
+    },
+    /// Index key rotation: add a version, activate it, show rows per version.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: keys::KeysAction,
     },
     /// Write realistic synthetic source data (fake persons, valid BSNs) and a manifest of the
     /// deliberately bad records.
@@ -232,6 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Back it up offline: without it, existing pseudonyms cannot be reproduced.");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { config, action } => keys::keys(&config.config, action).await,
         Command::Generate {
             persons,
             out,

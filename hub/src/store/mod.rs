@@ -8,6 +8,8 @@
 //! [`Store::complete_run`] compares, applies and records the run in one transaction.
 
 mod codec;
+mod keys_postgres;
+mod keys_sqlite;
 mod lease_postgres;
 mod lease_sqlite;
 pub mod lookup;
@@ -391,6 +393,19 @@ pub struct ScheduleHistory {
     pub last_success_at: Option<DateTime<Utc>>,
 }
 
+/// How many rows of one source carry one key version (`matchpoint keys status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyVersionCount {
+    /// Source.
+    pub source: String,
+    /// Key version (`key_id`).
+    pub key_id: String,
+    /// Involvement rows with this version.
+    pub involvements: u64,
+    /// Relation rows with this version.
+    pub relations: u64,
+}
+
 /// The store, by backend.
 #[derive(Clone)]
 pub enum Store {
@@ -558,6 +573,14 @@ impl Store {
     /// Latest run starts and last success of a source, for the scheduler and staleness.
     pub async fn schedule_history(&self, source: &str) -> Result<ScheduleHistory, StoreError> {
         dispatch!(self, s => s.schedule_history(source).await)
+    }
+}
+
+/// Key versions (`keys_sqlite.rs`, `keys_postgres.rs`).
+impl Store {
+    /// Rows per source and key version, in the index and the relations.
+    pub async fn key_versions(&self) -> Result<Vec<KeyVersionCount>, StoreError> {
+        dispatch!(self, s => s.key_versions().await)
     }
 }
 
