@@ -128,7 +128,11 @@ impl fmt::Debug for MasterKey {
             .field("id", &self.id)
             .field(
                 "index_versions",
-                &self.versions.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+                &self
+                    .versions
+                    .iter()
+                    .map(|v| v.id.as_str())
+                    .collect::<Vec<_>>(),
             )
             .field("active_index", &self.active_index_id())
             .field("secret", &"<redacted>")
@@ -262,15 +266,18 @@ impl MasterKey {
         let active = match parsed.active_index.as_deref() {
             None => None,
             Some(a) if a == parsed.key_id => None,
-            Some(a) => Some(versions.iter().position(|v| v.id.as_str() == a).ok_or_else(
-                || {
-                    fmt(format!(
-                        "active_index names version `{a}`, which the file does not hold; \
+            Some(a) => Some(
+                versions
+                    .iter()
+                    .position(|v| v.id.as_str() == a)
+                    .ok_or_else(|| {
+                        fmt(format!(
+                            "active_index names version `{a}`, which the file does not hold; \
                          restore the key file from its backup (or set active_index to one of \
                          its versions)"
-                    ))
-                },
-            )?),
+                        ))
+                    })?,
+            ),
         };
         Ok(MasterKey {
             id: KeyId(parsed.key_id),
@@ -669,12 +676,20 @@ mod tests {
 
         MasterKey::rotate_file(&path, "k2").expect("rotate");
         let rotated = MasterKey::load(&path).expect("load rotated");
-        assert_eq!(rotated.active_index_id().as_str(), "k1", "rotate must not activate");
+        assert_eq!(
+            rotated.active_index_id().as_str(),
+            "k1",
+            "rotate must not activate"
+        );
         assert_eq!(
             rotated.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn),
             p1
         );
-        let ids: Vec<&str> = rotated.index_versions().iter().map(|k| k.as_str()).collect();
+        let ids: Vec<&str> = rotated
+            .index_versions()
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
         assert_eq!(ids, ["k1", "k2"]);
         assert!(matches!(
             MasterKey::rotate_file(&path, "k2"),

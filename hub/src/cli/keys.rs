@@ -50,8 +50,8 @@ pub async fn keys(config_path: &Path, action: KeysAction) -> anyhow::Result<Exit
     let path = key_path(&config);
     match action {
         KeysAction::Rotate { key_id } => {
-            let id = key_id
-                .unwrap_or_else(|| format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M")));
+            let id =
+                key_id.unwrap_or_else(|| format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M")));
             let id = MasterKey::rotate_file(&path, &id)?;
             println!(
                 "Added index key version `{id}` to {} (not active).",
@@ -142,7 +142,12 @@ fn print_status(s: &KeyStatus) {
             vec![
                 r.source.clone(),
                 r.key_id.clone(),
-                if r.key_id == s.active { "active" } else { "old" }.to_owned(),
+                if r.key_id == s.active {
+                    "active"
+                } else {
+                    "old"
+                }
+                .to_owned(),
                 r.involvements.to_string(),
                 r.relations.to_string(),
             ]
