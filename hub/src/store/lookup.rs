@@ -170,10 +170,7 @@ impl Store {
     /// `selves` are the person's index pseudonyms under every loaded key version (during a
     /// key rotation a person's rows may carry either); relations and involvements of all of
     /// them are returned.
-    pub async fn household_rows(
-        &self,
-        selves: Vec<Vec<u8>>,
-    ) -> Result<HouseholdRows, StoreError> {
+    pub async fn household_rows(&self, selves: Vec<Vec<u8>>) -> Result<HouseholdRows, StoreError> {
         dispatch!(self, s => s.household_rows(selves).await)
     }
 
