@@ -14,6 +14,8 @@ mod lease_postgres;
 mod lease_sqlite;
 pub mod lookup;
 pub mod postgres;
+mod retention_postgres;
+mod retention_sqlite;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -406,6 +408,37 @@ pub struct KeyVersionCount {
     pub relations: u64,
 }
 
+/// The source name retention runs are recorded under in the run history.
+pub const RETENTION_SOURCE: &str = "__retention__";
+
+/// What a retention run removes (see `crate::retention`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionCutoffs {
+    /// Involvements whose end date lies before this are purged (with their relations).
+    pub ended_before: chrono::NaiveDate,
+    /// Involvements whose `purge_after` date lies before this are purged.
+    pub today: chrono::NaiveDate,
+    /// Quarantine entries created before this are purged.
+    pub quarantine_before: DateTime<Utc>,
+}
+
+/// Counts of one retention run. In the run history (source `__retention__`, mode
+/// `retention`): `ended` = involvements, `updated` = relations, `rejected` = quarantine
+/// entries, `read` = all rows removed (audit entries included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionCounts {
+    /// Involvements purged.
+    pub involvements: u64,
+    /// Relations purged with them.
+    pub relations: u64,
+    /// Quarantine entries purged.
+    pub quarantine: u64,
+    /// Audit entries removed through the audit trail's privileged path.
+    pub audit: u64,
+    /// The run recorded in the history (not for dry runs).
+    pub run: Option<RunId>,
+}
+
 /// The store, by backend.
 #[derive(Clone)]
 pub enum Store {
@@ -581,6 +614,29 @@ impl Store {
     /// Rows per source and key version, in the index and the relations.
     pub async fn key_versions(&self) -> Result<Vec<KeyVersionCount>, StoreError> {
         dispatch!(self, s => s.key_versions().await)
+    }
+}
+
+/// Retention (`retention_sqlite.rs`, `retention_postgres.rs`).
+impl Store {
+    /// Purges involvements past the cutoffs (and their relations) and old quarantine entries,
+    /// in one transaction; with `dry_run` only counts (the transaction is rolled back).
+    pub async fn purge_retention(
+        &self,
+        cutoffs: RetentionCutoffs,
+        dry_run: bool,
+    ) -> Result<RetentionCounts, StoreError> {
+        dispatch!(self, s => s.purge_retention(cutoffs, dry_run).await)
+    }
+
+    /// Records a retention run in the run history (source [`RETENTION_SOURCE`]).
+    pub async fn record_retention_run(
+        &self,
+        started: DateTime<Utc>,
+        counts: RetentionCounts,
+        error: Option<String>,
+    ) -> Result<RunId, StoreError> {
+        dispatch!(self, s => s.record_retention_run(started, counts, error).await)
     }
 }
 
