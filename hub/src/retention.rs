@@ -96,5 +96,60 @@ pub async fn run(
     }
 }
 
+/// What the scheduled retention job did on one look.
+#[derive(Debug)]
+pub enum Scheduled {
+    /// Not due yet.
+    NotDue,
+    /// Another instance holds the `__retention__` lease.
+    Skipped {
+        /// The other holder.
+        holder: String,
+    },
+    /// Ran (the run is in the history, also when it failed).
+    Ran(Result<RetentionCounts, RetentionError>),
+}
+
+/// The scheduled job (`matchpoint run`): when a slot of `[retention] schedule` (in
+/// `time_zone`) lies after the last retention run's start (or within the last day, when
+/// there is none) and at or before `now`, runs retention once under the `__retention__`
+/// lease (so several instances on one database do not run it twice). Missed slots are caught
+/// up with one run.
+pub async fn run_if_due(
+    store: &Store,
+    audit: Option<&AuditLog>,
+    settings: &RetentionSettings,
+    time_zone: &str,
+    holder: &str,
+    lease: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Result<Scheduled, RetentionError> {
+    let schedule = match crate::schedule::CronSchedule::parse_in(&settings.schedule, time_zone) {
+        Ok(s) => s,
+        // Checked when the configuration was loaded; an unusable schedule never runs.
+        Err(_) => return Ok(Scheduled::NotDue),
+    };
+    let last = store
+        .runs(Some(crate::store::RETENTION_SOURCE), 1)
+        .await?
+        .first()
+        .map(|r| r.started_at)
+        .unwrap_or(now - chrono::Duration::days(1));
+    if !schedule.next_after(last).is_some_and(|slot| slot <= now) {
+        return Ok(Scheduled::NotDue);
+    }
+    let job = crate::schedule::RETENTION_JOB;
+    match store.try_lease(job, holder, now, now + lease).await? {
+        crate::store::LeaseOutcome::HeldBy { holder, .. } => Ok(Scheduled::Skipped { holder }),
+        crate::store::LeaseOutcome::Acquired => {
+            let result = run(store, audit, settings, now, false).await;
+            if let Err(e) = store.release_lease(job, holder).await {
+                tracing::warn!(error = %e, "Releasing the retention lease failed; it expires on its own.");
+            }
+            Ok(Scheduled::Ran(result))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

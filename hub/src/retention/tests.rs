@@ -239,3 +239,65 @@ async fn retention_purges_old_involvements_quarantine_and_audit_entries_on_postg
     .await;
     let _ = c.close().await;
 }
+
+#[tokio::test]
+async fn the_scheduled_job_runs_once_per_slot_and_skips_when_another_instance_holds_the_lease() {
+    use super::{Scheduled, run_if_due};
+    use chrono::TimeZone;
+    let settings = RetentionSettings::default(); // 04:30 daily
+    let lease = Duration::minutes(15);
+    let at = Utc
+        .with_ymd_and_hms(2026, 1, 2, 5, 0, 0)
+        .single()
+        .expect("time");
+    let before_slot = Utc
+        .with_ymd_and_hms(2026, 1, 2, 4, 0, 0)
+        .single()
+        .expect("time");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let store = Store::open(&url).await.expect("store");
+    // A run at 04:00 the day before leaves 04:30 that day due; at 04:00 on the 2nd, the
+    // last slot (the 1st, 04:30) is caught up once.
+    let first = run_if_due(&store, None, &settings, "UTC", "me", lease, before_slot)
+        .await
+        .expect("look");
+    assert!(matches!(first, Scheduled::Ran(Ok(_))), "{first:?}");
+    // Its run is recorded with the real start time, after every slot up to `at`.
+    let again = run_if_due(&store, None, &settings, "UTC", "me", lease, at)
+        .await
+        .expect("look");
+    assert!(matches!(again, Scheduled::NotDue), "{again:?}");
+    assert_eq!(
+        store
+            .runs(Some(RETENTION_SOURCE), 10)
+            .await
+            .expect("runs")
+            .len(),
+        1
+    );
+
+    // Another instance holds the lease: skipped, nothing recorded.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let url2 = format!("sqlite://{}", dir2.path().join("b.db").display());
+    let store2 = Store::open(&url2).await.expect("store");
+    store2
+        .try_lease(crate::schedule::RETENTION_JOB, "other", at, at + lease)
+        .await
+        .expect("lease");
+    let skipped = run_if_due(&store2, None, &settings, "UTC", "me", lease, at)
+        .await
+        .expect("look");
+    assert!(
+        matches!(&skipped, Scheduled::Skipped { holder } if holder == "other"),
+        "{skipped:?}"
+    );
+    assert!(
+        store2
+            .runs(Some(RETENTION_SOURCE), 10)
+            .await
+            .expect("runs")
+            .is_empty()
+    );
+}
