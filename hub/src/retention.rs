@@ -135,7 +135,7 @@ pub async fn run_if_due(
         .first()
         .map(|r| r.started_at)
         .unwrap_or(now - chrono::Duration::days(1));
-    if !schedule.next_after(last).is_some_and(|slot| slot <= now) {
+    if schedule.next_after(last).is_none_or(|slot| slot > now) {
         return Ok(Scheduled::NotDue);
     }
     let job = crate::schedule::RETENTION_JOB;
