@@ -3,6 +3,9 @@
 //! One master secret (≥ 256 bits) lives in a key file with mode 0600. Separate subkeys are
 //! derived with HKDF-SHA256 for each use, so pseudonyms made for the index and for the audit
 //! trail cannot be joined by value, and the quarantine's encryption key is independent of both.
+//!
+//! Key rotation (`matchpoint keys rotate|activate|status`): the file may hold further *index*
+//! versions besides the base one; see [`MasterKey`] and docs/operations.md, "Key rotation".
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,12 @@ pub enum KeyError {
          make a new one with `matchpoint keygen --out {path}`"
     )]
     Format { path: PathBuf, reason: String },
+    /// A key version in the file is missing, invalid or duplicated.
+    #[error(
+        "key file {path} holds an unusable key version ({reason}); restore the file from its \
+         backup — do not make a new key, existing pseudonyms depend on these versions"
+    )]
+    Version { path: PathBuf, reason: String },
     /// The secret is shorter than 256 bits.
     #[error(
         "key file {path} holds a {bits}-bit secret; at least 256 bits are required \
@@ -204,7 +213,17 @@ impl MasterKey {
                     source,
                 })?,
             );
-        let parsed: KeyFileFormat = toml::from_str(&text).map_err(|e| KeyError::Format {
+        Self::parse_text(path, &text)
+    }
+
+    /// Parses a key file's text (what [`MasterKey::load`] does after its file checks); errors
+    /// name `<text>` as the file. Never quotes the text (it holds secrets).
+    pub fn from_key_file_text(text: &str) -> Result<Self, KeyError> {
+        Self::parse_text(Path::new("<text>"), text)
+    }
+
+    fn parse_text(path: &Path, text: &str) -> Result<Self, KeyError> {
+        let parsed: KeyFileFormat = toml::from_str(text).map_err(|e| KeyError::Format {
             path: path.into(),
             // toml's message may quote the offending line, which could hold the secret.
             reason: format!(
@@ -217,6 +236,10 @@ impl MasterKey {
 
     fn from_parsed(path: &Path, parsed: KeyFileFormat) -> Result<Self, KeyError> {
         let fmt = |reason: String| KeyError::Format {
+            path: path.into(),
+            reason,
+        };
+        let version = |reason: String| KeyError::Version {
             path: path.into(),
             reason,
         };
@@ -235,10 +258,14 @@ impl MasterKey {
             }
         };
         let decode = |hexed: &str, what: &str| -> Result<Zeroizing<Vec<u8>>, KeyError> {
-            let secret = Zeroizing::new(
-                hex::decode(hexed.trim())
-                    .map_err(|_| fmt(format!("secret_hex of {what} is not hexadecimal")))?,
-            );
+            let secret = Zeroizing::new(hex::decode(hexed.trim()).map_err(|_| {
+                let reason = format!("secret_hex of {what} is not hexadecimal");
+                if what.starts_with("index version") {
+                    version(reason)
+                } else {
+                    fmt(reason)
+                }
+            })?);
             if secret.len() < MIN_SECRET_BYTES {
                 return Err(KeyError::Short {
                     path: path.into(),
@@ -253,7 +280,7 @@ impl MasterKey {
         for v in &parsed.index_versions {
             check_id(&v.key_id, "key_id of an [[index_versions]] entry")?;
             if v.key_id == parsed.key_id || versions.iter().any(|o| o.id.as_str() == v.key_id) {
-                return Err(fmt(format!(
+                return Err(version(format!(
                     "key version `{}` appears twice; every version needs its own key_id",
                     v.key_id
                 )));
@@ -770,5 +797,44 @@ mod tests {
             MasterKey::load(&path),
             Err(KeyError::Short { bits: 16, .. })
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_key_file_text_loads_or_fails_without_quoting_a_secret(text in "\\PC{0,300}") {
+            if let Err(e) = MasterKey::from_key_file_text(&text) {
+                // No 64-hex-digit run of the input is ever echoed.
+                let msg = e.to_string();
+                for w in text.split(|c: char| !c.is_ascii_hexdigit()) {
+                    if w.len() >= 64 {
+                        proptest::prop_assert!(!msg.contains(w));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_written_key_file_reads_back_with_its_versions(
+            n in 0usize..4,
+            active in 0usize..4,
+            seed in proptest::prelude::any::<u8>(),
+        ) {
+            let mut key = MasterKey::from_secret("base", &[seed; 32]).expect("key");
+            for i in 0..n {
+                key = key
+                    .with_index_version(&format!("v{i}"), &[seed.wrapping_add(i as u8 + 1); 32])
+                    .expect("version");
+            }
+            let want = if active == 0 || active > n { "base".to_owned() } else { format!("v{}", active - 1) };
+            proptest::prop_assert!(key.activate_index(&want));
+            let back = MasterKey::from_key_file_text(&key.file_text()).expect("reads back");
+            proptest::prop_assert_eq!(back.active_index_id().as_str(), want.as_str());
+            proptest::prop_assert_eq!(back.index_versions().len(), n + 1);
+            let bsn = crate::bsn::Bsn::parse("111222333").expect("bsn");
+            proptest::prop_assert_eq!(
+                back.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn),
+                key.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn)
+            );
+        }
     }
 }
