@@ -111,10 +111,11 @@ pub enum Scheduled {
 }
 
 /// The scheduled job (`matchpoint run`): when a slot of `[retention] schedule` (in
-/// `time_zone`) lies after the last retention run's start (or within the last day, when
-/// there is none) and at or before `now`, runs retention once under the `__retention__`
-/// lease (so several instances on one database do not run it twice). Missed slots are caught
-/// up with one run.
+/// `time_zone`) lies after the last retention run's start (or after `since`, the scheduler's
+/// start, when there is none: a first start never purges at once) and at or before `now`,
+/// runs retention once under the `__retention__` lease (so several instances on one database
+/// do not run it twice). Missed slots are caught up with one run.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_if_due(
     store: &Store,
     audit: Option<&AuditLog>,
@@ -122,6 +123,7 @@ pub async fn run_if_due(
     time_zone: &str,
     holder: &str,
     lease: chrono::Duration,
+    since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Scheduled, RetentionError> {
     let schedule = match crate::schedule::CronSchedule::parse_in(&settings.schedule, time_zone) {
@@ -134,7 +136,7 @@ pub async fn run_if_due(
         .await?
         .first()
         .map(|r| r.started_at)
-        .unwrap_or(now - chrono::Duration::days(1));
+        .unwrap_or(since);
     if schedule.next_after(last).is_none_or(|slot| slot > now) {
         return Ok(Scheduled::NotDue);
     }

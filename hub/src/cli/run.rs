@@ -65,6 +65,7 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
                 None
             }
         };
+    let started = Utc::now();
     let runner = SyncRunner { ctx };
     let cancelled = || ctx.cancel.load(Ordering::Relaxed);
     let poll =
@@ -96,7 +97,7 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
             }
         }
         // The retention job, on `[retention] schedule`, under the `__retention__` lease.
-        retention_tick(env, retention_audit.as_ref(), scheduler.holder()).await;
+        retention_tick(env, retention_audit.as_ref(), scheduler.holder(), started).await;
         if once {
             not_started |= report_once(&reports, &mut results);
         }
@@ -140,7 +141,12 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs the retention job when due; logs what happened (a failure is in the run history).
-async fn retention_tick(env: &Env, audit: Option<&matchpoint_hub::audit::AuditLog>, holder: &str) {
+async fn retention_tick(
+    env: &Env,
+    audit: Option<&matchpoint_hub::audit::AuditLog>,
+    holder: &str,
+    since: chrono::DateTime<Utc>,
+) {
     use matchpoint_hub::retention::{Scheduled, run_if_due};
     // Without the audit trail the job does not run (it would leave the audit part undone).
     if audit.is_none() {
@@ -155,6 +161,7 @@ async fn retention_tick(env: &Env, audit: Option<&matchpoint_hub::audit::AuditLo
         &env.config.schedule.time_zone,
         holder,
         lease,
+        since,
         Utc::now(),
     )
     .await

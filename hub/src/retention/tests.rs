@@ -258,14 +258,38 @@ async fn the_scheduled_job_runs_once_per_slot_and_skips_when_another_instance_ho
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("a.db").display());
     let store = Store::open(&url).await.expect("store");
-    // A run at 04:00 the day before leaves 04:30 that day due; at 04:00 on the 2nd, the
-    // last slot (the 1st, 04:30) is caught up once.
-    let first = run_if_due(&store, None, &settings, "UTC", "me", lease, before_slot)
-        .await
-        .expect("look");
+    // Started at 04:00: not due before the 04:30 slot.
+    let early = run_if_due(
+        &store,
+        None,
+        &settings,
+        "UTC",
+        "me",
+        lease,
+        before_slot,
+        before_slot,
+    )
+    .await
+    .expect("look");
+    assert!(matches!(early, Scheduled::NotDue), "{early:?}");
+    // Started the day before at 04:00: the slot at 04:30 that day was missed and is caught up
+    // once.
+    let day_before = before_slot - Duration::days(1);
+    let first = run_if_due(
+        &store,
+        None,
+        &settings,
+        "UTC",
+        "me",
+        lease,
+        day_before,
+        before_slot,
+    )
+    .await
+    .expect("look");
     assert!(matches!(first, Scheduled::Ran(Ok(_))), "{first:?}");
     // Its run is recorded with the real start time, after every slot up to `at`.
-    let again = run_if_due(&store, None, &settings, "UTC", "me", lease, at)
+    let again = run_if_due(&store, None, &settings, "UTC", "me", lease, day_before, at)
         .await
         .expect("look");
     assert!(matches!(again, Scheduled::NotDue), "{again:?}");
@@ -286,7 +310,7 @@ async fn the_scheduled_job_runs_once_per_slot_and_skips_when_another_instance_ho
         .try_lease(crate::schedule::RETENTION_JOB, "other", at, at + lease)
         .await
         .expect("lease");
-    let skipped = run_if_due(&store2, None, &settings, "UTC", "me", lease, at)
+    let skipped = run_if_due(&store2, None, &settings, "UTC", "me", lease, day_before, at)
         .await
         .expect("look");
     assert!(
