@@ -3,6 +3,7 @@
 //!
 //! - [`audit`]: the hash-chained audit trail of every access to personal data.
 //! - [`config`]: the TOML configuration, checked completely at start-up.
+//! - [`retention`]: the retention job (index, quarantine, audit trail).
 //! - [`store`]: the published index, runs, staging and quarantine (SQLite or PostgreSQL).
 //! - [`sources`]: one module per connector kind, from a configured source to raw records.
 //! - [`sync`]: pull → map → validate → pseudonymise → stage → publish, per source and run.
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
+pub mod retention;
 pub mod sandbox;
 pub mod schedule;
 pub mod sources;

@@ -311,7 +311,10 @@ fn mapper_for(ctx: &SyncContext, source: &SourceConfig) -> Result<Mapper, SyncEr
         spec,
         ctx.registry.clone(),
         ctx.key.pseudonymiser(KeyPurpose::Index),
-    ))
+    )
+    // Key rotation: relations also under every other loaded index version (households found
+    // across versions while sources are re-keyed).
+    .with_relation_versions(ctx.key.index_pseudonymisers()))
 }
 
 async fn run_inner(

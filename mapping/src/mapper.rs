@@ -18,6 +18,8 @@ pub struct Mapper {
     spec: MappingSpec,
     registry: Arc<Registry>,
     pseudonymiser: Pseudonymiser,
+    /// Index pseudonymisers of the other loaded key versions (during a key rotation).
+    relation_versions: Vec<Pseudonymiser>,
 }
 
 fn non_empty(v: Option<&str>) -> Option<&str> {
@@ -37,7 +39,20 @@ impl Mapper {
             spec,
             registry,
             pseudonymiser,
+            relation_versions: Vec::new(),
         }
+    }
+
+    /// During a key rotation: relations also name the other person under each of these
+    /// versions (those with the mapper's own key id are skipped), so a household is found
+    /// whichever version the other person's rows still carry.
+    pub fn with_relation_versions(mut self, versions: Vec<Pseudonymiser>) -> Self {
+        let own = self.pseudonymiser.key_id().clone();
+        self.relation_versions = versions
+            .into_iter()
+            .filter(|p| p.key_id() != &own)
+            .collect();
+        self
     }
 
     /// The source this mapper is for.
@@ -212,6 +227,12 @@ impl Mapper {
                     kind,
                     other: self.pseudonymiser.pseudonymise(&other),
                 });
+                for p in &self.relation_versions {
+                    relations.push(Relation {
+                        kind,
+                        other: p.pseudonymise(&other),
+                    });
+                }
             }
             relations.sort();
             relations.dedup();

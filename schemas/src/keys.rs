@@ -3,6 +3,9 @@
 //! One master secret (≥ 256 bits) lives in a key file with mode 0600. Separate subkeys are
 //! derived with HKDF-SHA256 for each use, so pseudonyms made for the index and for the audit
 //! trail cannot be joined by value, and the quarantine's encryption key is independent of both.
+//!
+//! Key rotation (`matchpoint keys rotate|activate|status`): the file may hold further *index*
+//! versions besides the base one; see [`MasterKey`] and docs/operations.md, "Key rotation".
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,12 @@ pub enum KeyError {
          make a new one with `matchpoint keygen --out {path}`"
     )]
     Format { path: PathBuf, reason: String },
+    /// A key version in the file is missing, invalid or duplicated.
+    #[error(
+        "key file {path} holds an unusable key version ({reason}); restore the file from its \
+         backup — do not make a new key, existing pseudonyms depend on these versions"
+    )]
+    Version { path: PathBuf, reason: String },
     /// The secret is shorter than 256 bits.
     #[error(
         "key file {path} holds a {bits}-bit secret; at least 256 bits are required \
@@ -85,18 +94,56 @@ impl fmt::Display for KeyId {
 struct KeyFileFormat {
     key_id: String,
     secret_hex: Zeroizing<String>,
+    /// The index key version new rows use; the base `key_id` when absent.
+    #[serde(default)]
+    active_index: Option<String>,
+    /// Further index key versions, added by `matchpoint keys rotate`.
+    #[serde(default)]
+    index_versions: Vec<VersionFormat>,
 }
 
-/// The master secret. Zeroised on drop; `Debug` shows only the key id.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionFormat {
+    key_id: String,
+    secret_hex: Zeroizing<String>,
+}
+
+/// One further index key version (see [`MasterKey::index_versions`]).
+struct IndexVersion {
+    id: KeyId,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+/// The master secret. Zeroised on drop; `Debug` shows only the key ids.
+///
+/// A key file holds one *base* version (`key_id`, `secret_hex`: the only entry of a key file
+/// made by `keygen`) and, after `matchpoint keys rotate`, further *index* versions
+/// (`[[index_versions]]`) with `active_index` naming the one new index pseudonyms use.
+/// The base version stays the key of the audit trail (subject pseudonyms, checkpoints) and of
+/// sealed quarantine copies, so those stay readable whatever index version is active; index
+/// lookups consult every loaded version ([`MasterKey::index_pseudonymisers`]).
 pub struct MasterKey {
     id: KeyId,
     secret: Zeroizing<Vec<u8>>,
+    versions: Vec<IndexVersion>,
+    /// Index into `versions` of the active index version; `None`: the base version.
+    active: Option<usize>,
 }
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MasterKey")
             .field("id", &self.id)
+            .field(
+                "index_versions",
+                &self
+                    .versions
+                    .iter()
+                    .map(|v| v.id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("active_index", &self.active_index_id())
             .field("secret", &"<redacted>")
             .finish()
     }
@@ -166,7 +213,17 @@ impl MasterKey {
                     source,
                 })?,
             );
-        let parsed: KeyFileFormat = toml::from_str(&text).map_err(|e| KeyError::Format {
+        Self::parse_text(path, &text)
+    }
+
+    /// Parses a key file's text (what [`MasterKey::load`] does after its file checks); errors
+    /// name `<text>` as the file. Never quotes the text (it holds secrets).
+    pub fn from_key_file_text(text: &str) -> Result<Self, KeyError> {
+        Self::parse_text(Path::new("<text>"), text)
+    }
+
+    fn parse_text(path: &Path, text: &str) -> Result<Self, KeyError> {
+        let parsed: KeyFileFormat = toml::from_str(text).map_err(|e| KeyError::Format {
             path: path.into(),
             // toml's message may quote the offending line, which could hold the secret.
             reason: format!(
@@ -174,33 +231,86 @@ impl MasterKey {
                 first_line(e.message())
             ),
         })?;
-        if parsed.key_id.is_empty()
-            || parsed.key_id.len() > 64
-            || !parsed
-                .key_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(KeyError::Format {
-                path: path.into(),
-                reason: "key_id must be 1-64 characters of letters, digits, '-', '_' or '.'".into(),
-            });
-        }
-        let secret = Zeroizing::new(hex::decode(parsed.secret_hex.trim()).map_err(|_| {
-            KeyError::Format {
-                path: path.into(),
-                reason: "secret_hex is not hexadecimal".into(),
+        Self::from_parsed(path, parsed)
+    }
+
+    fn from_parsed(path: &Path, parsed: KeyFileFormat) -> Result<Self, KeyError> {
+        let fmt = |reason: String| KeyError::Format {
+            path: path.into(),
+            reason,
+        };
+        let version = |reason: String| KeyError::Version {
+            path: path.into(),
+            reason,
+        };
+        let check_id = |id: &str, what: &str| {
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                Err(fmt(format!(
+                    "{what} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+                )))
+            } else {
+                Ok(())
             }
-        })?);
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(KeyError::Short {
-                path: path.into(),
-                bits: secret.len() * 8,
+        };
+        let decode = |hexed: &str, what: &str| -> Result<Zeroizing<Vec<u8>>, KeyError> {
+            let secret = Zeroizing::new(hex::decode(hexed.trim()).map_err(|_| {
+                let reason = format!("secret_hex of {what} is not hexadecimal");
+                if what.starts_with("index version") {
+                    version(reason)
+                } else {
+                    fmt(reason)
+                }
+            })?);
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(KeyError::Short {
+                    path: path.into(),
+                    bits: secret.len() * 8,
+                });
+            }
+            Ok(secret)
+        };
+        check_id(&parsed.key_id, "key_id")?;
+        let secret = decode(&parsed.secret_hex, "the base key")?;
+        let mut versions: Vec<IndexVersion> = Vec::new();
+        for v in &parsed.index_versions {
+            check_id(&v.key_id, "key_id of an [[index_versions]] entry")?;
+            if v.key_id == parsed.key_id || versions.iter().any(|o| o.id.as_str() == v.key_id) {
+                return Err(version(format!(
+                    "key version `{}` appears twice; every version needs its own key_id",
+                    v.key_id
+                )));
+            }
+            versions.push(IndexVersion {
+                id: KeyId(v.key_id.clone()),
+                secret: decode(&v.secret_hex, &format!("index version `{}`", v.key_id))?,
             });
         }
+        let active = match parsed.active_index.as_deref() {
+            None => None,
+            Some(a) if a == parsed.key_id => None,
+            Some(a) => Some(
+                versions
+                    .iter()
+                    .position(|v| v.id.as_str() == a)
+                    .ok_or_else(|| {
+                        fmt(format!(
+                            "active_index names version `{a}`, which the file does not hold; \
+                         restore the key file from its backup (or set active_index to one of \
+                         its versions)"
+                        ))
+                    })?,
+            ),
+        };
         Ok(MasterKey {
             id: KeyId(parsed.key_id),
             secret,
+            versions,
+            active,
         })
     }
 
@@ -215,7 +325,144 @@ impl MasterKey {
         Ok(MasterKey {
             id: KeyId(id.to_owned()),
             secret: Zeroizing::new(secret.to_vec()),
+            versions: Vec::new(),
+            active: None,
         })
+    }
+
+    /// Adds an index key version from raw bytes (tests); not active until
+    /// [`MasterKey::activate_index`].
+    pub fn with_index_version(mut self, id: &str, secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(KeyError::Short {
+                path: PathBuf::from("<memory>"),
+                bits: secret.len() * 8,
+            });
+        }
+        self.versions.push(IndexVersion {
+            id: KeyId(id.to_owned()),
+            secret: Zeroizing::new(secret.to_vec()),
+        });
+        Ok(self)
+    }
+
+    /// Makes `id` the active index version; `false` when no loaded version has that id.
+    pub fn activate_index(&mut self, id: &str) -> bool {
+        if id == self.id.as_str() {
+            self.active = None;
+            return true;
+        }
+        match self.versions.iter().position(|v| v.id.as_str() == id) {
+            Some(i) => {
+                self.active = Some(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The id of the index version new index pseudonyms are made with.
+    pub fn active_index_id(&self) -> &KeyId {
+        match self.active.and_then(|i| self.versions.get(i)) {
+            Some(v) => &v.id,
+            None => &self.id,
+        }
+    }
+
+    /// Every loaded index key version, base first, in file order.
+    pub fn index_versions(&self) -> Vec<&KeyId> {
+        std::iter::once(&self.id)
+            .chain(self.versions.iter().map(|v| &v.id))
+            .collect()
+    }
+
+    /// Index pseudonymisers for every loaded version (base first): lookups pseudonymise a BSN
+    /// under each, so rows of sources not yet re-keyed are still found.
+    pub fn index_pseudonymisers(&self) -> Vec<Pseudonymiser> {
+        let mut all = vec![Pseudonymiser::new(
+            self.id.clone(),
+            KeyPurpose::Index,
+            &derive(&self.secret, KeyPurpose::Index),
+        )];
+        for v in &self.versions {
+            all.push(Pseudonymiser::new(
+                v.id.clone(),
+                KeyPurpose::Index,
+                &derive(&v.secret, KeyPurpose::Index),
+            ));
+        }
+        all
+    }
+
+    /// Adds a new random index version to the key file at `path` (not active) and returns
+    /// its id. The file is replaced atomically (same directory, mode 0600).
+    pub fn rotate_file(path: &Path, new_id: &str) -> Result<KeyId, KeyError> {
+        let mut key = MasterKey::load(path)?;
+        if key.index_versions().iter().any(|v| v.as_str() == new_id) {
+            return Err(KeyError::Format {
+                path: path.into(),
+                reason: format!("it already holds a version `{new_id}`; choose another id"),
+            });
+        }
+        let mut secret = Zeroizing::new(vec![0u8; 32]);
+        rand::rng().fill_bytes(secret.as_mut());
+        key.versions.push(IndexVersion {
+            id: KeyId(new_id.to_owned()),
+            secret,
+        });
+        // Validates the id the same way loading does.
+        let text = key.file_text();
+        let reparsed: KeyFileFormat = toml::from_str(&text).map_err(|e| KeyError::Format {
+            path: path.into(),
+            reason: first_line(e.message()),
+        })?;
+        Self::from_parsed(path, reparsed)?;
+        write_replacing(path, &text)?;
+        Ok(KeyId(new_id.to_owned()))
+    }
+
+    /// Makes version `id` the active index version in the key file at `path`.
+    pub fn activate_file(path: &Path, id: &str) -> Result<(), KeyError> {
+        let mut key = MasterKey::load(path)?;
+        if !key.activate_index(id) {
+            return Err(KeyError::Format {
+                path: path.into(),
+                reason: format!(
+                    "it holds no version `{id}` (versions: {}); add one with `matchpoint keys rotate`",
+                    key.index_versions()
+                        .iter()
+                        .map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        write_replacing(path, &key.file_text())
+    }
+
+    /// The key file's text (secrets included; zeroised on drop).
+    fn file_text(&self) -> Zeroizing<String> {
+        let mut t = Zeroizing::new(String::new());
+        t.push_str(
+            "# Matchpoint pseudonymisation key. Secret: keep mode 0600, never commit it,\n\
+             # back it up offline. Losing it makes existing pseudonyms unreachable.\n\
+             # Index versions below were added by `matchpoint keys rotate`; keep every version\n\
+             # until `matchpoint keys status` shows no row carries it.\n",
+        );
+        t.push_str(&format!("key_id = \"{}\"\n", self.id));
+        t.push_str(&format!(
+            "secret_hex = \"{}\"\n",
+            Zeroizing::new(hex::encode(self.secret.as_slice())).as_str()
+        ));
+        t.push_str(&format!("active_index = \"{}\"\n", self.active_index_id()));
+        for v in &self.versions {
+            t.push_str(&format!(
+                "\n[[index_versions]]\nkey_id = \"{}\"\nsecret_hex = \"{}\"\n",
+                v.id,
+                Zeroizing::new(hex::encode(v.secret.as_slice())).as_str()
+            ));
+        }
+        t
     }
 
     /// Writes a new random 256-bit key file with mode 0600; never overwrites.
@@ -270,17 +517,17 @@ impl MasterKey {
 
     /// Derives the 256-bit subkey for one purpose with HKDF-SHA256.
     fn subkey(&self, purpose: KeyPurpose) -> Zeroizing<[u8; 32]> {
-        let hk = Hkdf::<Sha256>::new(Some(b"matchpoint-hkdf-salt-v1"), &self.secret);
-        let mut okm = Zeroizing::new([0u8; 32]);
-        // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
-        if hk.expand(purpose.info(), okm.as_mut()).is_err() {
-            unreachable!("HKDF expand of 32 bytes");
-        }
-        okm
+        derive(&self.secret, purpose)
     }
 
-    /// A pseudonymiser for one purpose (index or audit).
+    /// A pseudonymiser for one purpose: for [`KeyPurpose::Index`] under the active index
+    /// version (what new rows carry), for the audit under the base version.
     pub fn pseudonymiser(&self, purpose: KeyPurpose) -> Pseudonymiser {
+        if purpose == KeyPurpose::Index
+            && let Some(v) = self.active.and_then(|i| self.versions.get(i))
+        {
+            return Pseudonymiser::new(v.id.clone(), purpose, &derive(&v.secret, purpose));
+        }
         Pseudonymiser::new(self.id.clone(), purpose, &self.subkey(purpose))
     }
 
@@ -312,6 +559,45 @@ impl MasterKey {
     pub fn sealer(&self) -> Sealer {
         Sealer::new(self.id.clone(), &self.subkey(KeyPurpose::Quarantine))
     }
+}
+
+/// HKDF-SHA256 subkey of `secret` for one purpose.
+fn derive(secret: &[u8], purpose: KeyPurpose) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(b"matchpoint-hkdf-salt-v1"), secret);
+    let mut okm = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+    if hk.expand(purpose.info(), okm.as_mut()).is_err() {
+        unreachable!("HKDF expand of 32 bytes");
+    }
+    okm
+}
+
+/// Replaces the file at `path` with `text`: a 0600 temporary file in the same directory,
+/// synced, then renamed over it, so a crash leaves the old or the new file, never half of one.
+fn write_replacing(path: &Path, text: &str) -> Result<(), KeyError> {
+    use std::io::Write;
+    let werr = |source| KeyError::Write {
+        path: path.into(),
+        source,
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".rotating");
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(&tmp).map_err(werr)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(werr)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(werr)?;
+    Ok(())
 }
 
 fn first_line(s: &str) -> String {
@@ -395,5 +681,160 @@ mod tests {
         );
         assert!(!dbg.to_lowercase().contains("abab"), "{dbg}");
         assert!(dbg.contains("redacted"));
+    }
+
+    #[cfg(unix)]
+    fn write_0600(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rotate_adds_an_inactive_version_and_activate_switches_index_pseudonyms_only() {
+        use crate::bsn::Bsn;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.toml");
+        MasterKey::generate_file(&path, "k1").expect("keygen");
+        let before = MasterKey::load(&path).expect("load");
+        let bsn = Bsn::parse("111222333").expect("bsn");
+        let p1 = before.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn);
+
+        MasterKey::rotate_file(&path, "k2").expect("rotate");
+        let rotated = MasterKey::load(&path).expect("load rotated");
+        assert_eq!(
+            rotated.active_index_id().as_str(),
+            "k1",
+            "rotate must not activate"
+        );
+        assert_eq!(
+            rotated.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn),
+            p1
+        );
+        let ids: Vec<&str> = rotated
+            .index_versions()
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(ids, ["k1", "k2"]);
+        assert!(matches!(
+            MasterKey::rotate_file(&path, "k2"),
+            Err(KeyError::Format { .. })
+        ));
+
+        MasterKey::activate_file(&path, "k2").expect("activate");
+        let active = MasterKey::load(&path).expect("load activated");
+        let p2 = active.pseudonymiser(KeyPurpose::Index);
+        assert_eq!(p2.key_id().as_str(), "k2");
+        assert_ne!(p2.pseudonymise(&bsn), p1);
+        let all: Vec<_> = active
+            .index_pseudonymisers()
+            .iter()
+            .map(|p| p.pseudonymise(&bsn))
+            .collect();
+        assert!(all.contains(&p1) && all.contains(&p2.pseudonymise(&bsn)));
+        // The base version still signs the audit trail and seals quarantine copies.
+        assert_eq!(active.id().as_str(), "k1");
+        assert_eq!(
+            active.pseudonymiser(KeyPurpose::Audit).pseudonymise(&bsn),
+            before.pseudonymiser(KeyPurpose::Audit).pseudonymise(&bsn)
+        );
+        let tag = before.mac(KeyPurpose::AuditCheckpoint, b"m");
+        assert!(active.verify_mac(KeyPurpose::AuditCheckpoint, b"m", &tag));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert!(MasterKey::activate_file(&path, "k9").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_with_a_missing_or_invalid_version_fails_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.toml");
+        let good = "aa".repeat(32);
+        write_0600(
+            &path,
+            &format!("key_id = \"k1\"\nsecret_hex = \"{good}\"\nactive_index = \"k2\"\n"),
+        );
+        let err = MasterKey::load(&path).expect_err("missing active version");
+        assert!(err.to_string().contains("`k2`"), "{err}");
+        assert!(err.to_string().contains("backup"), "{err}");
+
+        write_0600(
+            &path,
+            &format!(
+                "key_id = \"k1\"\nsecret_hex = \"{good}\"\n\n[[index_versions]]\n\
+                 key_id = \"k2\"\nsecret_hex = \"zz{good}\"\n"
+            ),
+        );
+        let err = MasterKey::load(&path).expect_err("invalid version");
+        assert!(err.to_string().contains("index version `k2`"), "{err}");
+        assert!(!err.to_string().contains(&good), "{err}");
+
+        write_0600(
+            &path,
+            &format!(
+                "key_id = \"k1\"\nsecret_hex = \"{good}\"\n\n[[index_versions]]\n\
+                 key_id = \"k1\"\nsecret_hex = \"{good}\"\n"
+            ),
+        );
+        let err = MasterKey::load(&path).expect_err("duplicate version");
+        assert!(err.to_string().contains("twice"), "{err}");
+
+        write_0600(
+            &path,
+            &format!(
+                "key_id = \"k1\"\nsecret_hex = \"{good}\"\n\n[[index_versions]]\n\
+                 key_id = \"k2\"\nsecret_hex = \"0011\"\n"
+            ),
+        );
+        assert!(matches!(
+            MasterKey::load(&path),
+            Err(KeyError::Short { bits: 16, .. })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_key_file_text_loads_or_fails_without_quoting_a_secret(text in "\\PC{0,300}") {
+            if let Err(e) = MasterKey::from_key_file_text(&text) {
+                // No 64-hex-digit run of the input is ever echoed.
+                let msg = e.to_string();
+                for w in text.split(|c: char| !c.is_ascii_hexdigit()) {
+                    if w.len() >= 64 {
+                        proptest::prop_assert!(!msg.contains(w));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_written_key_file_reads_back_with_its_versions(
+            n in 0usize..4,
+            active in 0usize..4,
+            seed in proptest::prelude::any::<u8>(),
+        ) {
+            let mut key = MasterKey::from_secret("base", &[seed; 32]).expect("key");
+            for i in 0..n {
+                key = key
+                    .with_index_version(&format!("v{i}"), &[seed.wrapping_add(i as u8 + 1); 32])
+                    .expect("version");
+            }
+            let want = if active == 0 || active > n { "base".to_owned() } else { format!("v{}", active - 1) };
+            proptest::prop_assert!(key.activate_index(&want));
+            let back = MasterKey::from_key_file_text(&key.file_text()).expect("reads back");
+            proptest::prop_assert_eq!(back.active_index_id().as_str(), want.as_str());
+            proptest::prop_assert_eq!(back.index_versions().len(), n + 1);
+            let bsn = crate::bsn::Bsn::parse("111222333").expect("bsn");
+            proptest::prop_assert_eq!(
+                back.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn),
+                key.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn)
+            );
+        }
     }
 }

@@ -308,18 +308,20 @@ pub async fn lookup(
         return Err(error);
     }
 
-    let person = state.index_pseudonym(&bsn);
+    // Every loaded key version: rows of sources not yet re-keyed carry an older one.
+    let selves = state.index_pseudonyms(&bsn);
     drop(bsn);
+    let is_self = |p: &[u8]| selves.iter().any(|s| s.as_slice() == p);
     let mut entry = caller.entry(AuditAction::Lookup, AuditOutcome::Granted);
     entry.checks.push("role".to_owned());
     entry.purpose = purpose;
     entry.subject = Some(subject);
     entry.subject_key_id = Some(subject_key_id);
-    let loaded = state.store().household_rows(person.clone()).await.map(|h| {
+    let loaded = state.store().household_rows(selves.clone()).await.map(|h| {
         // One relation kind per member: parent/child win over household_member.
         let mut members: BTreeMap<Vec<u8>, String> = BTreeMap::new();
         for r in h.relations {
-            if r.other == person {
+            if is_self(&r.other) {
                 continue;
             }
             let slot = members.entry(r.other).or_insert_with(|| r.kind.clone());
@@ -348,7 +350,7 @@ pub async fn lookup(
         rows.iter()
             .any(|r| r.person == p && r.organisation_code == org && r.status == "active")
     };
-    let relationship = if involved_with(&person) {
+    let relationship = if selves.iter().any(|s| involved_with(s)) {
         Some("relationship:person")
     } else if members.keys().any(|m| involved_with(m)) {
         Some("relationship:household")
@@ -372,7 +374,7 @@ pub async fn lookup(
             entry.action = AuditAction::BreakGlassLookup;
             entry.break_glass = Some(format!("{}: {}", reason.code, reason.justification.trim()));
             entry.checks.push(format!("break_glass:{}", reason.code));
-            if rows.iter().any(|r| r.person == person && r.shielded) {
+            if rows.iter().any(|r| is_self(&r.person) && r.shielded) {
                 entry.checks.push("shielded".to_owned());
                 entry.outcome = AuditOutcome::Refused;
                 state.record(entry).await?;
@@ -386,7 +388,7 @@ pub async fn lookup(
     let view = |r: &LookupRow| involvement_view(&state, org, &fresh, r);
     let own: Vec<InvolvementView> = rows
         .iter()
-        .filter(|r| r.person == person)
+        .filter(|r| is_self(&r.person))
         .map(view)
         .collect();
     let mut household = Vec::new();

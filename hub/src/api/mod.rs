@@ -57,6 +57,8 @@ struct Inner {
     audit: AuditLog,
     registry: Arc<Registry>,
     index: Pseudonymiser,
+    /// Index pseudonymisers of every loaded key version (lookups during a key rotation).
+    index_all: Vec<Pseudonymiser>,
     settings: ServerSettings,
 }
 
@@ -75,6 +77,7 @@ impl AppState {
                 audit,
                 registry,
                 index: key.pseudonymiser(KeyPurpose::Index),
+                index_all: key.index_pseudonymisers(),
                 settings,
             }),
         }
@@ -98,6 +101,19 @@ impl AppState {
     /// The index pseudonym of a BSN, as stored (32 bytes).
     pub fn index_pseudonym(&self, bsn: &Bsn) -> Vec<u8> {
         self.inner.index.pseudonymise(bsn).as_bytes().to_vec()
+    }
+
+    /// The index pseudonyms of a BSN under every loaded key version, the active one first
+    /// (lookups consult them all while sources are re-keyed).
+    pub fn index_pseudonyms(&self, bsn: &Bsn) -> Vec<Vec<u8>> {
+        let mut all = vec![self.index_pseudonym(bsn)];
+        for p in &self.inner.index_all {
+            let v = p.pseudonymise(bsn).as_bytes().to_vec();
+            if !all.contains(&v) {
+                all.push(v);
+            }
+        }
+        all
     }
 
     /// The audit pseudonym (hex) and its key id.

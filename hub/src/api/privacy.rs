@@ -345,11 +345,12 @@ pub async fn subject_access(
         }
     };
     let (subject, key_id) = state.audit().subject(&bsn);
-    let person = state.index_pseudonym(&bsn);
+    // Under every loaded key version (rows of sources not yet re-keyed).
+    let persons = state.index_pseudonyms(&bsn);
     drop(bsn);
     entry.subject = Some(subject.clone());
     entry.subject_key_id = Some(key_id);
-    let rows = state.store().person_involvements(vec![person]).await?;
+    let rows = state.store().person_involvements(persons).await?;
     let mut held: BTreeMap<String, HeldBy> = BTreeMap::new();
     for r in rows {
         let h = held

@@ -1654,3 +1654,244 @@ async fn the_lookup_rules_hold_on_postgresql_too() {
     drop(fx);
     drop_pg(&admin_url, &database).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Key rotation (issue 5): lookups consult every loaded index key version
+// ---------------------------------------------------------------------------------------------
+
+/// The fixture's six records (as in [`Fx::with_url`]) under `key`'s active index version.
+fn fixture_records(key: &MasterKey, people: &People) -> Vec<Involvement> {
+    use InvolvementStatus::Active;
+    use LifeDomain::*;
+    // As the mapper does: the relation under the active version and every other loaded one.
+    let child = Bsn::parse(&people.child).expect("bsn");
+    let mut rel = vec![Relation {
+        kind: RelationKind::Child,
+        other: key.pseudonymiser(KeyPurpose::Index).pseudonymise(&child),
+    }];
+    for p in key.index_pseudonymisers() {
+        let other = p.pseudonymise(&child);
+        if !rel.iter().any(|r| r.other == other) {
+            rel.push(Relation {
+                kind: RelationKind::Child,
+                other,
+            });
+        }
+    }
+    vec![
+        inv(
+            key,
+            &people.parent,
+            "R1",
+            "WPI-AMS",
+            IncomeWork,
+            Active,
+            false,
+            false,
+            rel,
+        ),
+        inv(
+            key,
+            &people.child,
+            "R2",
+            "OKC-ZUID",
+            YouthHealth,
+            Active,
+            false,
+            false,
+            vec![],
+        ),
+        inv(
+            key,
+            &people.child,
+            "R3",
+            "JH-KOERS",
+            YouthCare,
+            Active,
+            false,
+            true,
+            vec![],
+        ),
+        inv(
+            key,
+            &people.other,
+            "R4",
+            "GGZ-AMSTELSTAD",
+            MentalHealth,
+            Active,
+            false,
+            false,
+            vec![],
+        ),
+        inv(
+            key,
+            &people.other,
+            "R5",
+            "OKC-OOST",
+            YouthHealth,
+            Active,
+            false,
+            false,
+            vec![],
+        ),
+        inv(
+            key,
+            &people.shielded,
+            "R6",
+            "OKC-WEST",
+            YouthHealth,
+            Active,
+            false,
+            false,
+            vec![],
+        ),
+    ]
+}
+
+impl Fx {
+    /// Serves with another key (as after a restart with a rotated key file).
+    fn with_key(&mut self, key: &MasterKey) {
+        let registry = Registry::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/organisations.toml"),
+        )
+        .expect("registry");
+        self.state = AppState::new(
+            self.state.store().clone(),
+            self.state.audit().clone(),
+            key,
+            Arc::new(registry),
+            ServerSettings::default(),
+        );
+        self.app = router(self.state.clone());
+    }
+
+    /// Publishes `records` as one run of okc-2; returns the run's counts.
+    async fn publish(&self, records: Vec<Involvement>, mode: RunMode) -> crate::store::RunCounts {
+        let store = self.state.store();
+        let n = records.len() as u64;
+        let run = store.begin_run("okc-2", mode).await.expect("run");
+        store.stage(run, records, vec![]).await.expect("stage");
+        store
+            .complete_run(
+                run,
+                Completion {
+                    read: n,
+                    mode,
+                    cursor: None,
+                    guard: None,
+                    accept: false,
+                },
+            )
+            .await
+            .expect("publish")
+            .counts
+    }
+
+    /// What each organisation's lookup of each person answers (orgs, household orgs).
+    async fn answers(&self) -> Vec<(StatusCode, Vec<String>, Vec<(String, String)>)> {
+        let mut out = Vec::new();
+        for who in ["parent_org", "child_org", "sensitive_org", "outsider"] {
+            for bsn in [
+                &self.people.parent,
+                &self.people.child,
+                &self.people.other,
+                &self.people.shielded,
+            ] {
+                let (status, v) = self
+                    .lookup(who, json!({ "bsn": bsn, "purpose": "coordinating_care" }))
+                    .await;
+                out.push((status, orgs(&v), household_orgs(&v)));
+            }
+        }
+        out
+    }
+}
+
+async fn rotation_end_to_end(mut fx: Fx) {
+    let base = || MasterKey::from_secret("api-test-k1", &[42u8; 32]).expect("key");
+    let before = fx.answers().await;
+    assert!(
+        before.iter().filter(|a| a.0 == StatusCode::OK).count() >= 3,
+        "the fixture must answer some lookups: {before:?}"
+    );
+
+    // Rotated, not active: nothing changes.
+    let rotated = base().with_index_version("k2", &[43u8; 32]).expect("k2");
+    fx.with_key(&rotated);
+    assert_eq!(fx.answers().await, before, "after rotate");
+
+    // Activated; only the parent's record re-sent (incremental): a mix of versions, and the
+    // parent's relation now points at the child's new pseudonym.
+    let mut active = base().with_index_version("k2", &[43u8; 32]).expect("k2");
+    assert!(active.activate_index("k2"));
+    fx.with_key(&active);
+    let records = fixture_records(&active, &fx.people);
+    let counts = fx
+        .publish(records[..1].to_vec(), RunMode::Incremental)
+        .await;
+    assert_eq!(counts.updated, 1, "a key change is a change: {counts:?}");
+    let mixed = fx.state.store().key_versions().await.expect("versions");
+    assert!(
+        mixed
+            .iter()
+            .any(|c| c.key_id == "k2" && c.involvements == 1 && c.relations == 2)
+    );
+    assert!(
+        mixed
+            .iter()
+            .any(|c| c.key_id == "api-test-k1" && c.involvements == 5)
+    );
+    assert_eq!(fx.answers().await, before, "during the re-keying");
+
+    // A full sync re-keys the source completely.
+    let counts = fx.publish(records, RunMode::Full).await;
+    assert_eq!(
+        (counts.updated, counts.unchanged, counts.ended),
+        (5, 1, 0),
+        "{counts:?}"
+    );
+    let rows = fx.state.store().involvements("okc-2").await.expect("rows");
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r.key_id == "k2"), "{rows:?}");
+    let versions = fx.state.store().key_versions().await.expect("versions");
+    assert_eq!(
+        versions,
+        [crate::store::KeyVersionCount {
+            source: "okc-2".into(),
+            key_id: "k2".into(),
+            involvements: 6,
+            relations: 2,
+        }]
+    );
+    assert_eq!(fx.answers().await, before, "after the full sync");
+
+    // The old version retired from the key file: the next full sync drops the relations
+    // under it, and lookups still answer the same.
+    let only_new = MasterKey::from_secret("k2", &[43u8; 32]).expect("key");
+    fx.with_key(&only_new);
+    let counts = fx
+        .publish(fixture_records(&only_new, &fx.people), RunMode::Full)
+        .await;
+    assert_eq!((counts.updated, counts.unchanged), (1, 5), "{counts:?}");
+    let versions = fx.state.store().key_versions().await.expect("versions");
+    assert_eq!(
+        (versions.len(), versions[0].relations),
+        (1, 1),
+        "{versions:?}"
+    );
+    assert_eq!(fx.answers().await, before, "old version retired");
+}
+
+#[tokio::test]
+async fn lookups_answer_the_same_before_during_and_after_a_key_rotation() {
+    rotation_end_to_end(Fx::sqlite(61).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_answer_the_same_through_a_key_rotation_on_postgresql() {
+    let Some((fx, admin_url, database)) = pg_fx(62).await else {
+        return;
+    };
+    rotation_end_to_end(fx).await;
+    drop_pg(&admin_url, &database).await;
+}

@@ -2,7 +2,9 @@
 
 mod audit;
 mod demo;
+mod keys;
 mod output;
+mod retention;
 mod run;
 mod runs;
 mod sandbox;
@@ -61,6 +63,13 @@ pub enum Command {
         /// Key id (version) stored beside every pseudonym; default `k` + today's date.
         #[arg(long)]
         key_id: Option<String>,
+    },
+    /// Index key rotation: add a version, activate it, show rows per version.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: keys::KeysAction,
     },
     /// Write realistic synthetic source data (fake persons, valid BSNs) and a manifest of the
     /// deliberately bad records.
@@ -149,6 +158,18 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Purge what may no longer be kept: ended involvements, old quarantine entries and
+    /// audit entries (behind a signed anchor); recorded in the run history.
+    Retention {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only count what would be purged (index and quarantine; the audit trail is untouched).
+        #[arg(long)]
+        dry_run: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Index statistics per source.
     Stats {
         #[command(flatten)]
@@ -232,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Back it up offline: without it, existing pseudonyms cannot be reproduced.");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { config, action } => keys::keys(&config.config, action).await,
         Command::Generate {
             persons,
             out,
@@ -288,6 +310,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runs::quarantine_list(&env, source, run, all, limit, json).await
             }
         },
+        Command::Retention {
+            config,
+            dry_run,
+            json,
+        } => retention::retention(&config.config, dry_run, json).await,
         Command::Stats { config, json } => {
             let env = Env::load_store_only(&config.config).await?;
             runs::stats(&env, json).await

@@ -56,6 +56,16 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
             "Source scheduled."
         );
     }
+    // The audit trail for the retention job's audit part (opened once).
+    let retention_audit =
+        match matchpoint_hub::audit::AuditLog::open(&env.config.store, ctx.key.clone()).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!(error = %e, "Opening the audit trail failed; retention will not run.");
+                None
+            }
+        };
+    let started = Utc::now();
     let runner = SyncRunner { ctx };
     let cancelled = || ctx.cancel.load(Ordering::Relaxed);
     let poll =
@@ -86,8 +96,8 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
                 Err(e) => warn!(error = %e, "Deleting expired sealed raw copies failed."),
             }
         }
-        // HOOK(retention, issue 5 part 2): schedule the retention job here from
-        // `env.config.retention.schedule`, like a source, under the `RETENTION_JOB` lease.
+        // The retention job, on `[retention] schedule`, under the `__retention__` lease.
+        retention_tick(env, retention_audit.as_ref(), scheduler.holder(), started).await;
         if once {
             not_started |= report_once(&reports, &mut results);
         }
@@ -128,6 +138,48 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the retention job when due; logs what happened (a failure is in the run history).
+async fn retention_tick(
+    env: &Env,
+    audit: Option<&matchpoint_hub::audit::AuditLog>,
+    holder: &str,
+    since: chrono::DateTime<Utc>,
+) {
+    use matchpoint_hub::retention::{Scheduled, run_if_due};
+    // Without the audit trail the job does not run (it would leave the audit part undone).
+    if audit.is_none() {
+        return;
+    }
+    let lease =
+        chrono::Duration::seconds(i64::try_from(env.config.schedule.lease_secs).unwrap_or(900));
+    match run_if_due(
+        &env.store,
+        audit,
+        &env.config.retention,
+        &env.config.schedule.time_zone,
+        holder,
+        lease,
+        since,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(Scheduled::NotDue) => {}
+        Ok(Scheduled::Skipped { holder }) => {
+            info!(%holder, "Retention skipped: another instance is running it.");
+        }
+        Ok(Scheduled::Ran(Ok(c))) => info!(
+            involvements = c.involvements,
+            relations = c.relations,
+            quarantine = c.quarantine,
+            audit = c.audit,
+            "Retention run done."
+        ),
+        Ok(Scheduled::Ran(Err(e))) => error!(error = %e, "Retention run failed."),
+        Err(e) => error!(error = %e, "Looking at the retention schedule failed."),
+    }
 }
 
 /// `matchpoint run --plan`: each source's schedule, last run, next due time and staleness.

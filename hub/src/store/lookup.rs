@@ -166,8 +166,12 @@ impl Store {
 
     /// The person's relations, the involvements of the person and of every related person,
     /// and source freshness, in one call (one hop to the store's thread on SQLite).
-    pub async fn household_rows(&self, person: Vec<u8>) -> Result<HouseholdRows, StoreError> {
-        dispatch!(self, s => s.household_rows(person).await)
+    ///
+    /// `selves` are the person's index pseudonyms under every loaded key version (during a
+    /// key rotation a person's rows may carry either); relations and involvements of all of
+    /// them are returned.
+    pub async fn household_rows(&self, selves: Vec<Vec<u8>>) -> Result<HouseholdRows, StoreError> {
+        dispatch!(self, s => s.household_rows(selves).await)
     }
 
     /// Last successful sync per source.

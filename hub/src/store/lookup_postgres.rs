@@ -163,10 +163,13 @@ impl PgStore {
 
     pub(in crate::store) async fn household_rows(
         &self,
-        person: Vec<u8>,
+        selves: Vec<Vec<u8>>,
     ) -> Result<HouseholdRows, StoreError> {
-        let relations = self.person_relations(person.clone()).await?;
-        let mut persons = vec![person];
+        let mut relations = Vec::new();
+        for person in &selves {
+            relations.extend(self.person_relations(person.clone()).await?);
+        }
+        let mut persons = selves;
         for r in &relations {
             if !persons.contains(&r.other) {
                 persons.push(r.other.clone());

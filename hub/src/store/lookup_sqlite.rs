@@ -196,11 +196,14 @@ impl SqliteStore {
 
     pub(in crate::store) async fn household_rows(
         &self,
-        person: Vec<u8>,
+        selves: Vec<Vec<u8>>,
     ) -> Result<HouseholdRows, StoreError> {
         self.read(move |conn| {
-            let relations = relations_of(conn, &person)?;
-            let mut persons = vec![person.clone()];
+            let mut relations = Vec::new();
+            for person in &selves {
+                relations.extend(relations_of(conn, person)?);
+            }
+            let mut persons = selves.clone();
             for r in &relations {
                 if !persons.contains(&r.other) {
                     persons.push(r.other.clone());

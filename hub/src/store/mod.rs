@@ -8,10 +8,14 @@
 //! [`Store::complete_run`] compares, applies and records the run in one transaction.
 
 mod codec;
+mod keys_postgres;
+mod keys_sqlite;
 mod lease_postgres;
 mod lease_sqlite;
 pub mod lookup;
 pub mod postgres;
+mod retention_postgres;
+mod retention_sqlite;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -391,6 +395,50 @@ pub struct ScheduleHistory {
     pub last_success_at: Option<DateTime<Utc>>,
 }
 
+/// How many rows of one source carry one key version (`matchpoint keys status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyVersionCount {
+    /// Source.
+    pub source: String,
+    /// Key version (`key_id`).
+    pub key_id: String,
+    /// Involvement rows with this version.
+    pub involvements: u64,
+    /// Relation rows with this version.
+    pub relations: u64,
+}
+
+/// The source name retention runs are recorded under in the run history.
+pub const RETENTION_SOURCE: &str = "__retention__";
+
+/// What a retention run removes (see `crate::retention`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionCutoffs {
+    /// Involvements whose end date lies before this are purged (with their relations).
+    pub ended_before: chrono::NaiveDate,
+    /// Involvements whose `purge_after` date lies before this are purged.
+    pub today: chrono::NaiveDate,
+    /// Quarantine entries created before this are purged.
+    pub quarantine_before: DateTime<Utc>,
+}
+
+/// Counts of one retention run. In the run history (source `__retention__`, mode
+/// `retention`): `ended` = involvements, `updated` = relations, `rejected` = quarantine
+/// entries, `read` = all rows removed (audit entries included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionCounts {
+    /// Involvements purged.
+    pub involvements: u64,
+    /// Relations purged with them.
+    pub relations: u64,
+    /// Quarantine entries purged.
+    pub quarantine: u64,
+    /// Audit entries removed through the audit trail's privileged path.
+    pub audit: u64,
+    /// The run recorded in the history (not for dry runs).
+    pub run: Option<RunId>,
+}
+
 /// The store, by backend.
 #[derive(Clone)]
 pub enum Store {
@@ -558,6 +606,37 @@ impl Store {
     /// Latest run starts and last success of a source, for the scheduler and staleness.
     pub async fn schedule_history(&self, source: &str) -> Result<ScheduleHistory, StoreError> {
         dispatch!(self, s => s.schedule_history(source).await)
+    }
+}
+
+/// Key versions (`keys_sqlite.rs`, `keys_postgres.rs`).
+impl Store {
+    /// Rows per source and key version, in the index and the relations.
+    pub async fn key_versions(&self) -> Result<Vec<KeyVersionCount>, StoreError> {
+        dispatch!(self, s => s.key_versions().await)
+    }
+}
+
+/// Retention (`retention_sqlite.rs`, `retention_postgres.rs`).
+impl Store {
+    /// Purges involvements past the cutoffs (and their relations) and old quarantine entries,
+    /// in one transaction; with `dry_run` only counts (the transaction is rolled back).
+    pub async fn purge_retention(
+        &self,
+        cutoffs: RetentionCutoffs,
+        dry_run: bool,
+    ) -> Result<RetentionCounts, StoreError> {
+        dispatch!(self, s => s.purge_retention(cutoffs, dry_run).await)
+    }
+
+    /// Records a retention run in the run history (source [`RETENTION_SOURCE`]).
+    pub async fn record_retention_run(
+        &self,
+        started: DateTime<Utc>,
+        counts: RetentionCounts,
+        error: Option<String>,
+    ) -> Result<RunId, StoreError> {
+        dispatch!(self, s => s.record_retention_run(started, counts, error).await)
     }
 }
 
