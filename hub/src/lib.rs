@@ -18,6 +18,7 @@ pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
+pub mod metrics;
 pub mod sandbox;
 pub mod schedule;
 pub mod sources;

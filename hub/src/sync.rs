@@ -279,6 +279,7 @@ pub async fn sync_source(
     async move {
         info!("Sync run started.");
         let record = run_inner(ctx, source, run, full, progress).await?;
+        crate::metrics::global().record_run(&record);
         match record.status {
             RunStatus::Succeeded | RunStatus::Accepted => info!(
                 inserted = record.counts.inserted,

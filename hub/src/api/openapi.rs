@@ -157,8 +157,10 @@ pub fn spec() -> Value {
         },
         "paths": {
             "/healthz": { "get": { "summary": "The process is up", "responses": { "200": ok("ok") } } },
-            "/readyz": { "get": { "summary": "The store is reachable; last successful sync per source",
+            "/readyz": { "get": { "summary": "The store is reachable; per source the last successful sync, its age and `stale`",
                 "responses": { "200": ok("ready"), "503": ok("unavailable") } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text; unauthenticated, bounded labels only)",
+                "responses": { "200": ok("metrics") } } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": ok("OpenAPI 3.1") } } },
             "/api/v1/me": { "get": op("The token's user", "any", None, ok("id, name, role, organisation"), &[]) },
             "/api/v1/lookups": { "post": op(

@@ -32,6 +32,10 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). MATCHPOINT_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log line format on stderr: `text` (human-readable) or `json` (one JSON object a line,
+    /// for log collectors).
+    #[arg(long, value_enum, global = true, env = "MATCHPOINT_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -207,7 +211,16 @@ pub enum Command {
 }
 
 /// Sets up `tracing` on stderr.
-pub fn init_logging(verbose: u8) {
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines (timestamp, level, fields, spans).
+    Json,
+}
+
+pub fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -215,11 +228,14 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MATCHPOINT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 /// Runs one command.

@@ -36,7 +36,8 @@ pub async fn state(config: &Config) -> anyhow::Result<AppState> {
         &key,
         registry,
         config.server.clone(),
-    ))
+    )
+    .with_stale_after(matchpoint_hub::schedule::stale_after(config)))
 }
 
 /// Serves `state` on `listen` until Ctrl-C or SIGTERM; `ready` is called with the bound
