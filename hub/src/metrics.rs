@@ -376,6 +376,66 @@ pub fn global() -> &'static Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    fn read(rel: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// `matchpoint_…` identifiers in a text, without histogram sample suffixes.
+    fn used(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("matchpoint_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            out.insert(base.to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn alert_rules_use_registered_names_and_every_registered_name_is_specified() {
+        let registered: BTreeSet<String> = names::ALL.iter().map(|s| (*s).to_owned()).collect();
+        let rules: String = read("deploy/prometheus/matchpoint-alerts.yaml")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let in_rules = used(&rules);
+        assert!(!in_rules.is_empty());
+        for name in &in_rules {
+            assert!(
+                registered.contains(name),
+                "the alert rules use `{name}`, which hub/src/metrics.rs does not register"
+            );
+        }
+        let spec: BTreeSet<String> = read("docs/instrumentation.md")
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|rest| rest.split('`').next())
+            .filter(|n| n.starts_with("matchpoint_"))
+            .map(str::to_owned)
+            .collect();
+        for name in &registered {
+            assert!(
+                spec.contains(name),
+                "`{name}` is registered but not in docs/instrumentation.md"
+            );
+        }
+        // And every registered name really is exposed under that name.
+        let text = Metrics::new().render();
+        assert!(text.contains(names::BUILD_INFO));
+    }
 
     #[test]
     fn every_name_is_exposed_once_families_have_a_sample() {

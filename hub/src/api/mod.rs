@@ -272,8 +272,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus/OpenMetrics text. Unauthenticated by design: every label is
 /// bounded (sources, enumerations, route templates), nothing identifies a person or user.
 async fn metrics(State(state): State<AppState>) -> Response {
-    if let Err(error) = source_freshness(&state, chrono::Utc::now()).await {
-        tracing::warn!(%error, "Source freshness unavailable for /metrics.");
+    match source_freshness(&state, chrono::Utc::now()).await {
+        Ok(sources) => {
+            // Held runs among each source's recent history (a held run awaits `runs accept`;
+            // a later run supersedes it).
+            for f in &sources {
+                match state.store().runs(Some(&f.source), 20).await {
+                    Ok(runs) => {
+                        let held = runs
+                            .iter()
+                            .filter(|r| r.status == crate::store::RunStatus::Held)
+                            .count();
+                        crate::metrics::global().set_held_runs(&f.source, held as u64);
+                    }
+                    Err(error) => tracing::warn!(%error, "Run history unavailable for /metrics."),
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "Source freshness unavailable for /metrics."),
     }
     (
         [(

@@ -205,6 +205,7 @@ impl<C: Clock> Scheduler<C> {
                     until = %expires_at.to_rfc3339(),
                     "Source is due but another instance holds its lease; skipped here."
                 );
+                crate::metrics::global().scheduler_skipped(name, "lease_held");
                 return Ok(Action::Skipped {
                     holder,
                     until: expires_at,
@@ -225,6 +226,7 @@ impl<C: Clock> Scheduler<C> {
                 source = name,
                 "Source was run by another instance meanwhile; skipped."
             );
+            crate::metrics::global().scheduler_skipped(name, "already_run");
             self.release(name).await;
             return Ok(Action::AlreadyRun);
         };
