@@ -168,6 +168,11 @@ pub enum Command {
         /// Address to listen on (default: `[server] listen`, 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
+        /// Serve the API only; do not run the scheduler in this process (run
+        /// `matchpoint run` elsewhere). Several replicas may run it: source leases keep one
+        /// source from running twice.
+        #[arg(long)]
+        no_scheduler: bool,
     },
     /// Manage API users and their tokens.
     Users {
@@ -308,7 +313,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load_store_only(&config.config).await?;
             runs::stats(&env, json).await
         }
-        Command::Serve { config, listen } => serve::serve(&config.config, listen).await,
+        Command::Serve {
+            config,
+            listen,
+            no_scheduler,
+        } => serve::serve(&config.config, listen, no_scheduler).await,
         Command::Users { config, action } => users::users(&config.config, action).await,
         Command::Demo {
             dir,

@@ -1,0 +1,152 @@
+//! End-to-end: `matchpoint serve` runs the scheduler next to the API. A never-run source is
+//! synced by the serve process itself, `/metrics` then names the run (and holds no BSN of the
+//! export), `/readyz` reports the source fresh, and SIGTERM stops API and scheduler cleanly.
+//! `--log-format json` writes JSON lines. Synchronisation is by reading the process's output
+//! (never by sleeping).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::{Install, export_bsns, nine_digit_runs};
+
+/// A schedule that does not fire while the test runs (a never-run source is due at once).
+const FAR_SCHEDULE: &str = "0 0 0 1 1 * 2099";
+
+fn install() -> Install {
+    let inst = Install::new(150, 7, 0.02);
+    let path = inst.path("matchpoint.toml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let text = text.replace(
+        "schedule = \"0 30 2 * * *\"",
+        &format!("schedule = \"{FAR_SCHEDULE}\""),
+    );
+    assert!(text.contains(FAR_SCHEDULE), "config template changed");
+    std::fs::write(&path, text).expect("write config");
+    inst
+}
+
+#[test]
+fn serve_runs_the_scheduler_exports_metrics_and_stops_on_sigterm() {
+    let inst = install();
+    let mut child = inst
+        .command(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env("MATCHPOINT_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn matchpoint serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = out.next().expect("a line").expect("stdout line");
+    assert!(first.contains("scheduler running"), "{first}");
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    // Wait (by reading the log) until the scheduler inside serve has published the run.
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    for line in err.by_ref() {
+        let line = line.expect("stderr line");
+        let done = line.contains("Sync run published.") || line.contains("did not publish");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let last = seen.last().cloned().unwrap_or_default();
+    assert!(last.contains("Sync run published."), "{seen:#?}");
+    // JSON lines: each parses, with level and fields.
+    for line in &seen {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+
+    let client = reqwest::blocking::Client::new();
+    let metrics = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .expect("GET /metrics")
+        .text()
+        .expect("metrics text");
+    assert!(
+        metrics.contains(
+            "matchpoint_sync_runs_total{source=\"okc-2\",mode=\"full\",status=\"succeeded\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("matchpoint_sync_records_total{source=\"okc-2\",outcome=\"read\"}"));
+    assert!(metrics.contains("matchpoint_source_stale{source=\"okc-2\"} 0"));
+    let bsns = export_bsns(&inst.export());
+    assert!(!bsns.is_empty());
+    for run in nine_digit_runs(metrics.as_bytes()) {
+        assert!(!bsns.contains(&run), "a BSN of the export in /metrics");
+    }
+    let ready: serde_json::Value = serde_json::from_str(
+        &client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .expect("GET /readyz")
+            .text()
+            .expect("readyz body"),
+    )
+    .expect("readyz json");
+    assert_eq!(ready["sources"][0]["source"], "okc-2", "{ready}");
+    assert_eq!(ready["sources"][0]["stale"], false, "{ready}");
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest_err: Vec<String> = err.map_while(Result::ok).collect();
+    let rest_out: Vec<String> = out.map_while(Result::ok).collect();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}: {rest_err:#?}");
+    assert!(rest_out.iter().any(|l| l == "Stopped."), "{rest_out:?}");
+    assert!(
+        rest_err.iter().any(|l| l.contains("Scheduler stopped.")),
+        "{rest_err:#?}"
+    );
+    for line in rest_err.iter().chain(&seen) {
+        for run in nine_digit_runs(line.as_bytes()) {
+            assert!(!bsns.contains(&run), "a BSN of the export in the log");
+        }
+    }
+}
+
+#[test]
+fn serve_without_the_scheduler_runs_nothing_and_stops_on_sigterm() {
+    let inst = install();
+    let mut child = inst
+        .command(&["serve", "--listen", "127.0.0.1:0", "--no-scheduler"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn matchpoint serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = out.next().expect("a line").expect("stdout line");
+    assert!(first.contains("listening") && !first.contains("scheduler"), "{first}");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest: Vec<String> = out.map_while(Result::ok).collect();
+    assert!(child.wait().expect("wait").success());
+    assert!(rest.iter().any(|l| l == "Stopped."), "{rest:?}");
+    let conn = rusqlite::Connection::open(inst.db()).expect("open db");
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap_or(0);
+    assert_eq!(runs, 0, "no scheduler: nothing ran");
+}
