@@ -31,13 +31,7 @@ fn install() -> Install {
 fn serve_runs_the_scheduler_exports_metrics_and_stops_on_sigterm() {
     let inst = install();
     let mut child = inst
-        .command(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
+        .command(&["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("MATCHPOINT_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -135,7 +129,10 @@ fn serve_without_the_scheduler_runs_nothing_and_stops_on_sigterm() {
         .expect("spawn matchpoint serve");
     let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let first = out.next().expect("a line").expect("stdout line");
-    assert!(first.contains("listening") && !first.contains("scheduler"), "{first}");
+    assert!(
+        first.contains("listening") && !first.contains("scheduler"),
+        "{first}"
+    );
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -379,7 +379,9 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn read(rel: &str) -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
@@ -477,7 +479,9 @@ mod tests {
         }
         assert!(text.contains("matchpoint_lookups_total{outcome=\"found\"} 1"));
         assert!(text.contains("matchpoint_breakglass_lookups_total 1"));
-        assert!(text.contains("matchpoint_sync_records_total{source=\"okc\",outcome=\"rejected\"} 1"));
+        assert!(
+            text.contains("matchpoint_sync_records_total{source=\"okc\",outcome=\"rejected\"} 1")
+        );
         assert!(text.contains(
             "matchpoint_sync_runs_total{source=\"okc\",mode=\"full\",status=\"succeeded\"} 1"
         ));

@@ -1734,8 +1734,16 @@ async fn metrics_after_a_lookup_name_the_spec_and_hold_no_identities() {
     assert!(text.contains("route=\"/api/v1/lookups\",method=\"POST\",status_class=\"4xx\""));
     assert!(text.contains("matchpoint_source_stale{source=\"okc-2\"} 0"));
     // No identities: no nine-digit number, no pseudonym-like hex, no user names or tokens.
-    assert_eq!(has_run(&text, 9..=9, |c| c.is_ascii_digit()), None, "{text}");
-    assert_eq!(has_run(&text, 16..=usize::MAX, |c| c.is_ascii_hexdigit()), None, "{text}");
+    assert_eq!(
+        has_run(&text, 9..=9, |c| c.is_ascii_digit()),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        has_run(&text, 16..=usize::MAX, |c| c.is_ascii_hexdigit()),
+        None,
+        "{text}"
+    );
     for bsn in sent_bsns().lock().expect("lock").iter() {
         assert!(!text.contains(bsn.as_str()));
     }
@@ -1770,7 +1778,11 @@ async fn readyz_and_lookups_flag_a_source_whose_last_success_is_old() {
     )
     .await;
     let (status, v) = fx.call(Method::GET, "/readyz", None, None, false).await;
-    assert_eq!(status, StatusCode::OK, "stale data does not make the service unready");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "stale data does not make the service unready"
+    );
     assert_eq!(v["sources"][0]["stale"], true, "{v}");
     assert_eq!(v["stale_sources"], 1);
     assert!(v["sources"][0]["age_secs"].as_i64().expect("age") >= 3 * 86_400 - 60);

@@ -34,7 +34,13 @@ pub struct Cli {
     pub verbose: u8,
     /// Log line format on stderr: `text` (human-readable) or `json` (one JSON object a line,
     /// for log collectors).
-    #[arg(long, value_enum, global = true, env = "MATCHPOINT_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "MATCHPOINT_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

@@ -47,11 +47,13 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         let bad = results
             .iter()
             .any(|r| !matches!(r.status, RunStatus::Succeeded | RunStatus::Accepted));
-        return Ok(if bad || not_started || ctx.cancel.load(Ordering::Relaxed) {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        });
+        return Ok(
+            if bad || not_started || ctx.cancel.load(Ordering::Relaxed) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            },
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

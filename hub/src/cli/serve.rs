@@ -30,14 +30,10 @@ pub async fn state(config: &Config) -> anyhow::Result<AppState> {
     let audit = AuditLog::open(&config.store, key.clone())
         .await
         .context("opening the audit trail")?;
-    Ok(AppState::new(
-        store,
-        audit,
-        &key,
-        registry,
-        config.server.clone(),
+    Ok(
+        AppState::new(store, audit, &key, registry, config.server.clone())
+            .with_stale_after(matchpoint_hub::schedule::stale_after(config)),
     )
-    .with_stale_after(matchpoint_hub::schedule::stale_after(config)))
 }
 
 /// Serves `state` on `listen` until Ctrl-C or SIGTERM; `ready` is called with the bound
@@ -164,7 +160,11 @@ pub async fn serve(
             use std::io::Write;
             println!(
                 "Matchpoint API listening on http://{addr} ({}Ctrl-C stops)",
-                if no_scheduler { "" } else { "scheduler running; " }
+                if no_scheduler {
+                    ""
+                } else {
+                    "scheduler running; "
+                }
             );
             let _ = std::io::stdout().flush();
         },
