@@ -1,7 +1,8 @@
 //! End-to-end: `matchpoint serve` runs the scheduler next to the API. A never-run source is
 //! synced by the serve process itself, `/metrics` then names the run (and holds no BSN of the
 //! export), `/readyz` reports the source fresh, and SIGTERM stops API and scheduler cleanly.
-//! `--log-format json` writes JSON lines. Synchronisation is by reading the process's output
+//! `--log-format json` writes JSON lines. `matchpoint sync` takes the source lease and skips a
+//! source another instance holds. Synchronisation is by reading the process's output
 //! (never by sleeping).
 
 mod common;
@@ -146,4 +147,46 @@ fn serve_without_the_scheduler_runs_nothing_and_stops_on_sigterm() {
         .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
         .unwrap_or(0);
     assert_eq!(runs, 0, "no scheduler: nothing ran");
+}
+
+#[test]
+fn sync_takes_the_source_lease_and_skips_a_source_another_instance_holds() {
+    let inst = install();
+    let out = inst.mp(&["stats"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let conn = rusqlite::Connection::open(inst.db()).expect("open db");
+    conn.execute(
+        "INSERT INTO source_leases (source, holder, acquired_at, expires_at)
+         VALUES ('okc-2', 'other-host/4242/cafe', 0, ?1)",
+        [i64::MAX],
+    )
+    .expect("take lease");
+    let out = inst.mp(&["sync"]);
+    let e = common::stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a skipped sync is not a success: {e}"
+    );
+    assert!(
+        e.contains("okc-2: not synced") && e.contains("other-host/4242/cafe"),
+        "{e}"
+    );
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .expect("count runs");
+    assert_eq!(runs, 0, "nothing ran");
+
+    // Lease gone: the sync runs and releases it afterwards.
+    conn.execute("DELETE FROM source_leases", [])
+        .expect("drop lease");
+    let out = inst.mp(&["sync"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let leases: i64 = conn
+        .query_row("SELECT count(*) FROM source_leases", [], |r| r.get(0))
+        .expect("count leases");
+    assert_eq!(leases, 0, "the lease is released after the run");
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .expect("count runs");
+    assert_eq!(runs, 1);
 }
