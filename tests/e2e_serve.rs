@@ -190,3 +190,130 @@ fn sync_takes_the_source_lease_and_skips_a_source_another_instance_holds() {
         .expect("count runs");
     assert_eq!(runs, 1);
 }
+
+fn add_user(inst: &Install, role: &str, org: &str) -> String {
+    let out = inst.mp(&[
+        "users",
+        "add",
+        "--name",
+        "E2E user",
+        "--role",
+        role,
+        "--organisation",
+        org,
+        "--json",
+    ]);
+    assert!(out.status.success(), "users add: {}", common::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+#[test]
+fn an_operator_starts_a_run_202_a_held_lease_answers_409_a_professional_403_all_audited() {
+    let inst = install();
+    let operator = add_user(&inst, "operator", "GGD-AMS");
+    let professional = add_user(&inst, "professional", "SD-NOORD");
+    let mut child = inst
+        .command(&["serve", "--listen", "127.0.0.1:0", "--no-scheduler"])
+        .env("MATCHPOINT_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn matchpoint serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = out.next().expect("a line").expect("stdout line");
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    let client = reqwest::blocking::Client::new();
+    let post = |token: &str, body: serde_json::Value| {
+        client
+            .post(format!("http://{addr}/api/v1/sync/runs"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("POST /api/v1/sync/runs")
+    };
+    let forbidden = post(&professional, serde_json::json!({ "source": "okc-2" }));
+    assert_eq!(forbidden.status().as_u16(), 403);
+    let started = post(
+        &operator,
+        serde_json::json!({ "source": "okc-2", "full": true }),
+    );
+    assert_eq!(started.status().as_u16(), 202);
+    // Wait (by reading the log) for the run to finish.
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    for line in err.by_ref() {
+        let line = line.expect("stderr line");
+        let done = line.contains("Sync run published.") || line.contains("did not publish");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.contains("Sync run published.")),
+        "{seen:#?}"
+    );
+    let runs: serde_json::Value = serde_json::from_str(
+        &client
+            .get(format!("http://{addr}/api/v1/sync/runs"))
+            .bearer_auth(&operator)
+            .send()
+            .expect("GET runs")
+            .text()
+            .expect("runs body"),
+    )
+    .expect("runs json");
+    assert_eq!(runs[0]["source"], "okc-2", "{runs}");
+    assert_eq!(runs[0]["status"], "succeeded", "{runs}");
+
+    // Another instance holds the lease now: 409, nothing started.
+    let conn = rusqlite::Connection::open(inst.db()).expect("open db");
+    conn.execute(
+        "INSERT INTO source_leases (source, holder, acquired_at, expires_at)
+         VALUES ('okc-2', 'other-host/4242/cafe', 0, ?1)",
+        [i64::MAX],
+    )
+    .expect("take lease");
+    let held = post(&operator, serde_json::json!({ "source": "okc-2" }));
+    assert_eq!(held.status().as_u16(), 409);
+    let unknown = post(&operator, serde_json::json!({ "source": "no-such-source" }));
+    assert_eq!(unknown.status().as_u16(), 400);
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let _: Vec<String> = err.map_while(Result::ok).collect();
+    assert!(child.wait().expect("wait").success());
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .expect("count runs");
+    assert_eq!(runs, 1, "the 409 started nothing");
+    // One audit entry per trigger request: granted, refused (lease), invalid, and the 403.
+    let outcomes: Vec<String> = {
+        let mut st = conn
+            .prepare(
+                "SELECT outcome FROM audit_log WHERE action = 'operator_view'
+                 AND (checks LIKE '%trigger:run%' OR outcome = 'refused') ORDER BY seq",
+            )
+            .expect("prepare");
+        st.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    assert_eq!(
+        outcomes,
+        ["refused", "granted", "refused", "invalid"],
+        "{outcomes:?}"
+    );
+}

@@ -59,6 +59,7 @@ struct Inner {
     index: Pseudonymiser,
     settings: ServerSettings,
     stale_after: chrono::Duration,
+    trigger: Option<Arc<operator::Trigger>>,
 }
 
 impl AppState {
@@ -78,6 +79,7 @@ impl AppState {
                 index: key.pseudonymiser(KeyPurpose::Index),
                 settings,
                 stale_after: chrono::Duration::hours(36),
+                trigger: None,
             }),
         }
     }
@@ -90,6 +92,20 @@ impl AppState {
             inner.stale_after = stale_after;
         }
         self
+    }
+
+    /// Enables `POST /api/v1/sync/runs` (manual runs). Like [`AppState::with_stale_after`],
+    /// call it before the state is cloned.
+    pub fn with_trigger(mut self, trigger: operator::Trigger) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.trigger = Some(Arc::new(trigger));
+        }
+        self
+    }
+
+    /// What manual runs need, when enabled.
+    pub fn trigger(&self) -> Option<Arc<operator::Trigger>> {
+        self.inner.trigger.clone()
     }
 
     /// The staleness limit of sources.
@@ -174,6 +190,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/audit/verify"),
     ("post", "/api/v1/audit/verify"),
     ("get", "/api/v1/sync/runs"),
+    ("post", "/api/v1/sync/runs"),
     ("get", "/api/v1/sync/quarantine"),
     ("get", "/api/v1/sync/quality"),
 ];
@@ -203,7 +220,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/audit/verify",
             get(privacy::verify).post(privacy::verify_checkpoint),
         )
-        .route("/api/v1/sync/runs", get(operator::runs))
+        .route(
+            "/api/v1/sync/runs",
+            get(operator::runs).post(operator::trigger),
+        )
         .route("/api/v1/sync/quarantine", get(operator::quarantine))
         .route("/api/v1/sync/quality", get(operator::quality))
         .fallback(not_found)

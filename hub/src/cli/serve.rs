@@ -123,17 +123,32 @@ pub async fn serve(
     no_scheduler: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let state = state(&config).await?;
-    let listen = listen.unwrap_or_else(|| config.server.listen.clone());
     // Registered before anything is served, so an early SIGTERM is not lost.
     let signal = shutdown_signal();
+    // Manual runs (`POST /api/v1/sync/runs`): their own sync context, cancelled on shutdown.
+    let mut cancel: Vec<Arc<std::sync::atomic::AtomicBool>> = Vec::new();
+    let trigger = {
+        let env = super::Env::load(config_path).await?;
+        cancel.push(env.ctx()?.cancel.clone());
+        let super::Env { config, store, ctx } = env;
+        api::operator::Trigger {
+            ctx: ctx.context("internal: no sync context")?,
+            sources: config.sources.clone(),
+            scheduler: matchpoint_hub::schedule::Scheduler::from_config(
+                &config,
+                store,
+                matchpoint_hub::schedule::SystemClock,
+            )?,
+        }
+    };
+    let state = state(&config).await?.with_trigger(trigger);
+    let listen = listen.unwrap_or_else(|| config.server.listen.clone());
     let stop = Arc::new(tokio::sync::Notify::new());
-    let mut cancel: Option<Arc<std::sync::atomic::AtomicBool>> = None;
     let scheduler = if no_scheduler {
         None
     } else {
         let env = super::Env::load(config_path).await?;
-        cancel = Some(env.ctx()?.cancel.clone());
+        cancel.push(env.ctx()?.cancel.clone());
         let stop = stop.clone();
         Some(tokio::spawn(async move {
             let result = super::run::scheduler_loop(&env, false, stop).await;
@@ -147,8 +162,8 @@ pub async fn serve(
         let stop = stop.clone();
         async move {
             signal.await;
-            if let Some(cancel) = cancel {
-                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            for c in cancel {
+                c.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             stop.notify_one();
         }

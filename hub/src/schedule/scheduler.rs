@@ -326,6 +326,25 @@ impl<C: Clock> Scheduler<C> {
         })
     }
 
+    /// For a caller that already took `source`'s lease as [`Scheduler::holder`] (the
+    /// operator API answers 409 or 202 before the run): runs it, renewing the lease, and
+    /// releases it after.
+    pub async fn run_holding<R: RunSource>(
+        &self,
+        source: &SourceConfig,
+        full: bool,
+        runner: &R,
+    ) -> Result<RunRecord, SyncError> {
+        let outcome = self.run_renewing(&source.name, source, full, runner).await;
+        self.release(&source.name).await;
+        outcome
+    }
+
+    /// How long a lease lasts before it must be renewed.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// Runs the source while renewing its lease every third of the lease period.
     async fn run_renewing<R: RunSource>(
         &self,
