@@ -245,6 +245,9 @@ fn an_operator_starts_a_run_202_a_held_lease_answers_409_a_professional_403_all_
         serde_json::json!({ "source": "okc-2", "full": true }),
     );
     assert_eq!(started.status().as_u16(), 202);
+    let started: serde_json::Value =
+        serde_json::from_str(&started.text().expect("202 body")).expect("202 json");
+    let run_id = started["run_id"].as_i64().expect("run id");
     // Wait (by reading the log) for the run to finish.
     let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let mut seen = Vec::new();
@@ -272,6 +275,8 @@ fn an_operator_starts_a_run_202_a_held_lease_answers_409_a_professional_403_all_
     )
     .expect("runs json");
     assert_eq!(runs[0]["source"], "okc-2", "{runs}");
+    assert_eq!(runs[0]["id"], run_id, "{runs}");
+    assert_eq!(runs[0]["mode"], "full", "{runs}");
     assert_eq!(runs[0]["status"], "succeeded", "{runs}");
 
     // Another instance holds the lease now: 409, nothing started.

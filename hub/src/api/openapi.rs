@@ -157,7 +157,7 @@ pub fn spec() -> Value {
             r.remove("200");
             r.insert(
                 "202".into(),
-                ok("started: the run shows in GET /api/v1/sync/runs"),
+                ok("started: run_id, source, mode; the run shows in GET /api/v1/sync/runs"),
             );
             r.insert(
                 "409".into(),

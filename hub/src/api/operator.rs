@@ -249,19 +249,62 @@ pub async fn trigger(
                 return Err(error);
             }
             let full = req.full;
+            let mode = crate::sync::run_mode(&source, full);
+            let run = match state.store().begin_run(&source.name, mode).await {
+                Ok(run) => run,
+                Err(error) => {
+                    tracing::error!(%error, "Beginning a manual run failed.");
+                    let _ = state
+                        .store()
+                        .release_lease(&source.name, trigger.scheduler.holder())
+                        .await;
+                    return Err(ApiError::Internal);
+                }
+            };
             let name = source.name.clone();
             let task = trigger.clone();
             tokio::spawn(async move {
-                let runner = crate::schedule::SyncRunner { ctx: &task.ctx };
+                let runner = Begun {
+                    ctx: &task.ctx,
+                    run,
+                };
                 if let Err(error) = task.scheduler.run_holding(&source, full, &runner).await {
-                    tracing::error!(source = %source.name, %error, "Manual run could not be started.");
+                    tracing::error!(source = %source.name, run_id = run, %error, "Manual run failed.");
                 }
             });
             Ok((
                 StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "status": "started", "source": name, "full": full })),
+                Json(serde_json::json!({
+                    "status": "started",
+                    "run_id": run,
+                    "source": name,
+                    "mode": mode.as_str(),
+                })),
             )
                 .into_response())
         }
+    }
+}
+
+/// Runs a run begun by the handler (its id already answered).
+struct Begun<'a> {
+    ctx: &'a crate::sync::SyncContext,
+    run: crate::store::RunId,
+}
+
+impl crate::schedule::RunSource for Begun<'_> {
+    async fn run(
+        &self,
+        source: &crate::config::SourceConfig,
+        full: bool,
+    ) -> Result<RunRecord, crate::sync::SyncError> {
+        crate::sync::sync_begun(
+            self.ctx,
+            source,
+            self.run,
+            full,
+            std::sync::Arc::new(crate::sync::Progress::default()),
+        )
+        .await
     }
 }
