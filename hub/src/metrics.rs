@@ -336,7 +336,17 @@ impl Metrics {
     }
 
     /// One HTTP request: `route` must be a route template (or a fixed placeholder).
+    /// Any method outside the standard ones is counted as `other` (a client may send any
+    /// token as a method: the label must stay bounded).
     pub fn http_request(&self, route: &str, method: &str, status: u16, secs: f64) {
+        const METHODS: &[&str] = &[
+            "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+        ];
+        let method = METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("other");
         let class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -469,7 +479,10 @@ mod tests {
             age_secs: Some(5),
             stale: false,
         }]);
+        m.http_request("(no route)", "X-PROBE-1234", 404, 0.001);
         let text = m.render();
+        assert!(!text.contains("X-PROBE"), "unbounded method label");
+        assert!(text.contains("method=\"other\""));
         for name in names::ALL {
             let base = counter_name(name);
             assert!(
