@@ -20,6 +20,7 @@ pub mod config;
 pub mod failpoint;
 pub mod generate;
 pub mod retention;
+pub mod metrics;
 pub mod sandbox;
 pub mod schedule;
 pub mod sources;

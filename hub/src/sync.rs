@@ -268,17 +268,38 @@ pub async fn sync_source(
     force_full: bool,
     progress: Arc<Progress>,
 ) -> Result<RunRecord, SyncError> {
-    let full = force_full || source.mode == SourceMode::Full;
-    let mode = if full {
+    let run = ctx
+        .store
+        .begin_run(&source.name, run_mode(source, force_full))
+        .await?;
+    sync_begun(ctx, source, run, force_full, progress).await
+}
+
+/// The mode a run of `source` has (full when forced or when the source is full-mode).
+pub fn run_mode(source: &SourceConfig, force_full: bool) -> RunMode {
+    if force_full || source.mode == SourceMode::Full {
         RunMode::Full
     } else {
         RunMode::Incremental
-    };
-    let run = ctx.store.begin_run(&source.name, mode).await?;
+    }
+}
+
+/// Like [`sync_source`], for a run already begun (`store.begin_run` with
+/// [`run_mode`]) so that its id could be handed out first (the operator API's 202).
+pub async fn sync_begun(
+    ctx: &SyncContext,
+    source: &SourceConfig,
+    run: RunId,
+    force_full: bool,
+    progress: Arc<Progress>,
+) -> Result<RunRecord, SyncError> {
+    let mode = run_mode(source, force_full);
+    let full = mode == RunMode::Full;
     let span = info_span!("sync", source = %source.name, run_id = run, mode = mode.as_str());
     async move {
         info!("Sync run started.");
         let record = run_inner(ctx, source, run, full, progress).await?;
+        crate::metrics::global().record_run(&record);
         match record.status {
             RunStatus::Succeeded | RunStatus::Accepted => info!(
                 inserted = record.counts.inserted,

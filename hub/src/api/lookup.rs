@@ -117,6 +117,9 @@ pub struct InvolvementView {
     pub source: String,
     /// When that source last synced successfully.
     pub source_synced_at: Option<DateTime<Utc>>,
+    /// Whether that source's data is stale: its last successful sync is older than
+    /// `[schedule] stale_after_hours`, or it never synced.
+    pub source_stale: bool,
 }
 
 /// Organisation of an involvement.
@@ -256,8 +259,29 @@ fn codes(list: &[(&str, &str)]) -> String {
     list.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
 }
 
-/// `POST /api/v1/lookups`.
+/// `POST /api/v1/lookups`; counted in `matchpoint_lookups_total` by outcome.
 pub async fn lookup(
+    state: State<AppState>,
+    caller: Caller,
+    body: Result<JsonBody<LookupRequest>, ApiError>,
+) -> Result<Json<LookupResponse>, ApiError> {
+    let started = std::time::Instant::now();
+    let result = lookup_inner(state, caller, body).await;
+    let (outcome, break_glass) = match &result {
+        Ok(Json(r)) if r.involvements.is_empty() && r.household.is_empty() => {
+            ("not_found", r.break_glass)
+        }
+        Ok(Json(r)) => ("found", r.break_glass),
+        Err(ApiError::NeedToKnow | ApiError::Shielded | ApiError::WrongRole) => ("denied", false),
+        Err(ApiError::Unauthorized) => ("denied", false),
+        Err(ApiError::BadRequest(_) | ApiError::TooLarge) => ("invalid", false),
+        Err(_) => ("error", false),
+    };
+    crate::metrics::global().lookup(outcome, started.elapsed().as_secs_f64(), break_glass);
+    result
+}
+
+async fn lookup_inner(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<JsonBody<LookupRequest>, ApiError>,
@@ -469,6 +493,11 @@ fn involvement_view(
         restricted,
         source: r.source.clone(),
         source_synced_at: fresh.get(&r.source).copied().flatten(),
+        source_stale: crate::schedule::is_stale(
+            fresh.get(&r.source).copied().flatten(),
+            Utc::now(),
+            state.stale_after(),
+        ),
     }
 }
 

@@ -60,6 +60,8 @@ struct Inner {
     /// Index pseudonymisers of every loaded key version (lookups during a key rotation).
     index_all: Vec<Pseudonymiser>,
     settings: ServerSettings,
+    stale_after: chrono::Duration,
+    trigger: Option<Arc<operator::Trigger>>,
 }
 
 impl AppState {
@@ -79,8 +81,39 @@ impl AppState {
                 index: key.pseudonymiser(KeyPurpose::Index),
                 index_all: key.index_pseudonymisers(),
                 settings,
+                stale_after: chrono::Duration::hours(36),
+                trigger: None,
             }),
         }
+    }
+
+    /// Sets the staleness limit (`[schedule] stale_after_hours`; 36 h unless set) used by
+    /// `/readyz` and lookup answers. Call it right after [`AppState::new`], before the state
+    /// is cloned (a shared state is left unchanged).
+    pub fn with_stale_after(mut self, stale_after: chrono::Duration) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.stale_after = stale_after;
+        }
+        self
+    }
+
+    /// Enables `POST /api/v1/sync/runs` (manual runs). Like [`AppState::with_stale_after`],
+    /// call it before the state is cloned.
+    pub fn with_trigger(mut self, trigger: operator::Trigger) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.trigger = Some(Arc::new(trigger));
+        }
+        self
+    }
+
+    /// What manual runs need, when enabled.
+    pub fn trigger(&self) -> Option<Arc<operator::Trigger>> {
+        self.inner.trigger.clone()
+    }
+
+    /// The staleness limit of sources.
+    pub fn stale_after(&self) -> chrono::Duration {
+        self.inner.stale_after
     }
 
     /// The index store.
@@ -133,7 +166,13 @@ impl AppState {
             return Ok(());
         }
         #[cfg(not(matchpoint_unaudited))]
-        match self.inner.audit.append(entry).await {
+        let started = std::time::Instant::now();
+        #[cfg(not(matchpoint_unaudited))]
+        let written = self.inner.audit.append(entry).await;
+        #[cfg(not(matchpoint_unaudited))]
+        crate::metrics::global().audit_write(written.is_ok(), started.elapsed().as_secs_f64());
+        #[cfg(not(matchpoint_unaudited))]
+        match written {
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(%error, "Audit entry could not be written; request refused.");
@@ -156,6 +195,7 @@ pub struct RequestCtx {
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/me"),
     ("post", "/api/v1/lookups"),
@@ -166,6 +206,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/audit/verify"),
     ("post", "/api/v1/audit/verify"),
     ("get", "/api/v1/sync/runs"),
+    ("post", "/api/v1/sync/runs"),
     ("get", "/api/v1/sync/quarantine"),
     ("get", "/api/v1/sync/quality"),
 ];
@@ -177,6 +218,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/me", get(auth::me))
         .route("/api/v1/lookups", post(lookup::lookup))
@@ -194,7 +236,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/audit/verify",
             get(privacy::verify).post(privacy::verify_checkpoint),
         )
-        .route("/api/v1/sync/runs", get(operator::runs))
+        .route(
+            "/api/v1/sync/runs",
+            get(operator::runs).post(operator::trigger),
+        )
         .route("/api/v1/sync/quarantine", get(operator::quarantine))
         .route("/api/v1/sync/quality", get(operator::quality))
         .fallback(not_found)
@@ -216,13 +261,38 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Store reachable; last successful sync per source.
+/// Freshness of every source with a run history, at `now`, under the state's limit; also
+/// sets the freshness gauges.
+async fn source_freshness(
+    state: &AppState,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<crate::schedule::Freshness>, crate::store::StoreError> {
+    let limit = state.stale_after();
+    let sources = state.store().source_freshness().await?;
+    let out: Vec<crate::schedule::Freshness> = sources
+        .into_iter()
+        .map(|f| crate::schedule::Freshness {
+            age_secs: f.last_success_at.map(|t| (now - t).num_seconds()),
+            stale: crate::schedule::is_stale(f.last_success_at, now, limit),
+            last_success_at: f.last_success_at,
+            source: f.source,
+        })
+        .collect();
+    crate::metrics::global().set_freshness(&out);
+    Ok(out)
+}
+
+/// Store reachable; per source the last successful sync, its age and whether it is stale
+/// (`[schedule] stale_after_hours`). Stale sources do not make the service unready: lookups
+/// still answer, with `source_stale` on each involvement.
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store().ping().await;
-    let fresh = state.store().source_freshness().await;
+    let fresh = source_freshness(&state, chrono::Utc::now()).await;
     match (store, fresh) {
         (Ok(()), Ok(sources)) => {
-            Json(json!({ "status": "ready", "sources": sources })).into_response()
+            let stale = sources.iter().filter(|s| s.stale).count();
+            Json(json!({ "status": "ready", "stale_sources": stale, "sources": sources }))
+                .into_response()
         }
         (Err(error), _) | (_, Err(error)) => {
             tracing::warn!(%error, "Readiness check failed.");
@@ -233,6 +303,38 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// `GET /metrics`: Prometheus/OpenMetrics text. Unauthenticated by design: every label is
+/// bounded (sources, enumerations, route templates), nothing identifies a person or user.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match source_freshness(&state, chrono::Utc::now()).await {
+        Ok(sources) => {
+            // Held runs among each source's recent history (a held run awaits `runs accept`;
+            // a later run supersedes it).
+            for f in &sources {
+                match state.store().runs(Some(&f.source), 20).await {
+                    Ok(runs) => {
+                        let held = runs
+                            .iter()
+                            .filter(|r| r.status == crate::store::RunStatus::Held)
+                            .count();
+                        crate::metrics::global().set_held_runs(&f.source, held as u64);
+                    }
+                    Err(error) => tracing::warn!(%error, "Run history unavailable for /metrics."),
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "Source freshness unavailable for /metrics."),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::global().render(),
+    )
+        .into_response()
 }
 
 fn valid_request_id(s: &str) -> bool {
@@ -276,7 +378,15 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         id: id.clone(),
         client,
     });
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
+    crate::metrics::global().http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }

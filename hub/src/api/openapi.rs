@@ -142,6 +142,31 @@ pub fn spec() -> Value {
     subject_access["description"] =
         json!("Roles: privacy_officer. Audited. `Accept: text/csv` for CSV.");
 
+    let trigger_op = {
+        let mut o = op(
+            "Start a run of a source now, under its lease (202: started; 409: another instance holds the lease)",
+            "operator, admin",
+            Some(
+                json!({ "type": "object", "required": ["source"], "additionalProperties": false,
+                            "properties": { "source": { "type": "string" }, "full": { "type": "boolean" } } }),
+            ),
+            ok("started"),
+            &["400", "403"],
+        );
+        if let Some(r) = o.get_mut("responses").and_then(Value::as_object_mut) {
+            r.remove("200");
+            r.insert(
+                "202".into(),
+                ok("started: run_id, source, mode; the run shows in GET /api/v1/sync/runs"),
+            );
+            r.insert(
+                "409".into(),
+                ok("lease_held: another instance is running this source"),
+            );
+        }
+        o
+    };
+
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -157,8 +182,10 @@ pub fn spec() -> Value {
         },
         "paths": {
             "/healthz": { "get": { "summary": "The process is up", "responses": { "200": ok("ok") } } },
-            "/readyz": { "get": { "summary": "The store is reachable; last successful sync per source",
+            "/readyz": { "get": { "summary": "The store is reachable; per source the last successful sync, its age and `stale`",
                 "responses": { "200": ok("ready"), "503": ok("unavailable") } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text; unauthenticated, bounded labels only)",
+                "responses": { "200": ok("metrics") } } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": ok("OpenAPI 3.1") } } },
             "/api/v1/me": { "get": op("The token's user", "any", None, ok("id, name, role, organisation"), &[]) },
             "/api/v1/lookups": { "post": op(
@@ -207,7 +234,10 @@ pub fn spec() -> Value {
                     &["400", "403"],
                 )
             },
-            "/api/v1/sync/runs": { "get": runs },
+            "/api/v1/sync/runs": {
+                "get": runs,
+                "post": trigger_op
+            },
             "/api/v1/sync/quarantine": { "get": quarantine },
             "/api/v1/sync/quality": { "get": quality }
         }

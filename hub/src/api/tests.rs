@@ -1895,3 +1895,143 @@ async fn lookups_answer_the_same_through_a_key_rotation_on_postgresql() {
     rotation_end_to_end(fx).await;
     drop_pg(&admin_url, &database).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and freshness (issue 5, observability)
+// ---------------------------------------------------------------------------------------------
+
+/// The first maximal run of `class` characters in `text` whose length is in `lengths`
+/// (fraction digits after a `.` excepted).
+fn has_run(
+    text: &str,
+    lengths: std::ops::RangeInclusive<usize>,
+    class: fn(u8) -> bool,
+) -> Option<String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if class(b[i]) {
+            let start = i;
+            while i < b.len() && class(b[i]) {
+                i += 1;
+            }
+            // Fraction digits of a sample value (`0.000885507`) are not an identity.
+            let fraction = start > 0 && b[start - 1] == b'.';
+            if lengths.contains(&(i - start)) && !fraction {
+                return Some(text[start..i].to_owned());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn metrics_after_a_lookup_name_the_spec_and_hold_no_identities() {
+    let fx = Fx::sqlite(23).await;
+    let (status, _) = fx
+        .lookup(
+            "child_org",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = fx
+        .lookup(
+            "outsider",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Unauthenticated, not audited.
+    let (status, headers, bytes) = fx
+        .call_raw(Method::GET, "/metrics", None, None, &[], false)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/openmetrics-text"))
+    );
+    let text = String::from_utf8(bytes).expect("utf-8");
+    use crate::metrics::names;
+    for name in [
+        names::LOOKUPS_TOTAL,
+        names::LOOKUP_DURATION_SECONDS,
+        names::AUDIT_WRITES_TOTAL,
+        names::AUDIT_WRITE_DURATION_SECONDS,
+        names::HTTP_REQUESTS_TOTAL,
+        names::HTTP_REQUEST_DURATION_SECONDS,
+        names::SOURCE_STALE,
+        names::SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        names::BUILD_INFO,
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains("matchpoint_lookups_total{outcome=\"found\"}"));
+    assert!(text.contains("matchpoint_lookups_total{outcome=\"denied\"}"));
+    assert!(text.contains("route=\"/api/v1/lookups\",method=\"POST\",status_class=\"4xx\""));
+    assert!(text.contains("matchpoint_source_stale{source=\"okc-2\"} 0"));
+    // No identities: no nine-digit number, no pseudonym-like hex, no user names or tokens.
+    assert_eq!(
+        has_run(&text, 9..=9, |c| c.is_ascii_digit()),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        has_run(&text, 16..=usize::MAX, |c| c.is_ascii_hexdigit()),
+        None,
+        "{text}"
+    );
+    for bsn in sent_bsns().lock().expect("lock").iter() {
+        assert!(!text.contains(bsn.as_str()));
+    }
+    for (who, token) in &fx.tokens {
+        assert!(!text.contains(&format!("Test {who}")));
+        assert!(!text.contains(token.as_str()));
+    }
+    assert!(!text.contains("user"), "no user label or value: {text}");
+}
+
+#[tokio::test]
+async fn readyz_and_lookups_flag_a_source_whose_last_success_is_old() {
+    let fx = Fx::sqlite(24).await;
+    let (status, v) = fx.call(Method::GET, "/readyz", None, None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["sources"][0]["source"], "okc-2");
+    assert_eq!(v["sources"][0]["stale"], false, "{v}");
+    assert_eq!(v["stale_sources"], 0);
+    let (_, v) = fx
+        .lookup(
+            "child_org",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        )
+        .await;
+    assert_eq!(v["involvements"][0]["source_stale"], false, "{v}");
+
+    // Last success three days ago (stale after 36 h by default).
+    let old = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();
+    exec(
+        &fx.url,
+        &format!("UPDATE sources SET last_success_at = '{old}' WHERE name = 'okc-2'"),
+    )
+    .await;
+    let (status, v) = fx.call(Method::GET, "/readyz", None, None, false).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "stale data does not make the service unready"
+    );
+    assert_eq!(v["sources"][0]["stale"], true, "{v}");
+    assert_eq!(v["stale_sources"], 1);
+    assert!(v["sources"][0]["age_secs"].as_i64().expect("age") >= 3 * 86_400 - 60);
+    let (_, v) = fx
+        .lookup(
+            "child_org",
+            json!({ "bsn": fx.people.child, "purpose": "coordinating_care" }),
+        )
+        .await;
+    assert_eq!(v["involvements"][0]["source_stale"], true, "{v}");
+}

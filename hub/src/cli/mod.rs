@@ -34,6 +34,16 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). MATCHPOINT_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log line format on stderr: `text` (human-readable) or `json` (one JSON object a line,
+    /// for log collectors).
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "MATCHPOINT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -185,6 +195,11 @@ pub enum Command {
         /// Address to listen on (default: `[server] listen`, 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
+        /// Serve the API only; do not run the scheduler in this process (run
+        /// `matchpoint run` elsewhere). Several replicas may run it: source leases keep one
+        /// source from running twice.
+        #[arg(long)]
+        no_scheduler: bool,
     },
     /// Manage API users and their tokens.
     Users {
@@ -228,7 +243,16 @@ pub enum Command {
 }
 
 /// Sets up `tracing` on stderr.
-pub fn init_logging(verbose: u8) {
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines (timestamp, level, fields, spans).
+    Json,
+}
+
+pub fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -236,11 +260,14 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MATCHPOINT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 /// Runs one command.
@@ -319,7 +346,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = Env::load_store_only(&config.config).await?;
             runs::stats(&env, json).await
         }
-        Command::Serve { config, listen } => serve::serve(&config.config, listen).await,
+        Command::Serve {
+            config,
+            listen,
+            no_scheduler,
+        } => serve::serve(&config.config, listen, no_scheduler).await,
         Command::Users { config, action } => users::users(&config.config, action).await,
         Command::Demo {
             dir,

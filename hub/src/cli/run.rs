@@ -3,7 +3,8 @@
 //! once, also across instances. Ctrl-C or SIGTERM stops cleanly: the current run publishes
 //! nothing and its lease is released. `--once` runs what is due now and exits (tests, external cron).
 //!
-//! The lead folds this loop into `serve` later; the loop itself stays here.
+//! `matchpoint serve` runs the same loop ([`scheduler_loop`]) next to the API unless
+//! `--no-scheduler`; `run` stays for scheduler-only deployments.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,6 +37,36 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    let (results, not_started) = scheduler_loop(env, once, stop).await?;
+    if once {
+        if results.is_empty() {
+            println!("Nothing was due.");
+        } else {
+            print_summary(&env.config.path, &results);
+        }
+        let bad = results
+            .iter()
+            .any(|r| !matches!(r.status, RunStatus::Succeeded | RunStatus::Accepted));
+        return Ok(
+            if bad || not_started || ctx.cancel.load(Ordering::Relaxed) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The scheduler loop (also run inside `matchpoint serve`): ticks until `ctx.cancel` is set
+/// and `stop` notified, or once with `once`. Returns the runs of a `once` tick and whether a
+/// due run could not be started.
+pub async fn scheduler_loop(
+    env: &Env,
+    once: bool,
+    stop: Arc<Notify>,
+) -> anyhow::Result<(Vec<RunRecord>, bool)> {
+    let ctx = env.ctx()?;
     let scheduler = Scheduler::from_config(&env.config, env.store.clone(), SystemClock)?;
     info!(
         holder = scheduler.holder(),
@@ -122,22 +153,7 @@ pub async fn run(env: &Env, once: bool) -> anyhow::Result<ExitCode> {
         }
     }
     info!("Scheduler stopped.");
-    if once {
-        if results.is_empty() {
-            println!("Nothing was due.");
-        } else {
-            print_summary(&env.config.path, &results);
-        }
-        let bad = results
-            .iter()
-            .any(|r| !matches!(r.status, RunStatus::Succeeded | RunStatus::Accepted));
-        return Ok(if bad || not_started || cancelled() {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        });
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((results, not_started))
 }
 
 /// Runs the retention job when due; logs what happened (a failure is in the run history).

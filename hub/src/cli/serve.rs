@@ -30,13 +30,10 @@ pub async fn state(config: &Config) -> anyhow::Result<AppState> {
     let audit = AuditLog::open(&config.store, key.clone())
         .await
         .context("opening the audit trail")?;
-    Ok(AppState::new(
-        store,
-        audit,
-        &key,
-        registry,
-        config.server.clone(),
-    ))
+    Ok(
+        AppState::new(store, audit, &key, registry, config.server.clone())
+            .with_stale_after(matchpoint_hub::schedule::stale_after(config)),
+    )
 }
 
 /// Serves `state` on `listen` until Ctrl-C or SIGTERM; `ready` is called with the bound
@@ -45,6 +42,16 @@ pub async fn run(
     state: AppState,
     listen: &str,
     ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    run_until(state, listen, ready, shutdown_signal()).await
+}
+
+/// Like [`run`], stopping (gracefully) when `shutdown` resolves.
+pub async fn run_until(
+    state: AppState,
+    listen: &str,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     #[cfg(matchpoint_unaudited)]
     {
@@ -69,48 +76,123 @@ pub async fn run(
         listener,
         api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown)
     .await
     .context("serving the API")?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or (Unix) SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on Ctrl-C or (Unix) SIGTERM. The SIGTERM handler is installed when this is
+/// *called* (inside the runtime), not when the future is first polled, so a SIGTERM arriving
+/// while the store opens or the socket binds stops the server cleanly instead of being lost.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("Shutting down: finishing requests in flight.");
     }
-    tracing::info!("Shutting down: finishing requests in flight.");
 }
 
-/// `matchpoint serve`.
-pub async fn serve(config_path: &Path, listen: Option<String>) -> anyhow::Result<ExitCode> {
+/// `matchpoint serve`: the API, and the scheduler loop next to it unless `no_scheduler`
+/// (source leases keep several replicas from running one source twice). Ctrl-C or SIGTERM
+/// stops both: requests in flight finish, a sync run in progress publishes nothing and its
+/// lease is released.
+pub async fn serve(
+    config_path: &Path,
+    listen: Option<String>,
+    no_scheduler: bool,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let state = state(&config).await?;
+    // Registered before anything is served, so an early SIGTERM is not lost.
+    let signal = shutdown_signal();
+    // Manual runs (`POST /api/v1/sync/runs`): their own sync context, cancelled on shutdown.
+    let mut cancel: Vec<Arc<std::sync::atomic::AtomicBool>> = Vec::new();
+    let trigger = {
+        let env = super::Env::load(config_path).await?;
+        cancel.push(env.ctx()?.cancel.clone());
+        let super::Env { config, store, ctx } = env;
+        api::operator::Trigger {
+            ctx: ctx.context("internal: no sync context")?,
+            sources: config.sources.clone(),
+            scheduler: matchpoint_hub::schedule::Scheduler::from_config(
+                &config,
+                store,
+                matchpoint_hub::schedule::SystemClock,
+            )?,
+        }
+    };
+    let state = state(&config).await?.with_trigger(trigger);
     let listen = listen.unwrap_or_else(|| config.server.listen.clone());
-    run(state, &listen, |addr| {
-        use std::io::Write;
-        println!("Matchpoint API listening on http://{addr} (Ctrl-C stops)");
-        let _ = std::io::stdout().flush();
-    })
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let scheduler = if no_scheduler {
+        None
+    } else {
+        let env = super::Env::load(config_path).await?;
+        cancel.push(env.ctx()?.cancel.clone());
+        let stop = stop.clone();
+        Some(tokio::spawn(async move {
+            let result = super::run::scheduler_loop(&env, false, stop).await;
+            if let Err(error) = &result {
+                tracing::error!(error = %format!("{error:#}"), "The scheduler stopped with an error.");
+            }
+            result.map(|_| ())
+        }))
+    };
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            signal.await;
+            for c in cancel {
+                c.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            stop.notify_one();
+        }
+    };
+    run_until(
+        state,
+        &listen,
+        |addr| {
+            use std::io::Write;
+            println!(
+                "Matchpoint API listening on http://{addr} ({}Ctrl-C stops)",
+                if no_scheduler {
+                    ""
+                } else {
+                    "scheduler running; "
+                }
+            );
+            let _ = std::io::stdout().flush();
+        },
+        shutdown,
+    )
     .await?;
+    if let Some(task) = scheduler {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("warning: the scheduler stopped with an error: {error:#}"),
+            Err(error) => eprintln!("warning: the scheduler task failed: {error}"),
+        }
+    }
     println!("Stopped.");
     Ok(ExitCode::SUCCESS)
 }

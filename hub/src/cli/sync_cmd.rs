@@ -1,4 +1,6 @@
 //! `matchpoint sync`: runs each selected source, shows progress, prints a summary table.
+//! Each run takes the source's lease (as the scheduler does); a source whose lease another
+//! instance holds is skipped with a message, and the exit code is 1.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -7,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use matchpoint_hub::schedule::{Action, RunSource, Scheduler, SystemClock};
 use matchpoint_hub::store::{RunRecord, RunStatus};
 use matchpoint_hub::sync::{Progress, sync_source};
 
@@ -31,6 +34,10 @@ pub async fn sync(env: &Env, names: &[String], full: bool, json: bool) -> anyhow
             "Deleted sealed raw copies of quarantined records past their retention."
         );
     }
+    // Each source under its lease, like the scheduler's runs: never two runs of one source
+    // at once, also across processes.
+    let scheduler = Scheduler::from_config(&env.config, env.store.clone(), SystemClock)?;
+    let mut skipped = false;
     let mut results: Vec<RunRecord> = Vec::new();
     for source in sources {
         if ctx.cancel.load(Ordering::Relaxed) {
@@ -39,9 +46,27 @@ pub async fn sync(env: &Env, names: &[String], full: bool, json: bool) -> anyhow
         let progress = Arc::new(Progress::default());
         let display = show_progress(&source.name, progress.clone(), json);
         let started = Instant::now();
-        let outcome = sync_source(ctx, source, full, progress.clone()).await;
+        let runner = WithProgress {
+            ctx,
+            progress: progress.clone(),
+        };
+        let outcome = scheduler.run_now(source, full, &runner).await;
         display.finish().await;
-        let rec = outcome?;
+        let rec = match outcome? {
+            Action::Ran(rec) => rec,
+            Action::Skipped { holder, until } => {
+                eprintln!(
+                    "{}: not synced: another instance ({holder}) is running it (lease until {}); \
+                     its run shows in `matchpoint runs`, or try again later",
+                    source.name,
+                    until.to_rfc3339()
+                );
+                skipped = true;
+                continue;
+            }
+            Action::AlreadyRun => continue,
+            Action::Failed(e) => anyhow::bail!("{}: {e}", source.name),
+        };
         if !json {
             eprintln!(
                 "{}: {} in {:.1}s ({} records read)",
@@ -61,11 +86,27 @@ pub async fn sync(env: &Env, names: &[String], full: bool, json: bool) -> anyhow
     let bad = results
         .iter()
         .any(|r| !matches!(r.status, RunStatus::Succeeded | RunStatus::Accepted));
-    Ok(if bad || ctx.cancel.load(Ordering::Relaxed) {
+    Ok(if bad || skipped || ctx.cancel.load(Ordering::Relaxed) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The sync pipeline with this command's progress display.
+struct WithProgress<'a> {
+    ctx: &'a matchpoint_hub::sync::SyncContext,
+    progress: Arc<Progress>,
+}
+
+impl RunSource for WithProgress<'_> {
+    async fn run(
+        &self,
+        source: &matchpoint_hub::config::SourceConfig,
+        full: bool,
+    ) -> Result<RunRecord, matchpoint_hub::sync::SyncError> {
+        sync_source(self.ctx, source, full, self.progress.clone()).await
+    }
 }
 
 /// The summary table printed after a sync.

@@ -119,6 +119,25 @@ pub fn holder_id() -> String {
     )
 }
 
+/// Whether a lease holder id (`host/pid/nonce`) names a process of this host that no longer
+/// exists (Linux: no `/proc/<pid>`). Conservative: `false` whenever unsure.
+fn holder_is_dead_here(holder: &str) -> bool {
+    let mine = holder_id();
+    let (Some(my_host), mut parts) = (mine.split('/').next(), holder.split('/')) else {
+        return false;
+    };
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == my_host
+        && pid != std::process::id()
+        && std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 impl<C: Clock> Scheduler<C> {
     /// A scheduler for every configured source.
     pub fn from_config(config: &Config, store: Store, clock: C) -> Result<Self, ScheduleError> {
@@ -205,6 +224,7 @@ impl<C: Clock> Scheduler<C> {
                     until = %expires_at.to_rfc3339(),
                     "Source is due but another instance holds its lease; skipped here."
                 );
+                crate::metrics::global().scheduler_skipped(name, "lease_held");
                 return Ok(Action::Skipped {
                     holder,
                     until: expires_at,
@@ -225,6 +245,7 @@ impl<C: Clock> Scheduler<C> {
                 source = name,
                 "Source was run by another instance meanwhile; skipped."
             );
+            crate::metrics::global().scheduler_skipped(name, "already_run");
             self.release(name).await;
             return Ok(Action::AlreadyRun);
         };
@@ -251,6 +272,77 @@ impl<C: Clock> Scheduler<C> {
                 Action::Failed(e.to_string())
             }
         })
+    }
+
+    /// Runs `source` now, outside its schedule (`matchpoint sync`, an operator's trigger),
+    /// under its lease like a scheduled run: [`Action::Skipped`] when another instance
+    /// holds the lease, else the run (lease renewed while it lasts, released after).
+    pub async fn run_now<R: RunSource>(
+        &self,
+        source: &SourceConfig,
+        full: bool,
+        runner: &R,
+    ) -> Result<Action, StoreError> {
+        let name = source.name.as_str();
+        let now = self.clock.now();
+        let mut outcome = self
+            .store
+            .try_lease(name, &self.holder, now, now + self.lease)
+            .await?;
+        if let LeaseOutcome::HeldBy { holder, .. } = &outcome
+            && holder_is_dead_here(holder)
+        {
+            // A killed process on this host (SIGKILL, OOM) cannot release its lease; waiting
+            // for it to expire would block a manual recovery run for `lease_secs`.
+            warn!(
+                source = name,
+                holder = %holder,
+                "The source's lease belongs to a process of this host that no longer runs; taking it over."
+            );
+            self.store.release_lease(name, holder).await?;
+            outcome = self
+                .store
+                .try_lease(name, &self.holder, now, now + self.lease)
+                .await?;
+        }
+        if let LeaseOutcome::HeldBy { holder, expires_at } = outcome {
+            info!(
+                source = name,
+                holder = %holder,
+                until = %expires_at.to_rfc3339(),
+                "Another instance holds the source's lease; not started."
+            );
+            crate::metrics::global().scheduler_skipped(name, "lease_held");
+            return Ok(Action::Skipped {
+                holder,
+                until: expires_at,
+            });
+        }
+        let outcome = self.run_renewing(name, source, full, runner).await;
+        self.release(name).await;
+        Ok(match outcome {
+            Ok(record) => Action::Ran(record),
+            Err(e) => Action::Failed(e.to_string()),
+        })
+    }
+
+    /// For a caller that already took `source`'s lease as [`Scheduler::holder`] (the
+    /// operator API answers 409 or 202 before the run): runs it, renewing the lease, and
+    /// releases it after.
+    pub async fn run_holding<R: RunSource>(
+        &self,
+        source: &SourceConfig,
+        full: bool,
+        runner: &R,
+    ) -> Result<RunRecord, SyncError> {
+        let outcome = self.run_renewing(&source.name, source, full, runner).await;
+        self.release(&source.name).await;
+        outcome
+    }
+
+    /// How long a lease lasts before it must be renewed.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// Runs the source while renewing its lease every third of the lease period.
@@ -325,5 +417,24 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         Ok(wake)
+    }
+}
+
+#[cfg(test)]
+mod lease_holder_tests {
+    use super::{holder_id, holder_is_dead_here};
+
+    #[test]
+    fn only_a_vanished_process_of_this_host_counts_as_dead() {
+        let mine = holder_id();
+        let host = mine.split('/').next().expect("host");
+        assert!(!holder_is_dead_here(&mine), "this process is alive");
+        assert!(!holder_is_dead_here(&format!("not-{host}/4000000/ab")));
+        assert!(!holder_is_dead_here("garbage"));
+        assert!(!holder_is_dead_here(&format!("{host}/not-a-pid/ab")));
+        if std::path::Path::new("/proc/self").exists() {
+            // PIDs above the kernel's pid_max (at most 2^22) never exist.
+            assert!(holder_is_dead_here(&format!("{host}/4194305/ab")));
+        }
     }
 }
