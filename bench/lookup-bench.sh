@@ -14,7 +14,7 @@
 #
 # Prints lookups/s and p50/p99 latency per store and build, and the audited/unaudited ratio.
 # The unaudited build is made with RUSTFLAGS="--cfg matchpoint_unaudited" in its own target
-# folder (target/unaudited); no cargo profile sets that cfg, and such a binary serves on
+# folder (<target dir>/unaudited); no cargo profile sets that cfg, and such a binary serves on
 # loopback only.
 set -euo pipefail
 
@@ -51,19 +51,19 @@ results="$scratch/lookup-$(date +%Y%m%dT%H%M%S)"
 mkdir -p "$results"
 log "results in $results"
 
-log "building release, the unaudited benchmark build and the load generator"
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+log "building release, the unaudited benchmark build ($target_dir/unaudited) and the load generator"
 cargo build --release -q -p matchpoint-hub
-RUSTFLAGS="--cfg matchpoint_unaudited" cargo build --release -q -p matchpoint-hub --target-dir target/unaudited
+RUSTFLAGS="--cfg matchpoint_unaudited" cargo build --release -q -p matchpoint-hub --target-dir "$target_dir/unaudited"
 load_exe=$(cargo bench -q -p matchpoint-hub --bench lookup_load --no-run --message-format=json |
   python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "lookup_load" and m.get("executable"):
         print(m["executable"])')
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 cp "$target_dir/release/matchpoint" "$results/matchpoint"
-cp target/unaudited/release/matchpoint "$results/matchpoint-unaudited"
+cp "$target_dir/unaudited/release/matchpoint" "$results/matchpoint-unaudited"
 cp "$load_exe" "$results/lookup_load"
 mp="$results/matchpoint"
 git rev-parse --short HEAD >"$results/commit.txt" 2>/dev/null || true
