@@ -19,11 +19,13 @@ pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod generate;
-pub mod retention;
 pub mod metrics;
+pub mod retention;
 pub mod sandbox;
 pub mod schedule;
 pub mod sources;
 pub mod store;
 pub mod sync;
+#[cfg(test)]
+pub(crate) mod testdb;
 pub mod users;

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use chrono::Utc;
 use matchpoint_schemas::{Bsn, KeyPurpose, MasterKey};
@@ -12,91 +12,31 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use super::chain::{CANONICAL_LABEL, canonical_bytes, time_text};
 use super::*;
-
-const POSTGRES_URL_VAR: &str = "MATCHPOINT_TEST_POSTGRES_URL";
+use crate::testdb::{self, Kind, POSTGRES_URL_VAR};
 
 fn key() -> Arc<MasterKey> {
     Arc::new(MasterKey::from_secret("k-test", &[7u8; 32]).expect("key"))
 }
 
-/// A fresh database: a SQLite file in a tempdir, or a new PostgreSQL database.
-struct Target {
-    name: &'static str,
-    url: String,
-    kind: Kind,
-}
+/// A fresh database of this suite (see [`crate::testdb`]).
+struct Target(testdb::TestDb);
 
-enum Kind {
-    Sqlite {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    },
-    Postgres {
-        admin_url: String,
-        database: String,
-    },
+impl std::ops::Deref for Target {
+    type Target = testdb::TestDb;
+    fn deref(&self) -> &testdb::TestDb {
+        &self.0
+    }
 }
 
 async fn targets() -> Vec<Target> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.db");
-    let mut out = vec![Target {
-        name: "sqlite",
-        url: format!("sqlite://{}", path.display()),
-        kind: Kind::Sqlite { path, _dir: dir },
-    }];
-    match std::env::var(POSTGRES_URL_VAR) {
-        Ok(admin_url) if !admin_url.is_empty() => {
-            let database = format!("mp_audit_{:016x}", rand::random::<u64>());
-            let mut admin = PgConnection::connect(&admin_url)
-                .await
-                .unwrap_or_else(|err| {
-                    panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {err}")
-                });
-            sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {database}")))
-                .execute(&mut admin)
-                .await
-                .expect("create test database");
-            let _ = admin.close().await;
-            out.push(Target {
-                name: "postgres",
-                url: with_database(&admin_url, &database),
-                kind: Kind::Postgres {
-                    admin_url,
-                    database,
-                },
-            });
-        }
-        _ => {
-            static NOTICE: Once = Once::new();
-            NOTICE.call_once(|| {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "PostgreSQL audit tests SKIPPED: set {POSTGRES_URL_VAR}"
-                );
-            });
-        }
-    }
-    out
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let rest_at = url.find("://").map_or(0, |i| i + 3);
-    let (head, query) = match url[rest_at..].find('?') {
-        Some(q) => url.split_at(rest_at + q),
-        None => (url, ""),
-    };
-    match head[rest_at..].find('/') {
-        Some(slash) => format!("{}/{database}{query}", &head[..rest_at + slash]),
-        None => format!("{head}/{database}{query}"),
-    }
+    testdb::targets("audit")
+        .await
+        .into_iter()
+        .map(Target)
+        .collect()
 }
 
 impl Target {
-    fn is_pg(&self) -> bool {
-        matches!(self.kind, Kind::Postgres { .. })
-    }
-
     async fn open(&self) -> AuditLog {
         AuditLog::open(&self.url, key())
             .await
@@ -142,19 +82,7 @@ impl Target {
     }
 
     async fn cleanup(self) {
-        if let Kind::Postgres {
-            admin_url,
-            database,
-        } = &self.kind
-            && let Ok(mut admin) = PgConnection::connect(admin_url).await
-        {
-            let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await;
-            let _ = admin.close().await;
-        }
+        self.0.drop_database().await;
     }
 }
 
@@ -673,7 +601,7 @@ async fn sqlite_append_fails_when_the_database_files_become_immutable() {
 
 #[tokio::test]
 async fn postgres_append_fails_when_insert_is_revoked_from_the_role() {
-    let Some(t) = targets().await.into_iter().find(Target::is_pg) else {
+    let Some(t) = targets().await.into_iter().find(|t| t.is_pg()) else {
         return;
     };
     let Kind::Postgres { database, .. } = &t.kind else {

@@ -2,20 +2,18 @@
 //! full reconciliation, staleness, and leases on both stores (two real instances sharing one
 //! database; PostgreSQL when `MATCHPOINT_TEST_POSTGRES_URL` is set).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc, Weekday};
 use chrono_tz::Europe::Amsterdam;
 use proptest::prelude::*;
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use super::*;
 use crate::config::{Config, SourceConfig};
 use crate::store::{Completion, LeaseOutcome, RunMode, RunRecord, Store};
 use crate::sync::SyncError;
-
-const POSTGRES_URL_VAR: &str = "MATCHPOINT_TEST_POSTGRES_URL";
+use crate::testdb::{self, Kind};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -350,53 +348,19 @@ fn a_source_is_stale_only_when_its_last_success_is_older_than_the_limit() {
 // Stores: leases and two scheduler instances on one database
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh database: a SQLite file, or a new PostgreSQL database.
-struct Db {
-    name: &'static str,
-    url: String,
-    sqlite: Option<PathBuf>,
-    pg_admin: Option<(String, String)>,
-    _dir: Option<tempfile::TempDir>,
+/// A fresh database: a SQLite file, or a new PostgreSQL database (see [`crate::testdb`]).
+struct Db(testdb::TestDb);
+
+impl std::ops::Deref for Db {
+    type Target = testdb::TestDb;
+    fn deref(&self) -> &testdb::TestDb {
+        &self.0
+    }
 }
 
 impl Db {
     async fn all() -> Vec<Db> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("index.db");
-        let mut out = vec![Db {
-            name: "sqlite",
-            url: format!("sqlite://{}", path.display()),
-            sqlite: Some(path),
-            pg_admin: None,
-            _dir: Some(dir),
-        }];
-        match std::env::var(POSTGRES_URL_VAR) {
-            Ok(admin) if !admin.is_empty() => {
-                let database = format!("mp_sched_{:016x}", rand::random::<u64>());
-                let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|err| {
-                    panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {err}")
-                });
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {database}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create database");
-                let _ = conn.close().await;
-                out.push(Db {
-                    name: "postgres",
-                    url: with_database(&admin, &database),
-                    sqlite: None,
-                    pg_admin: Some((admin, database)),
-                    _dir: None,
-                });
-            }
-            _ => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "PostgreSQL scheduler tests SKIPPED: set {POSTGRES_URL_VAR}"
-                );
-            }
-        }
-        out
+        testdb::targets("sched").await.into_iter().map(Db).collect()
     }
 
     async fn open(&self) -> Store {
@@ -408,7 +372,7 @@ impl Db {
     /// Stamps a finished run (and the source's last success, if it was that run) with the
     /// injected clock's time, behind the store's back (the store stamps the real time).
     async fn stamp(&self, run: i64, at: DateTime<Utc>) {
-        if let Some(path) = &self.sqlite {
+        if let Kind::Sqlite { path, .. } = &self.kind {
             let conn = rusqlite::Connection::open(path).expect("open sqlite");
             conn.busy_timeout(std::time::Duration::from_secs(10))
                 .expect("busy timeout");
@@ -442,28 +406,7 @@ impl Db {
     }
 
     async fn cleanup(self) {
-        if let Some((admin, database)) = &self.pg_admin
-            && let Ok(mut conn) = PgConnection::connect(admin).await
-        {
-            let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-            )))
-            .execute(&mut conn)
-            .await;
-            let _ = conn.close().await;
-        }
-    }
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let rest_at = url.find("://").map_or(0, |i| i + 3);
-    let (head, query) = match url[rest_at..].find('?') {
-        Some(q) => url.split_at(rest_at + q),
-        None => (url, ""),
-    };
-    match head[rest_at..].find('/') {
-        Some(slash) => format!("{}/{database}{query}", &head[..rest_at + slash]),
-        None => format!("{head}/{database}{query}"),
+        self.0.drop_database().await;
     }
 }
 

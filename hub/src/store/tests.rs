@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
 
 use chrono::{Duration, NaiveDate, Utc};
 use matchpoint_schemas::bsn::passes_elfproef;
@@ -14,34 +13,27 @@ use matchpoint_schemas::{
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
+use crate::testdb::{self, Kind, with_database};
+
 use super::{
     Completion, QuarantineEntry, QuarantineFilter, RunCounts, RunMode, RunRecord, RunStatus,
     ShrinkGuard, Store, StoreError, StoredInvolvement,
 };
 
-const POSTGRES_URL_VAR: &str = "MATCHPOINT_TEST_POSTGRES_URL";
 const SRC: &str = "okc-noord";
 
 // ---------------------------------------------------------------------------------------------
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-/// Where a test store lives, before it is opened.
-struct Target {
-    name: &'static str,
-    url: String,
-    kind: Kind,
-}
+/// Where a test store lives, before it is opened (see [`crate::testdb`]).
+struct Target(testdb::TestDb);
 
-enum Kind {
-    Sqlite {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    },
-    Postgres {
-        admin_url: String,
-        database: String,
-    },
+impl std::ops::Deref for Target {
+    type Target = testdb::TestDb;
+    fn deref(&self) -> &testdb::TestDb {
+        &self.0
+    }
 }
 
 /// An opened test store.
@@ -50,63 +42,13 @@ struct Backend {
     target: Target,
 }
 
-/// Fresh, empty targets: a SQLite file in a new tempdir, and a new PostgreSQL database when
-/// the variable is set. An unreachable PostgreSQL fails the test instead of skipping it.
+/// Fresh, empty targets: a SQLite file always, a PostgreSQL database when the variable is set.
 async fn targets() -> Vec<Target> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("index.db");
-    let mut out = vec![Target {
-        name: "sqlite",
-        url: format!("sqlite://{}", path.display()),
-        kind: Kind::Sqlite { path, _dir: dir },
-    }];
-    match std::env::var(POSTGRES_URL_VAR) {
-        Ok(admin_url) if !admin_url.is_empty() => {
-            let database = format!("mp_test_{:016x}", rand::random::<u64>());
-            let mut admin = PgConnection::connect(&admin_url)
-                .await
-                .unwrap_or_else(|err| {
-                    panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {err}")
-                });
-            sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {database}")))
-                .execute(&mut admin)
-                .await
-                .expect("create test database");
-            let _ = admin.close().await;
-            out.push(Target {
-                name: "postgres",
-                url: with_database(&admin_url, &database),
-                kind: Kind::Postgres {
-                    admin_url,
-                    database,
-                },
-            });
-        }
-        _ => {
-            static NOTICE: Once = Once::new();
-            NOTICE.call_once(|| {
-                // Straight to stderr: the test harness captures only `eprintln!`.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "PostgreSQL store tests SKIPPED: set {POSTGRES_URL_VAR}"
-                );
-            });
-        }
-    }
-    out
-}
-
-/// `url` with its database name replaced (query parameters kept).
-fn with_database(url: &str, database: &str) -> String {
-    let rest_at = url.find("://").map_or(0, |i| i + 3);
-    let (head, query) = match url[rest_at..].find('?') {
-        Some(q) => url.split_at(rest_at + q),
-        None => (url, ""),
-    };
-    match head[rest_at..].find('/') {
-        Some(slash) => format!("{}/{database}{query}", &head[..rest_at + slash]),
-        None => format!("{head}/{database}{query}"),
-    }
+    testdb::targets("store")
+        .await
+        .into_iter()
+        .map(Target)
+        .collect()
 }
 
 impl Target {
