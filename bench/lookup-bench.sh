@@ -86,10 +86,10 @@ export_xml="$data/okc-2/export.xml"
 # 100,000 client BSNs of the export in a fixed shuffled order (fake, generated numbers).
 bsns="$data/bsns.txt"
 [[ -f "$bsns" ]] || grep -o '<bsn>[0-9]*</bsn>' "$export_xml" | sed 's/<[^>]*>//g' |
-  awk '!seen[$0]++' | shuf --random-source=<(yes) | head -n 100000 >"$bsns"
+  awk '!seen[$0]++' | shuf --random-source=<(yes) -n 100000 >"$bsns"
 # The requester: a professional of the organisation with the most involvements, so the run
 # mixes granted lookups (200) and refusals (403), both audited.
-org_code=$(grep -o '<organisatie code="[^"]*"' "$export_xml" | sort | uniq -c | sort -rn | head -n1 |
+org_code=$(grep -o '<organisatie code="[^"]*"' "$export_xml" | sort | uniq -c | sort -rn | awk 'NR == 1' |
   sed 's/.*code="\([^"]*\)"/\1/')
 org=$(python3 - "$install/mappings/okc-2.toml" "$install/organisations.toml" "$org_code" <<'PY'
 import sys, tomllib
@@ -156,8 +156,8 @@ run_store() {
   local token
   token=$("$mp" users add --config "$config" --name "Load test" --role professional --organisation "$org" --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-  measure "$label" audited "$mp" "$token"
-  measure "$label" unaudited "$results/matchpoint-unaudited" "$token"
+  measure "$label" "$config" audited "$mp" "$token"
+  measure "$label" "$config" unaudited "$results/matchpoint-unaudited" "$token"
 }
 
 if wanted sqlite; then

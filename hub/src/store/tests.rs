@@ -1286,6 +1286,43 @@ async fn staging_emptied_by_a_database_restart_is_refused_rather_than_published(
 }
 
 #[tokio::test]
+async fn a_large_publication_refreshes_the_planner_statistics_on_postgresql() {
+    // Without column statistics the planner takes a person for thousands of rows and scans
+    // `relations` in parallel on every lookup (measured: 180 ms instead of 0.3 ms at 1M rows).
+    for target in targets().await {
+        if !target.is_pg() {
+            continue;
+        }
+        let b = target.open().await;
+        let stats = async || -> i64 {
+            let mut conn = PgConnection::connect(&b.target.url).await.expect("connect");
+            let n = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stats
+                 WHERE (tablename, attname) IN (('involvements', 'person'), ('relations', 'other'))",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("read pg_stats");
+            let _ = conn.close().await;
+            n
+        };
+        publish_full(&b.store, SRC, &records(SRC, 0..10)).await;
+        assert_eq!(
+            stats().await,
+            0,
+            "a small publication leaves it to autovacuum"
+        );
+        publish_full(&b.store, "big", &records("big", 0..1500)).await;
+        assert_eq!(
+            stats().await,
+            2,
+            "statistics of both tables after 1,500 new rows"
+        );
+        b.target.drop_database().await;
+    }
+}
+
+#[tokio::test]
 async fn concurrent_opens_of_a_fresh_store_all_succeed() {
     for target in targets().await {
         eprintln!("--- store backend: {}", target.name);
