@@ -68,6 +68,13 @@ pub(crate) async fn targets(suite: &'static str) -> Vec<TestDb> {
         url: format!("sqlite://{}", path.display()),
         kind: Kind::Sqlite { path, _dir: dir },
     }];
+    out.extend(postgres(suite).await);
+    out
+}
+
+/// A fresh PostgreSQL database only: `None` (after a once-per-suite SKIPPED notice) when the
+/// variable is unset; an unreachable server fails the test.
+pub(crate) async fn postgres(suite: &'static str) -> Option<TestDb> {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(admin_url) if !admin_url.is_empty() => {
             let database = format!("mp_{suite}_{:016x}", rand::random::<u64>());
@@ -81,14 +88,14 @@ pub(crate) async fn targets(suite: &'static str) -> Vec<TestDb> {
                 .await
                 .expect("create test database");
             let _ = admin.close().await;
-            out.push(TestDb {
+            Some(TestDb {
                 name: "postgres",
                 url: with_database(&admin_url, &database),
                 kind: Kind::Postgres {
                     admin_url,
                     database,
                 },
-            });
+            })
         }
         _ => {
             // Once per suite. Straight to stderr: the test harness captures only `eprintln!`.
@@ -100,9 +107,9 @@ pub(crate) async fn targets(suite: &'static str) -> Vec<TestDb> {
                     "PostgreSQL {suite} tests SKIPPED: set {POSTGRES_URL_VAR}"
                 );
             }
+            None
         }
     }
-    out
 }
 
 /// `url` with its database name replaced (query parameters kept).

@@ -1538,26 +1538,15 @@ async fn captured_logs_of_the_api_tests_never_contain_a_looked_up_bsn() {
 
 /// A fixture on a fresh PostgreSQL database, or `None` (with a SKIPPED line) without one.
 async fn pg_fx(offset: u32) -> Option<(Fx, String, String)> {
-    let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "PostgreSQL API test SKIPPED: set {POSTGRES_URL_VAR}"
-        );
+    let db = crate::testdb::postgres("api").await?;
+    let crate::testdb::Kind::Postgres {
+        admin_url,
+        database,
+    } = db.kind
+    else {
         return None;
     };
-    use sqlx::Connection;
-    let database = format!("mp_api_{:08x}", rand::random::<u32>());
-    let mut c = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("admin");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-        .execute(&mut c)
-        .await
-        .expect("create database");
-    let _ = c.close().await;
-    let (base, _) = admin_url.rsplit_once('/').expect("url with a database");
-    let url = format!("{base}/{database}");
-    let fx = Fx::with_url(tempfile::tempdir().expect("tempdir"), url, offset).await;
+    let fx = Fx::with_url(tempfile::tempdir().expect("tempdir"), db.url, offset).await;
     Some((fx, admin_url, database))
 }
 

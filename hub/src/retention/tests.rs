@@ -1,7 +1,6 @@
 //! Retention on a real SQLite store and audit trail (PostgreSQL too with
 //! `MATCHPOINT_TEST_POSTGRES_URL`).
 
-use std::io::Write;
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate, Utc};
@@ -214,30 +213,11 @@ async fn retention_purges_old_involvements_quarantine_and_audit_entries_on_sqlit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purges_old_involvements_quarantine_and_audit_entries_on_postgresql() {
-    let Ok(admin_url) = std::env::var("MATCHPOINT_TEST_POSTGRES_URL") else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "PostgreSQL retention test SKIPPED: set MATCHPOINT_TEST_POSTGRES_URL"
-        );
+    let Some(db) = crate::testdb::postgres("retention").await else {
         return;
     };
-    use sqlx::Connection;
-    let database = format!("mp_ret_{:08x}", rand::random::<u32>());
-    let mut c = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("admin");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-        .execute(&mut c)
-        .await
-        .expect("create database");
-    let (base, _) = admin_url.rsplit_once('/').expect("url with a database");
-    retention_on(&format!("{base}/{database}")).await;
-    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-    )))
-    .execute(&mut c)
-    .await;
-    let _ = c.close().await;
+    retention_on(&db.url).await;
+    db.drop_database().await;
 }
 
 #[tokio::test]
