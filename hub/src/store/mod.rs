@@ -686,3 +686,21 @@ mod guard_tests {
         );
     }
 }
+
+/// Logs how long each publish step took (debug level), to see where time goes.
+pub(crate) struct StepTimer(std::time::Instant);
+
+impl StepTimer {
+    pub(crate) fn start() -> Self {
+        StepTimer(std::time::Instant::now())
+    }
+
+    pub(crate) fn lap(&mut self, step: &str) {
+        tracing::debug!(
+            step,
+            ms = self.0.elapsed().as_millis() as u64,
+            "Publish step done."
+        );
+        self.0 = std::time::Instant::now();
+    }
+}

@@ -675,6 +675,7 @@ impl PgStore {
         let op = "publish";
         let mut tx = self.pool.begin().await.map_err(e(op))?;
         failpoint::hit("publish:begin");
+        let mut timer = super::StepTimer::start();
         let source: String = sqlx::query_scalar("SELECT source FROM runs WHERE id = $1")
             .bind(run)
             .fetch_optional(&mut *tx)
@@ -769,6 +770,7 @@ impl PgStore {
             0
         };
         let now = now();
+        timer.lap("guard counts");
         if let Some(why) = c
             .guard
             .filter(|_| c.mode == RunMode::Full)
@@ -799,14 +801,24 @@ impl PgStore {
                ON i.source = $1 AND i.source_record_id = s.source_record_id
              WHERE (i.content_hash IS NULL OR i.content_hash <> s.content_hash)"
         );
-        sqlx::query(sql(format!(
-            "DELETE FROM relations WHERE source = $1 AND source_record_id IN
-             (SELECT s.source_record_id {changed_or_new})"
-        )))
-        .bind(&source)
-        .execute(&mut *tx)
-        .await
-        .map_err(e("publish relations"))?;
+        // A source's first publication has no relations to replace (skips a join of staging).
+        let has_relations: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM relations WHERE source = $1)")
+                .bind(&source)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(e("publish relations"))?;
+        if has_relations {
+            sqlx::query(sql(format!(
+                "DELETE FROM relations WHERE source = $1 AND source_record_id IN
+                 (SELECT s.source_record_id {changed_or_new})"
+            )))
+            .bind(&source)
+            .execute(&mut *tx)
+            .await
+            .map_err(e("publish relations"))?;
+        }
+        timer.lap("relations deleted");
         failpoint::hit("publish:relations");
         // The staged `rels` blob is decoded in SQL, exactly as `codec::decode_relations`
         // does: 33-byte entries of kind byte (1 parent, 2 child, 3 household member) and
@@ -829,6 +841,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(e("publish relations"))?;
+        timer.lap("relations inserted");
         failpoint::hit("publish:relations-inserted");
 
         let updated = sqlx::query(sql(format!(
@@ -853,6 +866,7 @@ impl PgStore {
         .await
         .map_err(e("publish updates"))?
         .rows_affected();
+        timer.lap("updated");
         failpoint::hit("publish:updated");
 
         let inserted = sqlx::query(sql(format!(
@@ -877,6 +891,7 @@ impl PgStore {
         .await
         .map_err(e("publish inserts"))?
         .rows_affected();
+        timer.lap("inserted");
         failpoint::hit("publish:inserted");
 
         let ended = if c.mode == RunMode::Full {
@@ -897,6 +912,7 @@ impl PgStore {
         } else {
             0
         };
+        timer.lap("ended");
         failpoint::hit("publish:ended");
 
         let status = if c.accept {
@@ -940,6 +956,7 @@ impl PgStore {
         drop_staging(&mut tx, run).await?;
         failpoint::hit("publish:commit");
         tx.commit().await.map_err(e("publish commit"))?;
+        timer.lap("committed");
         failpoint::hit("publish:committed");
         // A publication that changed a large share of the index leaves the planner's
         // statistics behind until autovacuum catches up, and lookups meanwhile get plans made
@@ -954,6 +971,7 @@ impl PgStore {
         {
             tracing::warn!(%err, "ANALYZE after a large publication failed; autovacuum will catch up.");
         }
+        timer.lap("analyzed");
         read_run(&self.pool, run).await
     }
 }

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::{
     Completion, QuarantineEntry, QuarantineFilter, QuarantineRecord, RunCounts, RunId, RunMode,
     RunRecord, RunStatus, SealedRecord, SourceStats, StageOutcome, StoreError, StoredInvolvement,
-    WouldEnd, decode_relations, encode_relations,
+    WouldEnd, encode_relations,
 };
 use crate::failpoint;
 
@@ -123,6 +123,13 @@ impl SqliteStore {
              PRAGMA temp_store = FILE;",
         )
         .map_err(e("open"))?;
+        // Let SQLite's sorter use helper threads: rebuilding the pseudonym indexes after a
+        // large first publication is a sort of every row.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        conn.execute_batch(&format!("PRAGMA threads = {threads};"))
+            .map_err(e("open"))?;
+        // `generate_series`, to unpack staged relation blobs in SQL at publication.
+        rusqlite::vtab::series::load_module(&conn).map_err(e("open"))?;
         // Migrate under the write lock and read the version inside it, so concurrent opens
         // of a fresh file migrate once.
         let mut conn = conn;
@@ -879,21 +886,6 @@ fn count(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<u6
 }
 
 /// Shrink guard, then compare and apply, in one IMMEDIATE transaction.
-/// Logs how long each publish step took (debug level), to see where time goes.
-struct StepTimer(std::time::Instant);
-
-impl StepTimer {
-    fn lap(&mut self, step: &str) {
-        tracing::debug!(
-            step,
-            ms = self.0.elapsed().as_millis() as u64,
-            "Publish step done."
-        );
-        self.0 = std::time::Instant::now();
-    }
-}
-
-/// Returns the run and the ids of older held runs it superseded.
 fn publish(
     conn: &mut Connection,
     run: RunId,
@@ -904,7 +896,7 @@ fn publish(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(e("publish"))?;
     failpoint::hit("publish:begin");
-    let mut timer = StepTimer(std::time::Instant::now());
+    let mut timer = super::StepTimer::start();
     let source: String = tx
         .query_row("SELECT source FROM runs WHERE id = ?1", [run], |r| r.get(0))
         .map_err(e("publish"))?;
@@ -996,7 +988,14 @@ fn publish(
             .map_err(e("publish"))?;
     }
 
-    if to_apply > 0 {
+    // A source's first publication has no relations to replace (skips a scan of staging).
+    let has_relations = to_apply > 0
+        && count(
+            &tx,
+            "SELECT EXISTS (SELECT 1 FROM relations WHERE source = ?1)",
+            [&source],
+        )? > 0;
+    if has_relations {
         tx.execute(
             &format!(
                 "DELETE FROM relations WHERE source = ?1 AND source_record_id IN
@@ -1009,29 +1008,27 @@ fn publish(
     timer.lap("relations deleted");
     failpoint::hit("publish:relations");
     if to_apply > 0 {
-        let mut sel = tx
-            .prepare(&format!(
-                "SELECT s.source_record_id, s.person, s.key_id, s.rels {changed_or_new}
-                 AND length(s.rels) > 0"
-            ))
-            .map_err(e("publish relations"))?;
-        let mut ins = tx
-            .prepare(
+        // Unpacked in SQL, as `codec::decode_relations` does: 33-byte entries of kind byte
+        // (1 parent, 2 child, 3 household member) and pseudonym; unknown kinds are skipped.
+        tx.execute(
+            &format!(
                 "INSERT OR IGNORE INTO relations (source, source_record_id, person, kind, other, key_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(e("publish relations"))?;
-        let mut rows = sel.query([&source]).map_err(e("publish relations"))?;
-        while let Some(row) = rows.next().map_err(e("publish relations"))? {
-            let id: String = row.get(0).map_err(e("publish relations"))?;
-            let person: Vec<u8> = row.get(1).map_err(e("publish relations"))?;
-            let key_id: String = row.get(2).map_err(e("publish relations"))?;
-            let rels: Vec<u8> = row.get(3).map_err(e("publish relations"))?;
-            for (kind, other) in decode_relations(&rels) {
-                ins.execute(params![source, id, person, kind, &other[..], key_id])
-                    .map_err(e("publish relations"))?;
-            }
-        }
+                 SELECT ?1, s.source_record_id, s.person,
+                        CASE substr(s.rels, g.value * 33 + 1, 1)
+                          WHEN X'01' THEN 'parent' WHEN X'02' THEN 'child'
+                          ELSE 'household_member' END,
+                        substr(s.rels, g.value * 33 + 2, 32), s.key_id
+                 FROM {s}.staging s
+                 LEFT JOIN involvements i
+                   ON i.source = ?1 AND i.source_record_id = s.source_record_id
+                 JOIN generate_series(0, length(s.rels) / 33 - 1) AS g
+                 WHERE (i.content_hash IS NULL OR i.content_hash <> s.content_hash)
+                   AND length(s.rels) >= 33
+                   AND substr(s.rels, g.value * 33 + 1, 1) IN (X'01', X'02', X'03')"
+            ),
+            [&source],
+        )
+        .map_err(e("publish relations"))?;
     }
     timer.lap("relations inserted");
     failpoint::hit("publish:relations-inserted");
