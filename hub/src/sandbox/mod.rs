@@ -38,7 +38,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::generate::feed::{Feed, FeedRecord};
+use crate::generate::feed::{Cursor, Feed, FeedRecord};
 use faults::{FaultSpec, FaultyListener};
 
 /// One registered upstream kind.
@@ -141,6 +141,7 @@ pub struct Upstream {
     started: Instant,
     log: Mutex<Vec<LogEntry>>,
     total: Mutex<Option<Total>>,
+    cursor: Mutex<Option<(u32, Option<u32>, Cursor)>>,
 }
 
 impl Upstream {
@@ -158,6 +159,7 @@ impl Upstream {
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
             total: Mutex::new(None),
+            cursor: Mutex::new(None),
         }
     }
 
@@ -248,14 +250,20 @@ impl Upstream {
         let since_gen = since.and_then(|s| self.feed.generation_of(s));
         let total = self.total(g, since_gen);
         let from = after.map_or(0, |a| self.feed.index_after(a));
-        let mut records = Vec::with_capacity(size.min(total));
-        let mut more = false;
-        for (_, r) in self.feed.changed_from(from, g, since_gen) {
-            if records.len() == size {
-                more = true;
-                break;
-            }
-            records.push(r);
+        // The walk where the last page of this delivery stopped, if any (taken: a parallel
+        // request walks from a checkpoint instead).
+        let cursor = self
+            .cursor
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take())
+            .filter(|(cg, cs, _)| *cg == g && *cs == since_gen)
+            .map(|(_, _, c)| c);
+        let (records, more, cursor) = self.feed.page(cursor, from, g, since_gen, size);
+        if let Some(c) = cursor
+            && let Ok(mut slot) = self.cursor.lock()
+        {
+            *slot = Some((g, since_gen, c));
         }
         self.served(records.len());
         PageSlice {
