@@ -18,7 +18,8 @@ use matchpoint_hub::sandbox::{SandboxOptions, start};
 /// Arguments of `matchpoint sandbox`.
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
-    /// Persons in the synthetic population.
+    /// Persons in the synthetic population. The HTTP upstreams generate each page from the
+    /// seed, so their memory does not grow with it (startup walks the population once).
     #[arg(long, default_value_t = 2000)]
     pub persons: u64,
     /// Seed of the population and of the fault draws.

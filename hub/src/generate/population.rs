@@ -127,6 +127,21 @@ const FIRST_START: (i32, u32, u32) = (2019, 1, 1);
 /// Share of households that get a coordinator when several organisations are involved.
 const COORDINATOR_SHARE: f64 = 0.4;
 
+/// Everything of a [`Population`] but the catalogue: the point at which generation can
+/// resume ([`Population::suspend`], [`Population::resume`]). A few hundred bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Suspended {
+    rng: ChaCha8Rng,
+    bsns: BsnAllocator,
+    today: NaiveDate,
+    first_start: NaiveDate,
+    bad_share: f64,
+    remaining: u64,
+    next_id: u64,
+    bad_counter: u64,
+    area_total: u32,
+}
+
 /// Generates households in a fixed order from a seed.
 pub(crate) struct Population<'c> {
     rng: ChaCha8Rng,
@@ -161,6 +176,39 @@ impl<'c> Population<'c> {
             next_id: 1,
             bad_counter: 0,
             area_total: AREAS.iter().map(|a| a.weight).sum(),
+        }
+    }
+
+    /// Where generation stands now: resuming from it yields the same households as this
+    /// population would from here on.
+    pub(crate) fn suspend(&self) -> Suspended {
+        Suspended {
+            rng: self.rng.clone(),
+            bsns: self.bsns.clone(),
+            today: self.today,
+            first_start: self.first_start,
+            bad_share: self.bad_share,
+            remaining: self.remaining,
+            next_id: self.next_id,
+            bad_counter: self.bad_counter,
+            area_total: self.area_total,
+        }
+    }
+
+    /// A population that continues from `state` (taken with the same `catalogue`).
+    pub(crate) fn resume(state: &Suspended, catalogue: &'c Catalogue) -> Self {
+        let s = state.clone();
+        Population {
+            rng: s.rng,
+            bsns: s.bsns,
+            catalogue,
+            today: s.today,
+            first_start: s.first_start,
+            bad_share: s.bad_share,
+            remaining: s.remaining,
+            next_id: s.next_id,
+            bad_counter: s.bad_counter,
+            area_total: s.area_total,
         }
     }
 

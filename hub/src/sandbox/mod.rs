@@ -38,7 +38,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::generate::feed::{Feed, FeedRecord};
+use crate::generate::feed::{Cursor, Feed, FeedRecord};
 use faults::{FaultSpec, FaultyListener};
 
 /// One registered upstream kind.
@@ -109,7 +109,8 @@ pub struct LogEntry {
 /// Most entries kept in the request log.
 const MAX_LOG: usize = 100_000;
 
-type Snapshot = (u32, Option<u32>, Arc<Vec<usize>>);
+/// The size of one delivery: (generation, since generation, records).
+type Total = (u32, Option<u32>, usize);
 
 /// One page of records an upstream serves.
 pub struct PageSlice {
@@ -139,7 +140,8 @@ pub struct Upstream {
     faults: RwLock<FaultSpec>,
     started: Instant,
     log: Mutex<Vec<LogEntry>>,
-    snapshot: Mutex<Option<Snapshot>>,
+    total: Mutex<Option<Total>>,
+    cursor: Mutex<Option<(u32, Option<u32>, Cursor)>>,
 }
 
 impl Upstream {
@@ -156,7 +158,8 @@ impl Upstream {
             faults: RwLock::new(faults),
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
-            snapshot: Mutex::new(None),
+            total: Mutex::new(None),
+            cursor: Mutex::new(None),
         }
     }
 
@@ -168,6 +171,12 @@ impl Upstream {
     /// The current data generation.
     pub fn generation(&self) -> u32 {
         self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Moves the data on to the next generation (new, changed and ended records); returns
+    /// the new generation.
+    pub fn advance(&self) -> u32 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Logs one answer.
@@ -207,49 +216,60 @@ impl Upstream {
         self.faults().empty > 0.0
     }
 
-    /// Indexes of the records of the current generation changed after the generation of
-    /// `since` (all without it), in id order; cached per (generation, since).
-    fn changed_since(&self, since: Option<&str>) -> Arc<Vec<usize>> {
-        if self.empty() {
-            return Arc::new(Vec::new());
-        }
-        let g = self.generation();
-        let since_gen = since.and_then(|s| self.feed.generation_of(s));
-        if let Ok(snap) = self.snapshot.lock()
-            && let Some((sg, ss, recs)) = snap.as_ref()
-            && *sg == g
-            && *ss == since_gen
+    /// Records of the current generation changed after generation `since` (all without
+    /// it): cached per (generation, since), the only thing an upstream keeps about a
+    /// delivery.
+    fn total(&self, g: u32, since: Option<u32>) -> usize {
+        if let Ok(cached) = self.total.lock()
+            && let Some((cg, cs, n)) = *cached
+            && cg == g
+            && cs == since
         {
-            return recs.clone();
+            return n;
         }
-        let recs = Arc::new(self.feed.changed_indexes(g, since_gen).collect::<Vec<_>>());
-        if let Ok(mut snap) = self.snapshot.lock() {
-            *snap = Some((g, since_gen, recs.clone()));
+        let n = self.feed.count_changed(g, since);
+        if let Ok(mut cached) = self.total.lock() {
+            *cached = Some((g, since, n));
         }
-        recs
+        n
     }
 
     /// The page of at most `size` records changed after `since` whose ids follow `after`
-    /// (keyset paging), and counts it as served.
+    /// (keyset paging), and counts it as served. The records are generated for the page
+    /// (see [`crate::generate::feed`]); nothing grows with the size of the feed.
     pub fn page(&self, since: Option<&str>, after: Option<&str>, size: usize) -> PageSlice {
-        let all = self.changed_since(since);
-        let start = match after {
-            Some(a) => all.partition_point(|&i| self.feed.id(i).is_some_and(|id| id <= a)),
-            None => 0,
-        };
-        let end = start.saturating_add(size).min(all.len());
+        if self.empty() {
+            self.served(0);
+            return PageSlice {
+                total: 0,
+                records: Vec::new(),
+                more: false,
+            };
+        }
         let g = self.generation();
-        let records: Vec<FeedRecord> = all
-            .get(start..end)
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(|&i| self.feed.at(i, g))
-            .collect();
+        let since_gen = since.and_then(|s| self.feed.generation_of(s));
+        let total = self.total(g, since_gen);
+        let from = after.map_or(0, |a| self.feed.index_after(a));
+        // The walk where the last page of this delivery stopped, if any (taken: a parallel
+        // request walks from a checkpoint instead).
+        let cursor = self
+            .cursor
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take())
+            .filter(|(cg, cs, _)| *cg == g && *cs == since_gen)
+            .map(|(_, _, c)| c);
+        let (records, more, cursor) = self.feed.page(cursor, from, g, since_gen, size);
+        if let Some(c) = cursor
+            && let Ok(mut slot) = self.cursor.lock()
+        {
+            *slot = Some((g, since_gen, c));
+        }
         self.served(records.len());
         PageSlice {
-            total: all.len(),
+            total,
             records,
-            more: end < all.len(),
+            more,
         }
     }
 }
@@ -276,7 +296,7 @@ async fn stats(State(up): State<Arc<Upstream>>) -> impl IntoResponse {
 }
 
 async fn advance(State(up): State<Arc<Upstream>>) -> impl IntoResponse {
-    let g = up.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    let g = up.advance();
     axum::Json(serde_json::json!({ "generation": g }))
 }
 
