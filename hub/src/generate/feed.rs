@@ -256,6 +256,11 @@ impl Feed {
         Some(r)
     }
 
+    /// Record `index` as it first appears (in the generation it is born in).
+    pub fn first_state(&self, index: usize) -> Option<FeedRecord> {
+        self.records.get(index).cloned()
+    }
+
     /// The id of record `index`.
     pub fn id(&self, index: usize) -> Option<&str> {
         self.records.get(index).map(|r| r.id.as_str())
