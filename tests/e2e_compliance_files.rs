@@ -105,6 +105,7 @@ pub enum Db {
 /// A running `matchpoint sandbox --dir`; killed when dropped.
 struct Sandbox {
     child: Child,
+    _stdout: BufReader<std::process::ChildStdout>,
     /// (name, location, control root)
     sources: Vec<(String, String, String)>,
     http: reqwest::blocking::Client,
@@ -154,10 +155,13 @@ impl Sandbox {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start sandbox");
-        let out = child.stdout.take().expect("stdout");
+        // Kept open until the sandbox stopped, so its last words find a reader.
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut sources = Vec::new();
-        for line in BufReader::new(out).lines() {
-            let line = line.expect("sandbox output");
+        loop {
+            let mut line = String::new();
+            let n = stdout.read_line(&mut line).expect("sandbox output");
+            assert!(n > 0, "the sandbox ended before it was ready");
             if line.starts_with("Sandbox ready") {
                 break;
             }
@@ -178,6 +182,7 @@ impl Sandbox {
         );
         Sandbox {
             child,
+            _stdout: stdout,
             sources,
             http: reqwest::blocking::Client::new(),
         }
@@ -218,7 +223,19 @@ impl Sandbox {
 }
 
 impl Drop for Sandbox {
+    /// Ctrl-C (the sandbox drops prefixed supplier tables on it), then a kill if it has not
+    /// stopped within ten seconds.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -258,7 +275,11 @@ fn sync_one(inst: &Install, k: &FileKind) -> serde_json::Value {
     let out = inst.mp(&["sync", "--json", "--source", k.source]);
     let mut printed = out.stdout.clone();
     printed.extend_from_slice(&out.stderr);
-    assert_eq!(nine_digit_runs(&printed), Vec::<String>::new(), "a BSN was printed");
+    assert_eq!(
+        nine_digit_runs(&printed),
+        Vec::<String>::new(),
+        "a BSN was printed"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("sync --json output: {e}\n{}", stderr(&out)));
     v[0].clone()
@@ -271,9 +292,7 @@ fn count(v: &serde_json::Value, key: &str) -> u64 {
 }
 
 fn num(v: &serde_json::Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {key} in {v}"))
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
 /// The published rows of one source, identity-free (no pseudonyms), one line each.
@@ -345,7 +364,10 @@ pub fn golden(k: &FileKind, db: &Db) {
         )
     });
     assert_eq!(got, want, "published rows differ from {}", k.golden);
-    assert!(got.lines().count() > 3, "a golden file with a handful of rows");
+    assert!(
+        got.lines().count() > 3,
+        "a golden file with a handful of rows"
+    );
 }
 
 /// An advance is read as exactly what it changed; a night without changes is quiet.
@@ -362,7 +384,11 @@ pub fn advance_is_read_as_its_changes(k: &FileKind, db: &Db) {
     assert!(changed > 0 && changed * 5 < total, "{written}");
     let second = sync_one(&inst, k);
     assert_eq!(second["status"], "succeeded", "{second}");
-    assert_eq!(count(&second, "ended"), 0, "nothing ends by absence: {second}");
+    assert_eq!(
+        count(&second, "ended"),
+        0,
+        "nothing ends by absence: {second}"
+    );
     assert!(count(&second, "updated") > 0, "{second}");
     if full(k) {
         assert_eq!(
@@ -376,11 +402,18 @@ pub fn advance_is_read_as_its_changes(k: &FileKind, db: &Db) {
         let c2 = cursor(&inst, k.source).expect("cursor");
         assert!(c1.as_deref() < Some(c2.as_str()), "the cursor moves on");
     }
-    assert_eq!(rows(&inst, k.source).len() as u64, total + count(&second, "inserted"));
+    assert_eq!(
+        rows(&inst, k.source).len() as u64,
+        total + count(&second, "inserted")
+    );
 
     let quiet = sync_one(&inst, k);
     assert_eq!(quiet["status"], "succeeded", "{quiet}");
-    assert_eq!(count(&quiet, "inserted") + count(&quiet, "updated"), 0, "{quiet}");
+    assert_eq!(
+        count(&quiet, "inserted") + count(&quiet, "updated"),
+        0,
+        "{quiet}"
+    );
     if !full(k) {
         assert_eq!(count(&quiet, "read"), 0, "a quiet night: {quiet}");
     }
@@ -405,7 +438,10 @@ pub fn check_malformed_records(k: &FileKind, db: &Db) {
     let out = inst.mp(&["quarantine", "--json", "--source", k.source]);
     let q: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let entries = q.as_array().map_or(0, Vec::len) as u64;
-    assert!(entries >= bad, "every rejected record is in quarantine: {q}");
+    assert!(
+        entries >= bad,
+        "every rejected record is in quarantine: {q}"
+    );
 }
 
 /// A truncated or garbled delivery fails the run (or is held) without touching the index.
@@ -618,5 +654,9 @@ fn advanced_iwmo_messages_validate_against_the_schemas() {
             );
         }
     }
-    assert_eq!(kinds.len(), 3, "new, changed and ended assignments: {kinds:?}");
+    assert_eq!(
+        kinds.len(),
+        3,
+        "new, changed and ended assignments: {kinds:?}"
+    );
 }

@@ -57,11 +57,11 @@ pub struct SandboxArgs {
     /// (default: sqlite://DIR/supplier.db with --dir). See `matchpoint supplier-db`.
     #[arg(long, env = "MATCHPOINT_SUPPLIER_DB_URL")]
     pub supplier_db: Option<String>,
-    /// Prefix of the supplier database's tables and views (for tests sharing one server).
+    /// Prefix of the supplier database's tables and views (for tests sharing one server);
+    /// with a prefix the tables are created at start and dropped at Ctrl-C.
     #[arg(long, default_value = "", hide = true)]
     pub supplier_prefix: String,
 }
-
 
 /// Writes every file-based source of the population under `dir/data` (okc-2 XML export,
 /// okc-3 CSV drop, iWmo messages in `data/wmo/berichten`) and, given `supplier`, creates
@@ -136,9 +136,11 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     };
     let db = match &supplier {
         Some(url) if prefixed => Some(SupplierDb::create(url, &supplier_opts).await?.0),
-        Some(url) => Some(SupplierDb::open(url, &supplier_opts).await.with_context(|| {
-            format!("opening the supplier databases in {}", redact(url))
-        })?),
+        Some(url) => Some(
+            SupplierDb::open(url, &supplier_opts)
+                .await
+                .with_context(|| format!("opening the supplier databases in {}", redact(url)))?,
+        ),
         None => None,
     };
     let opts = SandboxOptions {
@@ -190,6 +192,12 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    if prefixed && let Some(sql) = files.iter().find(|f| f.source.def.kind == "sql_pull") {
+        sql.source
+            .drop_supplier_objects()
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
     println!("Sandbox stopped.");
     Ok(ExitCode::SUCCESS)
 }

@@ -143,7 +143,12 @@ fn dossier(out: &mut String, r: &FeedRecord, malformed: bool) {
         _ => "actief",
     };
     element(out, "    ", "status", status);
-    element(out, "    ", "regisseur", if r.coordinator { "ja" } else { "nee" });
+    element(
+        out,
+        "    ",
+        "regisseur",
+        if r.coordinator { "ja" } else { "nee" },
+    );
     if !r.relations.is_empty() {
         out.push_str("    <relaties>\n");
         for (bsn, kind) in &r.relations {
@@ -177,7 +182,10 @@ pub fn write_okc2_generation(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".partial");
     let partial = path.with_file_name(name);
     let mut out = BufWriter::new(File::create(&partial)?);

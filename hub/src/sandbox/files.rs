@@ -199,7 +199,10 @@ impl FileSource {
                 Some(okc3_feed(persons, seed)?),
                 data.join("okc-3").display().to_string(),
             ),
-            DeliveryKind::Iwmo => (None, data.join("wmo").join("berichten").display().to_string()),
+            DeliveryKind::Iwmo => (
+                None,
+                data.join("wmo").join("berichten").display().to_string(),
+            ),
             DeliveryKind::Sql => (None, view.unwrap_or_default()),
         };
         Ok(FileSource {
@@ -227,6 +230,20 @@ impl FileSource {
         match &self.supplier {
             Some(db) => db.lock().await.generation(),
             None => self.generation.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops the supplier database's tables and views (an SQL source only; a test's
+    /// sandbox with a table prefix cleans up with it when it stops).
+    pub async fn drop_supplier_objects(&self) -> Result<(), String> {
+        match &self.supplier {
+            Some(db) => db
+                .lock()
+                .await
+                .drop_objects()
+                .await
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
         }
     }
 
@@ -345,7 +362,11 @@ impl FileSource {
                 return Ok(Written::default());
             }
             let g = db.advance().await.map_err(|e| e.to_string())?;
-            let mine = if self.def.name == "ris" { g.ris } else { g.okc4 };
+            let mine = if self.def.name == "ris" {
+                g.ris
+            } else {
+                g.okc4
+            };
             let mut w = Written {
                 records: mine.total(),
                 changed: mine.total(),
@@ -509,7 +530,11 @@ pub async fn start_files(
     for def in FILE_SOURCES {
         let is_sql = def.delivery == DeliveryKind::Sql;
         let view = views.as_ref().map(|(o, r)| {
-            if def.name == "ris" { r.clone() } else { o.clone() }
+            if def.name == "ris" {
+                r.clone()
+            } else {
+                o.clone()
+            }
         });
         let (dir, db) = match (is_sql, opts.dir, &supplier) {
             (true, dir, Some(db)) => (dir.unwrap_or(Path::new(".")), Some(db.clone())),

@@ -259,7 +259,13 @@ impl SupplierDb {
         let g = self.generation;
         let since = g.checked_sub(1);
         let (feed, table, key, column, value) = if source == "ris" {
-            (&self.ris, "ris_zaken", "zaaknummer", "leefgebied", "onbekend")
+            (
+                &self.ris,
+                "ris_zaken",
+                "zaaknummer",
+                "leefgebied",
+                "onbekend",
+            )
         } else {
             (&self.okc4, "okc4_trajecten", "id", "domein", "ONB")
         };

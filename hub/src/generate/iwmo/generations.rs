@@ -56,8 +56,13 @@ fn each_adult(
     )
     .map_err(GenerateError::Registry)?;
     let today = crate::generate::export_date(opts.seed);
-    let mut population =
-        crate::generate::Population::new(opts.seed, opts.persons, opts.bad_share, today, &catalogue);
+    let mut population = crate::generate::Population::new(
+        opts.seed,
+        opts.persons,
+        opts.bad_share,
+        today,
+        &catalogue,
+    );
     let mut adults = 0u64;
     while let Some(household) = population.next_household().ok().flatten() {
         let mut numbered = Vec::new();
