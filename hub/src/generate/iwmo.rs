@@ -513,7 +513,7 @@ pub(crate) fn lifecycle(
         prefix: PREFIXES[rng.random_range(0..PREFIXES.len())].map(str::to_owned),
         initials: "AB".into(),
     };
-    let full = i % 25 == 0;
+    let full = i.is_multiple_of(25);
     let number = 100_000 + i;
     let start = day(base + 7);
     let prod = Product {
@@ -607,7 +607,7 @@ pub(crate) fn lifecycle(
             Body::Start(vec![corrected]),
         ));
     }
-    if i % 3 != 0 {
+    if !i.is_multiple_of(3) {
         // Still running.
         out.messages = messages;
         return out;
