@@ -296,3 +296,73 @@ pub fn generation_messages(
     })?;
     Ok((out, counts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::iwmo::file_name;
+
+    fn options(dir: &std::path::Path) -> GenerateOptions {
+        GenerateOptions {
+            persons: 800,
+            out: dir.to_path_buf(),
+            seed: 3,
+            bad_share: 0.0,
+        }
+    }
+
+    #[test]
+    fn generations_are_repeatable_dated_after_generation_0_and_change_each_assignment_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = options(dir.path());
+        let first = NaiveDate::from_ymd_opt(2026, 1, 5).expect("date");
+        let g0 = super::super::write_for_population(dir.path(), &opts, 5, first).expect("g0");
+        let last_g0 = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .max()
+            .expect("files");
+        let mut totals = GenerationCounts::default();
+        for g in 1..=4 {
+            let (messages, counts) = generation_messages(&opts, 5, first, g).expect("messages");
+            let (again, _) = generation_messages(&opts, 5, first, g).expect("again");
+            assert_eq!(
+                messages.iter().map(message_xml_of).collect::<Vec<_>>(),
+                again.iter().map(message_xml_of).collect::<Vec<_>>(),
+                "generation {g} is the same whenever it is written"
+            );
+            assert_eq!(
+                (counts.new + counts.changed + counts.started + counts.ended) as usize,
+                messages.len()
+            );
+            let mut seen = std::collections::HashSet::new();
+            for (seq, m) in (1u64..).zip(&messages) {
+                assert_eq!(m.header.dagtekening, generation_day(first, g));
+                assert!(
+                    file_name(&m.header, seq) > last_g0,
+                    "sorts after generation 0"
+                );
+                assert!(m.header.id.len() <= 12, "{}", m.header.id);
+                let number = match &m.body {
+                    Body::Assignment(p) => p[0].number,
+                    Body::Start(p) => p[0].number.unwrap_or(0),
+                    Body::Stop(p) => p[0].number.unwrap_or(0),
+                };
+                assert!(seen.insert(number), "one message per assignment and night");
+            }
+            totals.new += counts.new;
+            totals.changed += counts.changed;
+            totals.started += counts.started;
+            totals.ended += counts.ended;
+        }
+        assert!(g0.messages > 0);
+        assert!(
+            totals.new > 0 && totals.changed > 0 && totals.started > 0 && totals.ended > 0,
+            "{totals:?}"
+        );
+    }
+
+    fn message_xml_of(m: &OutMessage) -> String {
+        super::super::message_xml(m)
+    }
+}
