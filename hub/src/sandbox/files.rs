@@ -542,8 +542,13 @@ pub async fn start_files(
             _ => continue,
         };
         let src = Arc::new(FileSource::new(def, opts, dir, db, view)?);
-        if opts.faults != FaultSpec::default() {
+        let f = &opts.faults;
+        let for_files = f.truncate + f.garbage + f.malformed + f.empty + f.missing_view > 0.0;
+        if for_files {
             src.set_faults(opts.faults.clone()).await?;
+        } else if let Ok(mut current) = src.faults.write() {
+            // HTTP-only items: nothing to re-write.
+            *current = opts.faults.clone();
         }
         let port = if opts.listen_base == 0 {
             0
