@@ -6,6 +6,10 @@
 //! default). `matchpoint demo` uses the same writing ([`write_sources`]) and starting logic,
 //! so `matchpoint sandbox --dir DIR` with the demo's persons, seed, bad share and base port
 //! serves exactly what the demo synced: a later `sync` finds nothing new.
+//!
+//! The file and SQL sources get control servers too (`POST /_sandbox/advance` writes their
+//! next generation, `POST /_sandbox/faults` applies faults to them; see
+//! `matchpoint_hub::sandbox::files`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +17,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use matchpoint_hub::generate::{GenerateOptions, generate};
 use matchpoint_hub::sandbox::faults::FaultSpec;
+use matchpoint_hub::sandbox::files::{FileOptions, IWMO_EVERY, iwmo_first_day, start_files};
+use matchpoint_hub::sandbox::supplier_db::{SupplierDb, SupplierOptions};
 use matchpoint_hub::sandbox::{SandboxOptions, start};
+use matchpoint_hub::sources::sql_pull::redact;
 
 /// Arguments of `matchpoint sandbox`.
 #[derive(Debug, clap::Args)]
@@ -26,9 +33,17 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Faults to inject, e.g. `latency=50ms,status=503:0.1,429:0.05:retry-after=1,reset=0.02,truncate=0.01,malformed=0.01`.
+    /// Items: latency, status, reset (HTTP sources only); truncate, garbage (HTTP bodies;
+    /// the XML export, CSV drop and last iWmo message file of a generation); malformed
+    /// (records of every kind; SQL: rows of the next advance); empty (HTTP and files: a
+    /// complete delivery without records; iWmo and SQL: an advance writes nothing);
+    /// missing-view (SQL: the view is dropped). Each source's control server takes a new
+    /// spec at POST /_sandbox/faults.
     #[arg(long, default_value = "")]
     pub faults: String,
-    /// Upstream N listens on this port + N (okc-1 on +1, okc-6 on +6); 0 picks free ports.
+    /// Upstream N listens on this port + N (okc-1 on +1, okc-6 on +6); the control servers
+    /// of the file and SQL sources on +2 (okc-2), +3 (okc-3), +4 (okc-4), +7 (ris) and +8
+    /// (wmo); 0 picks free ports.
     #[arg(long, default_value_t = 18000)]
     pub listen_base: u16,
     /// Folder to write the file-based sources to (okc-2 XML export, okc-3 CSV drop, iWmo
@@ -43,16 +58,11 @@ pub struct SandboxArgs {
     /// (default: sqlite://DIR/supplier.db with --dir). See `matchpoint supplier-db`.
     #[arg(long, env = "MATCHPOINT_SUPPLIER_DB_URL")]
     pub supplier_db: Option<String>,
+    /// Prefix of the supplier database's tables and views (for tests sharing one server);
+    /// with a prefix the tables are created at start and dropped at Ctrl-C.
+    #[arg(long, default_value = "", hide = true)]
+    pub supplier_prefix: String,
 }
-
-/// First day of the generated iWmo messages.
-fn iwmo_first_day() -> chrono::NaiveDate {
-    chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default()
-}
-
-/// One in this many adults of the population gets a WMO assignment (source `wmo`), so WMO
-/// clients are known to the OKC sources too.
-const IWMO_EVERY: u64 = 5;
 
 /// Writes every file-based source of the population under `dir/data` (okc-2 XML export,
 /// okc-3 CSV drop, iWmo messages in `data/wmo/berichten`) and, given `supplier`, creates
@@ -112,27 +122,32 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|d| format!("sqlite://{}", d.join("supplier.db").display()))
     });
-    match &args.dir {
-        Some(dir) => {
-            write_sources(
-                dir,
-                args.persons,
-                args.seed,
-                args.bad_share,
-                supplier.as_deref(),
-            )
-            .await?;
-        }
-        None => {
-            if let Some(url) = &supplier {
-                super::supplier_db::create(url, args.persons, args.seed).await?;
-            }
-        }
+    let prefixed = !args.supplier_prefix.is_empty();
+    if let Some(dir) = &args.dir {
+        let plain = supplier.as_deref().filter(|_| !prefixed);
+        write_sources(dir, args.persons, args.seed, args.bad_share, plain).await?;
+    } else if let Some(url) = supplier.as_deref().filter(|_| !prefixed) {
+        super::supplier_db::create(url, args.persons, args.seed).await?;
     }
+    let supplier_opts = SupplierOptions {
+        persons: args.persons,
+        seed: args.seed,
+        prefix: args.supplier_prefix.clone(),
+        ..SupplierOptions::default()
+    };
+    let db = match &supplier {
+        Some(url) if prefixed => Some(SupplierDb::create(url, &supplier_opts).await?.0),
+        Some(url) => Some(
+            SupplierDb::open(url, &supplier_opts)
+                .await
+                .with_context(|| format!("opening the supplier databases in {}", redact(url)))?,
+        ),
+        None => None,
+    };
     let opts = SandboxOptions {
         persons: args.persons,
         seed: args.seed,
-        faults,
+        faults: faults.clone(),
         listen_base: args.listen_base,
         dir: args.dir.clone(),
     };
@@ -148,6 +163,29 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             r.auth_hint
         );
     }
+    let files = start_files(
+        &FileOptions {
+            dir: args.dir.as_deref(),
+            persons: args.persons,
+            seed: args.seed,
+            bad_share: args.bad_share,
+            faults,
+            listen_base: args.listen_base,
+        },
+        db,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    for f in &files {
+        println!(
+            "{}  {}  {}  generation: {}  control: {}/_sandbox/  auth: none",
+            f.source.def.name,
+            f.source.def.kind,
+            f.source.location,
+            f.source.generation().await,
+            f.root,
+        );
+    }
     println!(
         "Sandbox ready (seed {}, {} persons); Ctrl-C stops it.",
         args.seed, args.persons
@@ -155,6 +193,12 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    if prefixed && let Some(sql) = files.iter().find(|f| f.source.def.kind == "sql_pull") {
+        sql.source
+            .drop_supplier_objects()
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
     println!("Sandbox stopped.");
     Ok(ExitCode::SUCCESS)
 }

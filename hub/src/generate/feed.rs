@@ -4,8 +4,10 @@
 //!
 //! A feed is a sequence of [`FeedRecord`]s in a source-neutral form; each simulated upstream
 //! renders them in its own format (REST/JSON, SOAP, …) with its own codes. Organisations are
-//! given by their registry code, which every source may deliver (the registry resolves a
-//! source's own codes first, then registry codes).
+//! given by the source's own code (its `source_codes` in `deploy/organisations.toml`: every
+//! simulated source has its own list, as a real supplier would), which its mapping resolves
+//! through the registry; an organisation the source has no code for is given by its registry
+//! code, which every source may deliver.
 //!
 //! A feed holds no records: record `i` of generation `g` is a pure function of (seed,
 //! source, `i`, `g`), generated when asked for. The population is one seeded stream of
@@ -119,6 +121,20 @@ pub struct Feed {
     generated: AtomicU64,
 }
 
+/// The code `source` knows the organisation by whose okc-2 code is `okc2_code`: the source's
+/// first own code, else the registry code (else the okc-2 code).
+fn own_code(registry: &Registry, source: &str, okc2_code: &str) -> String {
+    match registry.resolve(super::catalogue::SOURCE, okc2_code) {
+        Some(o) => o
+            .source_codes
+            .get(source)
+            .and_then(|codes| codes.first())
+            .unwrap_or(&o.code)
+            .clone(),
+        None => okc2_code.to_owned(),
+    }
+}
+
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -154,9 +170,7 @@ impl Feed {
             .orgs
             .iter()
             .map(|org| {
-                registry
-                    .resolve(super::catalogue::SOURCE, &org.source_code)
-                    .map_or_else(|| org.source_code.clone(), |o| o.code.clone())
+                own_code(&registry, source, &org.source_code)
             })
             .collect();
         let base = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap_or_default();
@@ -467,6 +481,24 @@ impl Feed {
         (i == index).then(|| self.evolve(i, base, g)).flatten()
     }
 
+    /// Record `index` as it first appears (in the generation it is born in).
+    pub fn first_state(&self, index: usize) -> Option<FeedRecord> {
+        let (i, base) = self.walk(index).next()?;
+        (i == index).then_some(base)
+    }
+
+    /// Every record in id order with its index: as it first appears, and as it is at
+    /// generation `g` (`None` before it appears). One walk of the feed.
+    pub fn states(
+        &self,
+        g: u32,
+    ) -> impl Iterator<Item = (usize, FeedRecord, Option<FeedRecord>)> + '_ {
+        self.walk(0).map(move |(i, base)| {
+            let now = self.evolve(i, base.clone(), g);
+            (i, base, now)
+        })
+    }
+
     /// The id of record `index`.
     pub fn id(&self, index: usize) -> Option<String> {
         (index < self.len).then(|| format!("{}{:08}", self.prefix, index + 1))
@@ -732,5 +764,45 @@ mod tests {
         assert!(!changed.is_empty());
         assert_eq!(paged(&feed, 2, Some(0), 7, true).0, changed);
         assert_eq!(paged(&feed, 2, Some(0), 7, false).0, changed);
+    }
+
+    /// Every simulated source delivers its own organisation codes, which resolve through the
+    /// registry: no two sources share a code, and none is a registry code.
+    #[test]
+    fn each_source_delivers_its_own_organisation_codes() {
+        let registry = Registry::parse(ORGANISATIONS_TOML, "organisations.toml").expect("registry");
+        let mut seen = std::collections::HashMap::new();
+        for (source, prefix) in [
+            ("okc-1", "OKC1-"),
+            ("okc-2", "OKC2-"),
+            ("okc-3", "OKC3-"),
+            ("okc-4", "OKC4-"),
+            ("okc-5", "OKC5-"),
+            ("okc-6", "OKC6-"),
+            ("ris", "RIS-"),
+        ] {
+            let feed = Feed::build(source, prefix, 400, 3, 0.8).expect("feed");
+            let mut codes = std::collections::BTreeSet::new();
+            for r in feed.changed_since(0, None) {
+                let org = registry
+                    .resolve(source, &r.org)
+                    .unwrap_or_else(|| panic!("{source}: {} resolves", r.org));
+                assert_ne!(r.org, org.code, "{source} delivers its own code");
+                assert!(
+                    org.source_codes
+                        .get(source)
+                        .is_some_and(|c| c.contains(&r.org)),
+                    "{source}: {} is one of its own codes",
+                    r.org
+                );
+                codes.insert(r.org.clone());
+            }
+            assert!(codes.len() > 5, "{source}: {codes:?}");
+            for c in codes {
+                if let Some(other) = seen.insert(c.clone(), source) {
+                    panic!("{source} and {other} share the code {c}");
+                }
+            }
+        }
     }
 }

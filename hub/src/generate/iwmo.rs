@@ -11,6 +11,9 @@
 //!   assignments voided by a later WMO301. File names sort in delivery order
 //!   (`YYYYMMDD-NNNNNNNN-wmo3xx.xml`), which is what the source's cursor relies on.
 //!
+//! - [`generations`] writes the later nights for `matchpoint sandbox` (new, extended,
+//!   started and stopped assignments).
+//!
 //! All persons are fictitious: BSNs come from the generator's keyed BSN permutation, names
 //! from a short list of invented surnames.
 
@@ -27,6 +30,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::bsn::BsnAllocator;
+
+pub mod generations;
 
 /// The namespace of the base schema: children of its complex types (`iwmo:Identificatie`,
 /// `iwmo:Categorie`, …) are qualified with it.
@@ -453,153 +458,191 @@ pub fn write_lifecycles_for(
         Ok(())
     };
     for (i, (bsn, birth)) in (0u64..).zip(persons) {
-        let day = |offset: u64| {
-            first_day
-                .checked_add_days(Days::new(offset))
-                .unwrap_or(first_day)
-        };
-        let base = i % 60;
-        let provider = PROVIDERS[rng.random_range(0..PROVIDERS.len())];
-        let category = format!("{:02}", rng.random_range(1..=18u32));
-        let client = OutClient {
-            bsn,
-            birth,
-            birth_use: None,
-            gender: rng.random_range(0..3u32).to_string(),
-            surname: SURNAMES[rng.random_range(0..SURNAMES.len())].to_owned(),
-            prefix: PREFIXES[rng.random_range(0..PREFIXES.len())].map(str::to_owned),
-            initials: "AB".into(),
-        };
-        let full = i % 25 == 0;
-        let number = 100_000 + i;
-        let start = day(base + 7);
-        let prod = Product {
-            category: category.clone(),
-            code: Some(format!("{category}A{:02}", rng.random_range(1..100u32))),
-        };
-        let assignment = AssignedProduct {
-            number,
-            provider_reference: full.then(|| format!("REF-{i}")),
-            product: Some(prod.clone()),
-            assigned_on: day(base),
-            assigned_at: "09:30:00".into(),
-            start,
-            end: Some(day(base + 365)),
-            change_reason: None,
-            extent: Some(Extent {
-                volume: rng.random_range(1..10),
-                unit: "04".into(),
-                frequency: "2".into(),
-            }),
-            budget: full.then_some(125_000),
-        };
-        let msg = |kind, id: String, on, body| OutMessage {
-            header: header(kind, provider, &id, on),
-            client: client.clone(),
-            body,
-            every_optional: full,
-        };
-        write(
-            &msg(
-                MessageKind::Wmo301,
-                format!("T{i}"),
-                day(base),
-                Body::Assignment(vec![assignment.clone()]),
-            ),
-            &mut summary,
-        )?;
+        let l = lifecycle(i, bsn, birth, &mut rng, first_day);
+        for m in &l.messages {
+            write(m, &mut summary)?;
+        }
         summary.assignments += 1;
-        if i % 17 == 5 {
-            // Voided by a later WMO301 before support starts.
-            let void = AssignedProduct {
-                change_reason: Some("13".into()),
-                end: Some(start),
-                ..assignment
-            };
-            write(
-                &msg(
-                    MessageKind::Wmo301,
-                    format!("V{i}"),
-                    day(base + 3),
-                    Body::Assignment(vec![void]),
-                ),
-                &mut summary,
-            )?;
-            continue;
-        }
-        if i % 7 == 3 {
-            continue; // Assigned, not started yet.
-        }
-        let started = StartedProduct {
-            number: (i % 10 != 1).then_some(number),
-            product: Some(prod.clone()),
-            assignment_start: Some(start),
-            start: day(base + 9),
-            status: DeliveryStatus::First,
-        };
-        write(
-            &msg(
-                MessageKind::Wmo305,
-                format!("S{i}"),
-                day(base + 10),
-                Body::Start(vec![started.clone()]),
-            ),
-            &mut summary,
-        )?;
-        if i % 11 == 2 {
-            let corrected = StartedProduct {
-                start: day(base + 8),
-                status: DeliveryStatus::Corrected,
-                ..started.clone()
-            };
-            write(
-                &msg(
-                    MessageKind::Wmo305,
-                    format!("C{i}"),
-                    day(base + 12),
-                    Body::Start(vec![corrected]),
-                ),
-                &mut summary,
-            )?;
-        }
-        if i % 3 != 0 {
-            continue; // Still running.
-        }
-        let stopped = StoppedProduct {
-            number: Some(number),
-            product: Some(prod),
-            assignment_start: Some(start),
-            start: started.start,
-            reason: ["19", "21", "23", "31", "38"][rng.random_range(0..5)].into(),
-            end: day(base + 40),
-            status: DeliveryStatus::First,
-        };
-        write(
-            &msg(
-                MessageKind::Wmo307,
-                format!("E{i}"),
-                day(base + 41),
-                Body::Stop(vec![stopped.clone()]),
-            ),
-            &mut summary,
-        )?;
-        if i % 13 == 6 {
-            let withdrawn = StoppedProduct {
-                status: DeliveryStatus::Withdrawn,
-                ..stopped
-            };
-            write(
-                &msg(
-                    MessageKind::Wmo307,
-                    format!("W{i}"),
-                    day(base + 45),
-                    Body::Stop(vec![withdrawn]),
-                ),
-                &mut summary,
-            )?;
-        }
     }
     Ok(summary)
+}
+
+/// One client's lifecycle in the first delivery: its messages, and what later generations
+/// ([`generations`]) need to know about its assignment.
+#[derive(Debug, Clone)]
+pub(crate) struct Lifecycle {
+    /// The messages, in delivery order.
+    pub messages: Vec<OutMessage>,
+    /// The provider's AGB code.
+    pub provider: &'static str,
+    /// The assignment as last assigned.
+    pub assignment: AssignedProduct,
+    /// The start of support, when support started.
+    pub started: Option<NaiveDate>,
+    /// Whether a (not withdrawn) stop ended the support.
+    pub stopped: bool,
+    /// Whether a later WMO301 voided the assignment.
+    pub voided: bool,
+    /// Whether messages carry every optional element.
+    pub full: bool,
+}
+
+/// The lifecycle of client `i` (draws from `rng` in a fixed order).
+pub(crate) fn lifecycle(
+    i: u64,
+    bsn: String,
+    birth: NaiveDate,
+    rng: &mut ChaCha8Rng,
+    first_day: NaiveDate,
+) -> Lifecycle {
+    let mut messages = Vec::new();
+    let day = |offset: u64| {
+        first_day
+            .checked_add_days(Days::new(offset))
+            .unwrap_or(first_day)
+    };
+    let base = i % 60;
+    let provider = PROVIDERS[rng.random_range(0..PROVIDERS.len())];
+    let category = format!("{:02}", rng.random_range(1..=18u32));
+    let client = OutClient {
+        bsn,
+        birth,
+        birth_use: None,
+        gender: rng.random_range(0..3u32).to_string(),
+        surname: SURNAMES[rng.random_range(0..SURNAMES.len())].to_owned(),
+        prefix: PREFIXES[rng.random_range(0..PREFIXES.len())].map(str::to_owned),
+        initials: "AB".into(),
+    };
+    let full = i.is_multiple_of(25);
+    let number = 100_000 + i;
+    let start = day(base + 7);
+    let prod = Product {
+        category: category.clone(),
+        code: Some(format!("{category}A{:02}", rng.random_range(1..100u32))),
+    };
+    let assignment = AssignedProduct {
+        number,
+        provider_reference: full.then(|| format!("REF-{i}")),
+        product: Some(prod.clone()),
+        assigned_on: day(base),
+        assigned_at: "09:30:00".into(),
+        start,
+        end: Some(day(base + 365)),
+        change_reason: None,
+        extent: Some(Extent {
+            volume: rng.random_range(1..10),
+            unit: "04".into(),
+            frequency: "2".into(),
+        }),
+        budget: full.then_some(125_000),
+    };
+    let msg = |kind, id: String, on, body| OutMessage {
+        header: header(kind, provider, &id, on),
+        client: client.clone(),
+        body,
+        every_optional: full,
+    };
+    messages.push(msg(
+        MessageKind::Wmo301,
+        format!("T{i}"),
+        day(base),
+        Body::Assignment(vec![assignment.clone()]),
+    ));
+    let mut out = Lifecycle {
+        messages: Vec::new(),
+        provider,
+        assignment: assignment.clone(),
+        started: None,
+        stopped: false,
+        voided: false,
+        full,
+    };
+    if i % 17 == 5 {
+        // Voided by a later WMO301 before support starts.
+        let void = AssignedProduct {
+            change_reason: Some("13".into()),
+            end: Some(start),
+            ..assignment
+        };
+        messages.push(msg(
+            MessageKind::Wmo301,
+            format!("V{i}"),
+            day(base + 3),
+            Body::Assignment(vec![void]),
+        ));
+        out.voided = true;
+        out.messages = messages;
+        return out;
+    }
+    if i % 7 == 3 {
+        // Assigned, not started yet.
+        out.messages = messages;
+        return out;
+    }
+    let started = StartedProduct {
+        number: (i % 10 != 1).then_some(number),
+        product: Some(prod.clone()),
+        assignment_start: Some(start),
+        start: day(base + 9),
+        status: DeliveryStatus::First,
+    };
+    messages.push(msg(
+        MessageKind::Wmo305,
+        format!("S{i}"),
+        day(base + 10),
+        Body::Start(vec![started.clone()]),
+    ));
+    out.started = Some(started.start);
+    if i % 11 == 2 {
+        let corrected = StartedProduct {
+            start: day(base + 8),
+            status: DeliveryStatus::Corrected,
+            ..started.clone()
+        };
+        out.started = Some(corrected.start);
+        messages.push(msg(
+            MessageKind::Wmo305,
+            format!("C{i}"),
+            day(base + 12),
+            Body::Start(vec![corrected]),
+        ));
+    }
+    if !i.is_multiple_of(3) {
+        // Still running.
+        out.messages = messages;
+        return out;
+    }
+    let stopped = StoppedProduct {
+        number: Some(number),
+        product: Some(prod),
+        assignment_start: Some(start),
+        start: started.start,
+        reason: ["19", "21", "23", "31", "38"][rng.random_range(0..5)].into(),
+        end: day(base + 40),
+        status: DeliveryStatus::First,
+    };
+    messages.push(msg(
+        MessageKind::Wmo307,
+        format!("E{i}"),
+        day(base + 41),
+        Body::Stop(vec![stopped.clone()]),
+    ));
+    out.stopped = true;
+    if i % 13 == 6 {
+        let withdrawn = StoppedProduct {
+            status: DeliveryStatus::Withdrawn,
+            ..stopped
+        };
+        messages.push(msg(
+            MessageKind::Wmo307,
+            format!("W{i}"),
+            day(base + 45),
+            Body::Stop(vec![withdrawn]),
+        ));
+        out.stopped = false;
+    }
+    out.messages = messages;
+    out
 }
 
 /// Writes WMO lifecycles for every `every`-th adult of the population that

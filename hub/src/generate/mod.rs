@@ -8,6 +8,7 @@
 //! - `population`: households, persons, involvements and defects, one household at a time.
 //! - `xml`: the export and manifest writers.
 //! - [`iwmo`]: iWmo 3.2 messages (WMO301/305/307) for the WMO module source.
+//! - [`okc2_feed`]: later nights of the okc-2 export (`matchpoint sandbox`).
 //!
 //! Output for a given seed and options is byte-identical. The population is generated twice:
 //! a first pass only counts the records (the export announces their number up front), the
@@ -19,6 +20,7 @@ pub mod feed;
 pub mod fhir;
 pub mod iwmo;
 mod names;
+pub mod okc2_feed;
 pub mod okc3_csv;
 mod population;
 mod xml;

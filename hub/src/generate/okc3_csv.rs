@@ -100,6 +100,22 @@ fn row(r: &FeedRecord) -> Vec<String> {
 /// `bad_every`-th record (0: none) one field short. Written to a `.partial` file first and
 /// renamed, so a reader never sees half a file.
 pub fn write_okc3_csv(feed: &Feed, g: u32, dir: &Path, bad_every: u64) -> io::Result<CsvDrop> {
+    let mut n = 0u64;
+    write_okc3_csv_with(feed, g, dir, false, &mut |_| {
+        n += 1;
+        bad_every > 0 && n.is_multiple_of(bad_every)
+    })
+}
+
+/// Like [`write_okc3_csv`], with the records written one field short picked by `short`
+/// (called once per record, in order); `empty` writes a complete drop of the header only.
+pub fn write_okc3_csv_with(
+    feed: &Feed,
+    g: u32,
+    dir: &Path,
+    empty: bool,
+    short: &mut dyn FnMut(&FeedRecord) -> bool,
+) -> io::Result<CsvDrop> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(okc3_file_name(feed, g));
     let partial = path.with_extension("csv.partial");
@@ -123,10 +139,10 @@ pub fn write_okc3_csv(feed: &Feed, g: u32, dir: &Path, bad_every: u64) -> io::Re
     };
     let header: Vec<String> = OKC3_HEADER.iter().map(|h| (*h).to_owned()).collect();
     emit(&header)?;
-    for r in feed.changed_since(g, None) {
+    for r in feed.changed_since(g, None).take_while(|_| !empty) {
         records += 1;
         let mut fields = row(&r);
-        if bad_every > 0 && records.is_multiple_of(bad_every) {
+        if short(&r) {
             fields.pop();
             bad += 1;
         }

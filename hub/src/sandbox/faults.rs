@@ -12,11 +12,29 @@
 //! - `truncate=SHARE`: cut that share of bodies in half;
 //! - `garbage=SHARE`: replace that share of bodies with text that is no valid page;
 //! - `malformed=SHARE`: the upstream renders that share of records malformed (per format);
-//! - `empty=1`: the upstream delivers no records at all (a complete, empty delivery).
+//! - `empty=1`: the upstream delivers no records at all (a complete, empty delivery);
+//! - `missing-view=1`: the SQL source's view is dropped (re-created when the fault is
+//!   cleared).
 //!
 //! Decisions are drawn from the sandbox seed and a per-upstream request counter, so the same
 //! seed and the same request sequence give the same faults. Paths under `/_sandbox/` are
 //! never faulted.
+//!
+//! # Which items apply to which kind
+//!
+//! | item | HTTP (okc-1 REST, okc-5 FHIR, okc-6 SOAP) | XML export (okc-2), CSV drop (okc-3) | iWmo messages (wmo) | SQL views (okc-4, RIS) |
+//! |---|---|---|---|---|
+//! | `latency`, `status`, `reset` | yes | no (files) | no (files) | no |
+//! | `truncate` | share of bodies cut in half | the delivery file cut mid-record | the last message file of the generation cut mid-element | no |
+//! | `garbage` | share of bodies replaced | the delivery file replaced | the last message file replaced | no |
+//! | `malformed` | share of records | share of records: a date in the wrong format (XML), one field short (CSV) | share of messages: a BSN that fails the elfproef | share of the rows of the next advance: an unknown life domain |
+//! | `empty` | no records | a complete delivery without records | the advance writes no messages (a quiet night) | the advance writes no rows (a quiet night) |
+//! | `missing-view` | no | no | no | the view is dropped |
+//!
+//! For files, any share above 0 of `truncate` and `garbage` applies to the whole delivery
+//! (or the generation's last message file). File faults are applied when the spec is set
+//! (`POST /_sandbox/faults` re-writes the current delivery; iWmo messages from generation 1)
+//! and at every advance; see [`super::files`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +77,8 @@ pub struct FaultSpec {
     pub malformed: f64,
     /// Above 0: deliveries are empty.
     pub empty: f64,
+    /// Above 0: the SQL source's view is missing.
+    pub missing_view: f64,
 }
 
 fn share(key: &str, v: &str) -> Result<f64, String> {
@@ -102,6 +122,7 @@ impl FaultSpec {
                 "garbage" => f.garbage = share(key, value)?,
                 "malformed" => f.malformed = share(key, value)?,
                 "empty" => f.empty = share(key, value)?,
+                "missing-view" => f.missing_view = share(key, value)?,
                 "status" => {
                     let mut parts = value.split(':');
                     let code = parts
@@ -130,7 +151,7 @@ impl FaultSpec {
                 }
                 other => {
                     return Err(format!(
-                        "faults: unknown item `{other}` (known: latency, status, reset, truncate, garbage, malformed, empty)"
+                        "faults: unknown item `{other}` (known: latency, status, reset, truncate, garbage, malformed, empty, missing-view)"
                     ));
                 }
             }

@@ -16,12 +16,16 @@
 //!
 //! The SQL sources (okc-4, RIS) are tables and views in a supplier database instead
 //! ([`supplier_db`]: SQLite by default, PostgreSQL or MariaDB given `--supplier-db URL`).
+//! They and the file sources (okc-2 XML export, okc-3 CSV drop, iWmo messages of `wmo`) get
+//! control servers with the same endpoints, which write their next generation and apply
+//! their faults ([`files`]).
 //!
 //! The data of every upstream comes from [`crate::generate::feed`]: the same seeded
 //! population as `matchpoint generate`, each source with its own subset of households.
 
 pub mod faults;
 pub mod fhir;
+pub mod files;
 pub mod rest;
 pub mod soap;
 pub mod supplier_db;

@@ -228,6 +228,64 @@ impl SupplierDb {
         .await
     }
 
+    /// (Re)creates the RIS view (after a test or the `missing-view` fault dropped it).
+    pub async fn create_ris_view(&mut self) -> Result<(), SupplierError> {
+        let p = self.prefix.clone();
+        let agg = match self.dialect() {
+            Dialect::Postgres => "string_agg(g.rol || ':' || g.bsn, '|' ORDER BY g.bsn)",
+            Dialect::MySql => {
+                "GROUP_CONCAT(CONCAT(g.rol, ':', g.bsn) ORDER BY g.bsn SEPARATOR '|')"
+            }
+            Dialect::Sqlite => "group_concat(g.rol || ':' || g.bsn, '|')",
+        };
+        self.execute(format!(
+            "CREATE VIEW {p}matchpoint_ris AS SELECT z.zaaknummer, z.bsn, z.geboortedatum, \
+             z.afdeling, z.regisseur_naam, z.regisseur_functie, z.regisseur_telefoon, \
+             z.regisseur_email, z.leefgebied, z.doel, z.begindatum, z.einddatum, z.zaakstatus, \
+             z.laatst_gewijzigd, (SELECT {agg} FROM {p}ris_gezinsleden g \
+             WHERE g.zaaknummer = z.zaaknummer) AS relaties FROM {p}ris_zaken z"
+        ))
+        .await
+    }
+
+    /// Gives the rows the current generation wrote (all rows of generation 0) in the view of
+    /// `source` (`okc-4` or `ris`) that `pick(record id)` picks a life domain no mapping
+    /// knows, so they go to quarantine (the `malformed` fault). Returns the rows changed.
+    pub async fn corrupt(
+        &mut self,
+        source: &str,
+        pick: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<u64, SupplierError> {
+        let g = self.generation;
+        let since = g.checked_sub(1);
+        let (feed, table, key, column, value) = if source == "ris" {
+            (
+                &self.ris,
+                "ris_zaken",
+                "zaaknummer",
+                "leefgebied",
+                "onbekend",
+            )
+        } else {
+            (&self.okc4, "okc4_trajecten", "id", "domein", "ONB")
+        };
+        let dialect = self.conn.dialect();
+        let ids: Vec<String> = feed
+            .changed_since(g, since)
+            .filter(|r| pick(&r.id))
+            .map(|r| lit(&r.id, dialect))
+            .collect();
+        let p = self.prefix.clone();
+        for chunk in ids.chunks(CHUNK) {
+            self.execute(format!(
+                "UPDATE {p}{table} SET {column} = '{value}' WHERE {key} IN ({})",
+                chunk.join(", ")
+            ))
+            .await?;
+        }
+        Ok(ids.len() as u64)
+    }
+
     /// Closes the connection.
     pub async fn close(self) -> Result<(), SupplierError> {
         let url = redact(&self.url);
@@ -317,21 +375,7 @@ impl SupplierDb {
             "CREATE INDEX {p}ris_leden_zaak ON {p}ris_gezinsleden (zaaknummer)"
         ))
         .await?;
-        let agg = match self.dialect() {
-            Dialect::Postgres => "string_agg(g.rol || ':' || g.bsn, '|' ORDER BY g.bsn)",
-            Dialect::MySql => {
-                "GROUP_CONCAT(CONCAT(g.rol, ':', g.bsn) ORDER BY g.bsn SEPARATOR '|')"
-            }
-            Dialect::Sqlite => "group_concat(g.rol || ':' || g.bsn, '|')",
-        };
-        self.execute(format!(
-            "CREATE VIEW {p}matchpoint_ris AS SELECT z.zaaknummer, z.bsn, z.geboortedatum, \
-             z.afdeling, z.regisseur_naam, z.regisseur_functie, z.regisseur_telefoon, \
-             z.regisseur_email, z.leefgebied, z.doel, z.begindatum, z.einddatum, z.zaakstatus, \
-             z.laatst_gewijzigd, (SELECT {agg} FROM {p}ris_gezinsleden g \
-             WHERE g.zaaknummer = z.zaaknummer) AS relaties FROM {p}ris_zaken z"
-        ))
-        .await
+        self.create_ris_view().await
     }
 
     /// Writes the rows of generation `g` touched after `since` (all of generation 0 when
