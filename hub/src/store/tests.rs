@@ -1412,3 +1412,56 @@ fn database_name_in_a_url_is_replaced() {
         "postgres://h:5432/x"
     );
 }
+
+#[tokio::test]
+async fn a_first_import_rebuilds_the_person_indexes_and_lookups_find_persons() {
+    // 12,000 new rows into an empty index: both stores take the path that drops the person
+    // indexes and builds them after the inserts (PostgreSQL from 10,000 rows).
+    const NAMES: &str = "('involvements_person', 'relations_other')";
+    for target in targets().await {
+        eprintln!("--- store backend: {}", target.name);
+        let b = target.open().await;
+        let run = publish_full(&b.store, SRC, &records(SRC, 0..12_000)).await;
+        assert_eq!(run.counts.inserted, 12_000);
+        let indexes: i64 = match &b.target.kind {
+            Kind::Sqlite { path, .. } => rusqlite::Connection::open(path)
+                .expect("open sqlite")
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN {NAMES}"
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count indexes"),
+            Kind::Postgres { .. } => {
+                let mut conn = PgConnection::connect(&b.target.url).await.expect("connect");
+                let n = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT count(*) FROM pg_indexes WHERE indexname IN {NAMES}"
+                )))
+                .fetch_one(&mut conn)
+                .await
+                .expect("count indexes");
+                let _ = conn.close().await;
+                n
+            }
+        };
+        assert_eq!(indexes, 2, "both person indexes exist after the import");
+        // Persons repeat every 4,000 records (see `person`).
+        let rs = records(SRC, 0..12_000);
+        let p = person(4242);
+        let rows = b
+            .store
+            .person_involvements(vec![p.as_bytes().to_vec()])
+            .await
+            .expect("lookup");
+        assert_eq!(rows.len(), rs.iter().filter(|r| r.person == p).count());
+        let rels = b
+            .store
+            .person_relations(person(5242).as_bytes().to_vec())
+            .await
+            .expect("relations");
+        assert!(!rels.is_empty(), "relations of a related person");
+        b.target.drop_database().await;
+    }
+}
