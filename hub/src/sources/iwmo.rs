@@ -44,6 +44,8 @@
 
 pub mod state;
 #[cfg(test)]
+mod store_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, HashSet, VecDeque};

@@ -13,6 +13,8 @@ mod keys_sqlite;
 mod lease_postgres;
 mod lease_sqlite;
 pub mod lookup;
+#[cfg(test)]
+mod migration_tests;
 pub mod postgres;
 mod retention_postgres;
 mod retention_sqlite;
@@ -368,6 +370,8 @@ pub struct StoredInvolvement {
     pub end_date: Option<String>,
     /// Content hash (hex), empty after reconciliation ended the row.
     pub content_hash: String,
+    /// End reason code, when the source gave one.
+    pub end_reason: Option<String>,
 }
 
 /// The result of trying to take a source's lease (see `crate::schedule`).
