@@ -198,3 +198,53 @@ async fn a_version_4_database_migrates_keeps_its_rows_and_takes_end_reasons() {
         db.drop_database().await;
     }
 }
+
+/// A run held (shrink guard) by a build before v5 has a staging table without the end
+/// reason: accepting it after the upgrade still publishes.
+#[tokio::test]
+async fn a_run_held_before_the_upgrade_can_be_accepted_after_it() {
+    for db in testdb::targets("held_v4").await {
+        let store = Store::open(&db.url).await.expect("open");
+        let rs: Vec<Involvement> = (0..10).map(|n| record(SRC, n)).collect();
+        publish_full(&store, SRC, &rs).await;
+        let held = publish_full(&store, SRC, &rs[..3]).await;
+        assert_eq!(held.status, super::RunStatus::Held, "{}", db.name);
+        let drop_columns = |s: &str| {
+            format!(
+                "ALTER TABLE {s} DROP COLUMN end_reason_code; ALTER TABLE {s} DROP COLUMN end_reason"
+            )
+        };
+        match &db.kind {
+            Kind::Sqlite { path, .. } => {
+                let mut staging = path.as_os_str().to_owned();
+                staging.push(".staging");
+                let file = std::path::PathBuf::from(staging).join(format!("run-{}.db", held.id));
+                let conn = rusqlite::Connection::open(&file).expect("staging file");
+                conn.execute_batch(&drop_columns("staging"))
+                    .expect("as staged before v5");
+            }
+            Kind::Postgres { .. } => {
+                let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+                sqlx::raw_sql(AssertSqlSafe(drop_columns(&format!(
+                    "staging_run_{}",
+                    held.id
+                ))))
+                .execute(&mut conn)
+                .await
+                .expect("as staged before v5");
+                let _ = conn.close().await;
+            }
+        }
+        let accepted = store.accept_run(held.id).await.expect("accept");
+        assert_eq!(accepted.status, super::RunStatus::Accepted, "{}", db.name);
+        let rows = store.involvements(SRC).await.expect("rows");
+        assert_eq!(
+            rows.iter().filter(|r| r.status != "ended").count(),
+            3,
+            "{}",
+            db.name
+        );
+        drop(store);
+        db.drop_database().await;
+    }
+}

@@ -19,6 +19,8 @@ pub mod postgres;
 mod retention_postgres;
 mod retention_sqlite;
 pub mod sqlite;
+mod state_postgres;
+mod state_sqlite;
 #[cfg(test)]
 mod tests;
 
@@ -575,6 +577,54 @@ impl Store {
         source: &str,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
         dispatch!(self, s => s.relations(source).await)
+    }
+}
+
+/// Connector state entries: (key, value).
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One change of a connector's state (`state_sqlite.rs`, `state_postgres.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// What the entry is (the connector's own name space, e.g. `file`); never empty.
+    pub kind: String,
+    /// The entry's key (never a clear BSN).
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete the entry.
+    pub value: Option<Vec<u8>>,
+}
+
+impl StateChange {
+    /// The marker that makes the run's publication replace the source's whole state.
+    pub fn replace_all() -> Self {
+        StateChange {
+            kind: String::new(),
+            key: Vec::new(),
+            value: None,
+        }
+    }
+}
+
+/// Connector state: kept per source, staged by a run and published in the same transaction
+/// as the run's involvements, so a crash leaves the state and the index consistent.
+impl Store {
+    /// Stages state changes of a running run (applied by its publication, in order).
+    pub async fn stage_state(
+        &self,
+        run: RunId,
+        changes: Vec<StateChange>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.stage_state(run, changes).await)
+    }
+
+    /// The published state entries of `kind` of a source: all, or those with these keys.
+    pub async fn source_state(
+        &self,
+        source: &str,
+        kind: &str,
+        keys: Option<Vec<Vec<u8>>>,
+    ) -> Result<StateEntries, StoreError> {
+        dispatch!(self, s => s.source_state(source, kind, keys).await)
     }
 }
 

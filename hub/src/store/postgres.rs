@@ -30,6 +30,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::lease_postgres::MIGRATION,
     // v5: the end reason of an involvement (issue 3, iWmo WMO588).
     include_str!("postgres_v5.sql"),
+    // v6: connector state (issue 3, iWmo).
+    super::state_postgres::MIGRATION,
 ];
 
 #[path = "lookup_postgres.rs"]
@@ -725,6 +727,16 @@ impl PgStore {
                 },
             });
         }
+        if accepting {
+            // A run held by a build before schema v5 staged no end reasons.
+            sqlx::raw_sql(sql(format!(
+                "ALTER TABLE {s} ADD COLUMN IF NOT EXISTS end_reason_code text,
+                   ADD COLUMN IF NOT EXISTS end_reason text"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(e(op))?;
+        }
         // The planner needs the staged row count and key statistics for the set-based
         // statements below (the join key only: analysing every column costs ~10x more). JIT
         // compilation, triggered by the relation decoding's inflated estimate, costs more
@@ -946,6 +958,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(e("publish run"))?;
+        super::state_postgres::apply(&mut tx, &source, run).await?;
         supersede_older_held(&mut tx, &source, run).await?;
         drop_staging(&mut tx, run).await?;
         failpoint::hit("publish:commit");

@@ -28,6 +28,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::lease_sqlite::MIGRATION,
     // v5: the end reason of an involvement (issue 3, iWmo WMO588).
     include_str!("sqlite_v5.sql"),
+    // v6: connector state (issue 3, iWmo).
+    super::state_sqlite::MIGRATION,
 ];
 
 #[path = "lookup_sqlite.rs"]
@@ -390,6 +392,7 @@ impl SqliteStore {
                 });
             }
             attach_staging(conn, inner, run)?;
+            upgrade_held_staging(conn, run)?;
             let mode = if rec.mode == "incremental" {
                 RunMode::Incremental
             } else {
@@ -783,6 +786,27 @@ fn is_attached(conn: &Connection, run: RunId) -> Result<bool, StoreError> {
     Ok(names.contains(&name))
 }
 
+/// A run held by a build before schema v5 staged no end reasons: adds the columns (empty) so
+/// that it can still be accepted.
+fn upgrade_held_staging(conn: &Connection, run: RunId) -> Result<(), StoreError> {
+    let has: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('staging', ?1) WHERE name = 'end_reason_code'",
+            [stg(run)],
+            |r| r.get(0),
+        )
+        .map_err(e("upgrade staging"))?;
+    if has == 0 {
+        conn.execute_batch(&format!(
+            "ALTER TABLE {s}.staging ADD COLUMN end_reason_code TEXT;
+             ALTER TABLE {s}.staging ADD COLUMN end_reason TEXT;",
+            s = stg(run)
+        ))
+        .map_err(e("upgrade staging"))?;
+    }
+    Ok(())
+}
+
 fn attach_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), StoreError> {
     if is_attached(conn, run)? {
         return Ok(());
@@ -1151,6 +1175,7 @@ fn publish(
         params![source, run, now, c.cursor],
     )
     .map_err(e("publish run"))?;
+    super::state_sqlite::apply(&tx, &source, run)?;
     let superseded = supersede_older_held(&tx, &source, run)?;
     failpoint::hit("publish:commit");
     tx.commit().map_err(e("publish commit"))?;

@@ -22,7 +22,7 @@ use crate::generate::ORGANISATIONS_TOML;
 use crate::generate::iwmo::{OutClient, OutMessage, header, message_xml};
 
 pub(super) const BSN: &str = "123456782";
-const OTHER_BSN: &str = "999999990";
+pub(super) const OTHER_BSN: &str = "999999990";
 const BAD_BSN: &str = "123456789";
 pub(super) const THUIS: &str = "98000001";
 const OPVANG: &str = "98000005";
@@ -215,7 +215,7 @@ mapping = "mappings/wmo.toml"
         }
     }
 
-    fn put_unchecked(&self, file: &str, m: &OutMessage) {
+    pub(super) fn put_unchecked(&self, file: &str, m: &OutMessage) {
         std::fs::write(self.dir.path().join(file), message_xml(m)).expect("write");
     }
 
@@ -240,6 +240,7 @@ mapping = "mappings/wmo.toml"
             cursor: self.cursor.as_deref(),
             full,
             cancel: Arc::new(AtomicBool::new(false)),
+            state: None,
         };
         let Some(opened) = open(&cx)? else {
             return Ok(None);
@@ -953,6 +954,7 @@ fn a_cancelled_run_fails_without_delivering_anything() {
         cursor: None,
         full: false,
         cancel: Arc::new(AtomicBool::new(true)),
+        state: None,
     };
     let mut stream = open(&cx).expect("open").expect("new files").stream;
     let err = stream.next_record().expect_err("cancelled").to_string();
@@ -961,9 +963,9 @@ fn a_cancelled_run_fails_without_delivering_anything() {
 }
 
 /// One generated message: (Dagtekening day, kind 0..6, assignment number, client, date day).
-type Op = (u32, u8, u64, bool, u32);
+pub(super) type Op = (u32, u8, u64, bool, u32);
 
-fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
+pub(super) fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
     let bsn = if other { OTHER_BSN } else { BSN };
     // Assignment numbers are the municipality's: never shared between clients.
     let number = if other { number + 10 } else { number };
