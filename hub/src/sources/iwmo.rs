@@ -69,7 +69,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use matchpoint_connectors::iwmo::{
-    Client, Header, Message, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
+    Header, Message, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
 };
 use matchpoint_connectors::{DeliveryError, RecordError, RecordResult, RecordStream};
 use matchpoint_schemas::{Bsn, RawRecord, RecordPosition};
@@ -77,7 +77,6 @@ use tracing::{debug, info};
 
 use super::{OpenContext, Opened, SourceState};
 use crate::config::{SourceConfig, SourceMode};
-use crate::store::StateChange;
 use state::{Assignments, Key, Phase};
 use stored::{FileEntry, Logged};
 
@@ -475,132 +474,6 @@ impl IwmoStream {
             location: self.source.clone(),
             message: format!("iWmo state: {e}"),
         }
-    }
-
-    /// Store-backed state: files already applied whose size or time changed are hashed; an
-    /// unchanged hash only refreshes the entry, a changed one is reported (an applied
-    /// message is never applied again) and recorded, so it is reported once.
-    fn check_changed(&mut self, changes: &mut Vec<StateChange>) -> Result<(), DeliveryError> {
-        let Some((_, Mode::FromState { registry, work })) = &self.store else {
-            return Ok(());
-        };
-        let known: Vec<(usize, FileEntry)> = work
-            .iter()
-            .filter_map(|&f| Some((f, registry.get(&self.files[f].1)?.clone())))
-            .collect();
-        for (file, before) in known {
-            let (path, name) = self.files[file].clone();
-            let now =
-                FileEntry::read(&path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
-                    location: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            self.bytes += now.size;
-            self.files_read += 1;
-            if now.sha256 != before.sha256 {
-                let position = self.next_position();
-                self.queue.push_back(Err(RecordError {
-                    record_id: Some(format!("file:{name}")),
-                    position,
-                    field: None,
-                    reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
-                }));
-            }
-            changes.push(now.change(&name));
-            if let Some((_, Mode::FromState { work, .. })) = &mut self.store {
-                work.remove(&file);
-            }
-        }
-        Ok(())
-    }
-
-    /// Store-backed state: the logs of the pairs new messages concern, as messages with the
-    /// pair's client (BSN only; see [`stored`]).
-    fn stored_messages(
-        &self,
-        pairs: &HashSet<(String, String)>,
-    ) -> Result<Vec<(SortKey, Item)>, DeliveryError> {
-        let Some((st, Mode::FromState { .. })) = &self.store else {
-            return Ok(Vec::new());
-        };
-        let mut by_key: HashMap<Vec<u8>, (String, String)> = HashMap::new();
-        for (provider, bsn) in pairs {
-            if let Ok(b) = Bsn::parse(bsn) {
-                let p = st.pseudonymiser.pseudonymise(&b);
-                by_key.insert(
-                    stored::pair_key(provider, p.as_bytes()),
-                    (provider.clone(), bsn.clone()),
-                );
-            }
-        }
-        let rows = st
-            .read(
-                &self.source,
-                stored::PAIR,
-                Some(by_key.keys().cloned().collect()),
-            )
-            .map_err(|e| self.store_error(e))?;
-        let mut out = Vec::new();
-        for (k, v) in rows {
-            let Some((_, bsn)) = by_key.get(&k) else {
-                continue;
-            };
-            let log = stored::parse_log(&v).ok_or_else(|| {
-                self.store_error("a stored message log cannot be read; run --full")
-            })?;
-            for l in log {
-                let key = SortKey::new(&l.header, l.file.clone(), usize::MAX);
-                let m = Message {
-                    header: l.header,
-                    client: Client {
-                        bsn: bsn.clone(),
-                        birth_date: chrono::NaiveDate::MIN,
-                        // The birth date is not stored: the new message's is used.
-                        birth_date_use: Some("3".into()),
-                    },
-                    body: l.body,
-                };
-                out.push((key, Item::Stored(Box::new(m))));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Store-backed state: what this run changes, staged with the run.
-    fn stage_state(&mut self, mut changes: Vec<StateChange>) -> Result<(), DeliveryError> {
-        let Some((st, mode)) = &self.store else {
-            return Ok(());
-        };
-        let rebuild = matches!(mode, Mode::Rebuild);
-        let mut all = Vec::new();
-        if rebuild {
-            all.push(StateChange::replace_all());
-            all.push(StateChange {
-                kind: stored::META.into(),
-                key: stored::KEY_ID.to_vec(),
-                value: Some(st.pseudonymiser.key_id().as_str().as_bytes().to_vec()),
-            });
-        }
-        for file in self.pass1() {
-            let (path, name) = &self.files[file];
-            let entry =
-                FileEntry::read(path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
-                    location: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            all.push(entry.change(name));
-        }
-        all.append(&mut changes);
-        for ((provider, bsn), log) in std::mem::take(&mut self.logs) {
-            if let Ok(b) = Bsn::parse(&bsn) {
-                let p = st.pseudonymiser.pseudonymise(&b);
-                all.push(stored::pair_change(
-                    stored::pair_key(&provider, p.as_bytes()),
-                    &log,
-                ));
-            }
-        }
-        st.stage(all).map_err(|e| self.store_error(e))
     }
 
     /// Reads and applies the messages; queues problems and the assignments to deliver.
