@@ -17,9 +17,16 @@ use crate::sync::{Progress, SyncContext, sync_source};
 use crate::testdb;
 
 fn context(store: &Store) -> SyncContext {
+    context_with_key(
+        store,
+        MasterKey::from_secret("k1", &[7u8; 32]).expect("key"),
+    )
+}
+
+fn context_with_key(store: &Store, key: MasterKey) -> SyncContext {
     SyncContext {
         store: store.clone(),
-        key: Arc::new(MasterKey::from_secret("k1", &[7u8; 32]).expect("key")),
+        key: Arc::new(key),
         registry: Arc::new(Registry::parse(ORGANISATIONS_TOML, "reg").expect("registry")),
         max_end_share: 0.5,
         quarantine_raw_days: 30,
@@ -459,5 +466,68 @@ async fn incremental_runs_with_stored_state_publish_what_a_full_run_publishes() 
             drop((ctx, store, full_ctx, full_store));
             db.drop_database().await;
         }
+    }
+}
+
+/// The state is keyed by pseudonyms: under another index key the next run with a new file
+/// reads every file and rebuilds it; the run after that reads only new files again.
+#[tokio::test]
+async fn a_new_index_key_rebuilds_the_state_from_the_folder() {
+    for db in testdb::targets("iwmo_rekey").await {
+        let store = Store::open(&db.url).await.expect("store");
+        let h = Harness::new();
+        h.put(
+            "001.xml",
+            &a301(
+                "T1",
+                day(3, 1),
+                BSN,
+                vec![assigned(1, "02", day(3, 1), None)],
+            ),
+        );
+        sync(&context(&store), &h).await;
+        let k2 = context_with_key(
+            &store,
+            MasterKey::from_secret("k2", &[8u8; 32]).expect("key"),
+        );
+        // Nothing new: a quiet night even under the new key.
+        let (quiet, bytes) = sync_counted(&k2, &h).await;
+        assert_eq!((quiet.counts.read, bytes), (0, 0), "{}", db.name);
+        h.put(
+            "002.xml",
+            &s305(
+                "S1",
+                day(3, 6),
+                started(Some(1), day(3, 5), DeliveryStatus::First),
+            ),
+        );
+        let (rebuilt, bytes) = sync_counted(&k2, &h).await;
+        assert_eq!(
+            bytes,
+            size(&h, "001.xml") + size(&h, "002.xml"),
+            "{}",
+            db.name
+        );
+        assert_eq!(rebuilt.counts.updated, 1, "{}", db.name);
+        assert_eq!(assignment(&store, 1).await, status("active"), "{}", db.name);
+        h.put(
+            "003.xml",
+            &e307(
+                "E1",
+                day(6, 1),
+                stopped(day(5, 31), "19", DeliveryStatus::First),
+            ),
+        );
+        let (run, bytes) = sync_counted(&k2, &h).await;
+        assert_eq!(bytes, size(&h, "003.xml"), "{}", db.name);
+        assert_eq!(run.counts.updated, 1, "{}", db.name);
+        assert_eq!(
+            assignment(&store, 1).await,
+            Some(("ended".to_owned(), Some("19".to_owned()))),
+            "{}",
+            db.name
+        );
+        drop((k2, store));
+        db.drop_database().await;
     }
 }
