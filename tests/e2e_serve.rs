@@ -279,11 +279,14 @@ fn an_operator_starts_a_run_202_a_held_lease_answers_409_a_professional_403_all_
     assert_eq!(runs[0]["mode"], "full", "{runs}");
     assert_eq!(runs[0]["status"], "succeeded", "{runs}");
 
-    // Another instance holds the lease now: 409, nothing started.
+    // Another instance holds the lease now: 409, nothing started. (Upsert: the serving
+    // instance may not have released its own lease yet; its release then leaves this one.)
     let conn = rusqlite::Connection::open(inst.db()).expect("open db");
     conn.execute(
         "INSERT INTO source_leases (source, holder, acquired_at, expires_at)
-         VALUES ('okc-2', 'other-host/4242/cafe', 0, ?1)",
+         VALUES ('okc-2', 'other-host/4242/cafe', 0, ?1)
+         ON CONFLICT (source) DO UPDATE SET holder = excluded.holder,
+           acquired_at = excluded.acquired_at, expires_at = excluded.expires_at",
         [i64::MAX],
     )
     .expect("take lease");

@@ -36,7 +36,9 @@ pub const RELEASE: &str = "3.2";
 const NS_PREFIX: &str = "http://www.istandaarden.nl/";
 
 /// Which of the three messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum MessageKind {
     /// WMO301 (BerichtCode 414): assignment (toewijzing), sent by the municipality.
     Wmo301,
@@ -85,7 +87,7 @@ impl MessageKind {
 }
 
 /// The message header.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Header {
     /// Which message.
     pub kind: MessageKind,
@@ -140,7 +142,9 @@ impl std::fmt::Debug for Client {
 }
 
 /// `CDT_Product`: a WMO020 product category and an optional product code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Product {
     /// WMO020 product category (`01`..`18`).
     pub category: String,
@@ -149,7 +153,7 @@ pub struct Product {
 }
 
 /// `CDT_Omvang`: volume, unit (WMO757) and frequency (WMO756).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Extent {
     /// Volume.
     pub volume: u64,
@@ -160,7 +164,7 @@ pub struct Extent {
 }
 
 /// `StatusAanlevering` (WMO036) of a 305/307 product.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DeliveryStatus {
     /// 1: first delivery.
     First,
@@ -173,7 +177,7 @@ pub enum DeliveryStatus {
 }
 
 /// One `ToegewezenProduct` of a WMO301.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AssignedProduct {
     /// `ToewijzingNummer`.
     pub number: u64,
@@ -201,7 +205,7 @@ pub struct AssignedProduct {
 pub const CHANGE_REASON_VOIDED: &str = "13";
 
 /// One `StartProduct` of a WMO305.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StartedProduct {
     /// `ToewijzingNummer`, when the provider sent it.
     pub number: Option<u64>,
@@ -216,7 +220,7 @@ pub struct StartedProduct {
 }
 
 /// One `StopProduct` of a WMO307.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoppedProduct {
     /// `ToewijzingNummer`, when the provider sent it.
     pub number: Option<u64>,
@@ -235,7 +239,7 @@ pub struct StoppedProduct {
 }
 
 /// The products of a message, by kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Body {
     /// WMO301.
     Assignment(Vec<AssignedProduct>),

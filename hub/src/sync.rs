@@ -17,7 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, SourceConfig, SourceMode};
 use crate::failpoint;
-use crate::sources::{self, OpenContext};
+use crate::sources::{self, OpenContext, SourceState};
 use crate::store::{
     Completion, QuarantineEntry, RunId, RunMode, RunRecord, RunStatus, ShrinkGuard, Store,
     StoreError,
@@ -165,6 +165,7 @@ fn produce(
     batch_size: usize,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    state: SourceState,
     tx: tokio::sync::mpsc::Sender<Message>,
 ) {
     let opened = sources::open(&OpenContext {
@@ -172,6 +173,7 @@ fn produce(
         cursor: cursor.as_deref(),
         full,
         cancel: cancel.clone(),
+        state: Some(state),
     });
     let mut stream = match opened {
         Ok(Some(o)) => o.stream,
@@ -358,11 +360,17 @@ async fn run_inner(
         let cancel = ctx.cancel.clone();
         let keep = ctx.quarantine_raw_days;
         let batch = ctx.batch_size;
+        let state = SourceState {
+            store: ctx.store.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            run,
+            pseudonymiser: ctx.key.pseudonymiser(KeyPurpose::Index),
+        };
         std::thread::Builder::new()
             .name(format!("read-{}", source.name))
             .spawn(move || {
                 produce(
-                    source, cursor, full, mapper, sealer, keep, batch, cancel, progress, tx,
+                    source, cursor, full, mapper, sealer, keep, batch, cancel, progress, state, tx,
                 )
             })
             .map_err(|e| StoreError::db("spawn reader", e))?

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use chrono::{Months, NaiveDate};
 use matchpoint_schemas::{
-    Bsn, BsnError, ContactPerson, Involvement, InvolvementStatus, Pseudonymiser, RawRecord,
-    Registry, Relation,
+    Bsn, BsnError, ContactPerson, EndReason, Involvement, InvolvementStatus, Pseudonymiser,
+    RawRecord, Registry, Relation,
 };
 
 use crate::reject::{RejectReason, Rejection};
@@ -205,6 +205,24 @@ impl Mapper {
             })?,
             None => false,
         };
+        let end_reason = match self.opt(raw, &f.end_reason) {
+            Some(code) => {
+                let description = self.spec.end_reasons.get(code).ok_or_else(|| {
+                    Rejection::at(
+                        f.end_reason.as_deref().unwrap_or("end_reason"),
+                        RejectReason::UnknownCode {
+                            table: "end_reason",
+                            code: code.to_owned(),
+                        },
+                    )
+                })?;
+                Some(EndReason {
+                    code: code.to_owned(),
+                    description: description.clone(),
+                })
+            }
+            None => None,
+        };
 
         let mut relations = Vec::new();
         if let Some(rp) = &self.spec.relations {
@@ -264,6 +282,7 @@ impl Mapper {
             contact,
             start_date,
             end_date,
+            end_reason,
             status,
             coordinator,
             sensitive: self.spec.sensitive_domains.contains(&life_domain)

@@ -56,6 +56,10 @@ pub struct FieldPaths {
     /// End date.
     #[serde(default)]
     pub end_date: Option<String>,
+    /// Why the involvement ended (looked up in `codes.end_reason`, code → description).
+    /// Absent or empty: no end reason.
+    #[serde(default)]
+    pub end_reason: Option<String>,
     /// Status code (looked up in `codes.status`); without it the status follows the end date.
     #[serde(default)]
     pub status: Option<String>,
@@ -144,6 +148,10 @@ pub struct CodeTables {
     /// Source shielded flag → true/false.
     #[serde(default)]
     pub shielded: BTreeMap<String, bool>,
+    /// Source end-reason code → its description (e.g. the WMO588 list); the closed set of
+    /// end reasons of the source.
+    #[serde(default)]
+    pub end_reason: BTreeMap<String, String>,
 }
 
 /// Which involvements are sensitive.
@@ -226,6 +234,8 @@ pub struct MappingSpec {
     pub coordinator: BTreeMap<String, bool>,
     /// Source shielded flag → bool.
     pub shielded: BTreeMap<String, bool>,
+    /// Source end-reason code → description.
+    pub end_reasons: BTreeMap<String, String>,
     /// Sensitive life domains.
     pub sensitive_domains: Vec<LifeDomain>,
     /// Source life-domain codes whose involvements are sensitive.
@@ -359,6 +369,18 @@ impl MappingSpec {
                 "{origin}: fields.shielded is mapped but the code table [codes.shielded] is missing"
             ));
         }
+        if file.fields.end_reason.is_some() && file.codes.end_reason.is_empty() {
+            problems.push(format!(
+                "{origin}: fields.end_reason is mapped but the code table [codes.end_reason] is missing"
+            ));
+        }
+        for (code, text) in &file.codes.end_reason {
+            if text.trim().is_empty() {
+                problems.push(format!(
+                    "{origin}: codes.end_reason.{code} has an empty description"
+                ));
+            }
+        }
         if file.fields.coordinator.is_some() && file.codes.coordinator.is_empty() {
             problems.push(format!(
                 "{origin}: fields.coordinator is mapped but the code table [codes.coordinator] is missing"
@@ -405,6 +427,7 @@ impl MappingSpec {
             &file.fields.contact_phone,
             &file.fields.contact_email,
             &file.fields.end_date,
+            &file.fields.end_reason,
             &file.fields.status,
             &file.fields.coordinator,
             &file.fields.shielded,
@@ -440,6 +463,7 @@ impl MappingSpec {
             relation_kinds,
             coordinator: file.codes.coordinator,
             shielded: file.codes.shielded,
+            end_reasons: file.codes.end_reason,
             sensitive_domains,
             sensitive_codes,
             directory,

@@ -17,7 +17,7 @@ pub mod sealed;
 pub use bsn::{Bsn, BsnError};
 pub use keys::{KeyError, KeyId, KeyPurpose, MasterKey};
 pub use model::{
-    ContactPerson, Involvement, InvolvementStatus, LifeDomain, Relation, RelationKind,
+    ContactPerson, EndReason, Involvement, InvolvementStatus, LifeDomain, Relation, RelationKind,
 };
 pub use pseudonym::{Pseudonym, Pseudonymiser};
 pub use raw::{RawGroup, RawRecord, RecordPosition};

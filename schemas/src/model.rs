@@ -194,6 +194,18 @@ pub struct ContactPerson {
     pub email: Option<String>,
 }
 
+/// Why an involvement ended, as the source codes it: the code and its description from the
+/// source's code list (for the WMO module the WMO588 list, e.g. `19` "Levering volgens plan
+/// beeindigd"). The mapping's `[codes.end_reason]` table is the closed set of a source: an
+/// unknown code is rejected, never guessed. Sources without end reasons leave it empty.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndReason {
+    /// The source's code, e.g. `19`.
+    pub code: String,
+    /// Its description from the code list.
+    pub description: String,
+}
+
 /// A relation from the record's person to another person, both pseudonymised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Relation {
@@ -226,6 +238,8 @@ pub struct Involvement {
     pub start_date: NaiveDate,
     /// Last day, when known.
     pub end_date: Option<NaiveDate>,
+    /// Why it ended, when the source says (iWmo: the WMO588 reason of a WMO307 stop).
+    pub end_reason: Option<EndReason>,
     /// Planned, active or ended.
     pub status: InvolvementStatus,
     /// Whether this involvement is the household's coordinator (regisseur).
@@ -274,6 +288,12 @@ impl Involvement {
         // Only when set, so hashes of records published before the flag existed stay valid.
         if self.shielded {
             put(b"shielded");
+        }
+        // Likewise only when set: records of sources without end reasons keep their hashes.
+        if let Some(r) = &self.end_reason {
+            put(b"end_reason");
+            put(r.code.as_bytes());
+            put(r.description.as_bytes());
         }
         let mut rels = self.relations.clone();
         rels.sort();

@@ -107,6 +107,9 @@ pub struct InvolvementView {
     pub contact: ContactView,
     /// Start and end.
     pub period: Period,
+    /// Why it ended, when the source says (iWmo: the WMO588 reason of the stop); withheld
+    /// for sensitive involvements of other organisations, like the goal.
+    pub end_reason: Option<EndReasonView>,
     /// `planned`, `active` or `ended`.
     pub status: String,
     /// The household's coordinator.
@@ -153,6 +156,15 @@ pub struct Period {
     pub start: String,
     /// Last day, when known.
     pub end: Option<String>,
+}
+
+/// Why an involvement ended: the source's code and its description.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct EndReasonView {
+    /// The source's code, e.g. WMO588 `19`.
+    pub code: String,
+    /// Its description, e.g. "Levering volgens plan beeindigd".
+    pub description: String,
 }
 
 /// A household member's involvements (the member is not identified).
@@ -487,6 +499,14 @@ fn involvement_view(
         period: Period {
             start: r.start_date.clone(),
             end: r.end_date.clone(),
+        },
+        end_reason: if restricted {
+            None
+        } else {
+            r.end_reason_code.clone().map(|code| EndReasonView {
+                code,
+                description: r.end_reason.clone().unwrap_or_default(),
+            })
         },
         status: r.status.clone(),
         coordinator: r.coordinator,

@@ -177,7 +177,27 @@ pub fn spec() -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "Token from `matchpoint users add`." } },
             "schemas": {
-                "Error": { "type": "object", "properties": { "error": { "type": "string" }, "message": { "type": "string" } } }
+                "Error": { "type": "object", "properties": { "error": { "type": "string" }, "message": { "type": "string" } } },
+                "Involvement": { "type": "object", "description": "One involvement as answered.",
+                    "properties": {
+                        "organisation": { "type": "object", "properties": { "code": { "type": "string" }, "name": { "type": "string" } } },
+                        "team": { "type": ["string", "null"] },
+                        "life_domain": { "type": "string" },
+                        "goal": { "type": ["string", "null"], "description": "Withheld (null) when restricted." },
+                        "contact": { "type": "object", "description": "name, role, phone, email; or only `general` (the organisation's general contact) when restricted." },
+                        "period": { "type": "object", "properties": { "start": { "type": "string", "format": "date" }, "end": { "type": ["string", "null"], "format": "date" } } },
+                        "end_reason": {
+                            "type": ["object", "null"],
+                            "description": "Why the involvement ended, when the source says (WMO module: the WMO588 reason of the WMO307 stop, e.g. `19` Levering volgens plan beeindigd); null otherwise and when restricted.",
+                            "properties": { "code": { "type": "string" }, "description": { "type": "string" } }
+                        },
+                        "status": { "enum": ["planned", "active", "ended"] },
+                        "coordinator": { "type": "boolean" },
+                        "restricted": { "type": "boolean", "description": "A sensitive involvement of another organisation: goal, end reason and named contact withheld." },
+                        "source": { "type": "string" },
+                        "source_synced_at": { "type": ["string", "null"], "format": "date-time" },
+                        "source_stale": { "type": "boolean" }
+                    } }
             }
         },
         "paths": {
@@ -205,7 +225,14 @@ pub fn spec() -> Value {
                         }
                     }
                 })),
-                ok("involvements (own), household (per related member, marked with the relation), warnings, break_glass flag"),
+                json!({ "description": "involvements (own), household (per related member, marked with the relation), warnings, break_glass flag",
+                    "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "involvements": { "type": "array", "items": { "$ref": "#/components/schemas/Involvement" } },
+                        "household": { "type": "array", "items": { "type": "object", "properties": {
+                            "relation": { "type": "string" },
+                            "involvements": { "type": "array", "items": { "$ref": "#/components/schemas/Involvement" } } } } },
+                        "warnings": { "type": "array", "items": { "type": "string" } },
+                        "break_glass": { "type": "boolean" } } } } } }),
                 &["400", "403"],
             ) },
             "/api/v1/audit/search": { "post": op(

@@ -138,6 +138,7 @@ fn inv(
         },
         start_date: NaiveDate::from_ymd_opt(2024, 1, 1).expect("date"),
         end_date: None,
+        end_reason: None,
         status,
         coordinator,
         sensitive,
@@ -174,7 +175,7 @@ impl Fx {
             .pseudonymise(&Bsn::parse(&people.child).expect("bsn"));
         use InvolvementStatus::Active;
         use LifeDomain::*;
-        let records = vec![
+        let mut records = vec![
             inv(
                 &key,
                 &people.parent,
@@ -245,6 +246,16 @@ impl Fx {
                 vec![],
             ),
         ];
+        // End reasons (as the WMO module delivers them) on R2 and on the sensitive R3.
+        for r in records
+            .iter_mut()
+            .filter(|r| ["R2", "R3"].contains(&r.source_record_id.as_str()))
+        {
+            r.end_reason = Some(matchpoint_schemas::EndReason {
+                code: "38".into(),
+                description: format!("Overstap naar andere aanbieder ({})", r.source_record_id),
+            });
+        }
         // Three rejected records, one per data-quality category.
         let reject = |i: u64, code: &str, field: &str| crate::store::QuarantineEntry {
             record_index: i,
@@ -716,9 +727,22 @@ async fn a_sensitive_involvement_shows_other_organisations_no_goal_and_the_gener
         .clone();
     assert_eq!(koers["restricted"], true);
     assert_eq!(koers["goal"], Value::Null);
+    assert_eq!(koers["end_reason"], Value::Null);
     assert_eq!(koers["contact"]["name"], Value::Null);
     assert!(koers["contact"]["general"].is_string(), "{koers}");
     assert!(!v.to_string().contains("Named Professional R3"));
+    assert!(!v.to_string().contains("aanbieder (R3)"), "{v}");
+    // The end reason of a not-sensitive involvement is shown with its description.
+    let zuid = v["involvements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["organisation"]["code"] == "OKC-ZUID")
+        .expect("OKC-ZUID listed");
+    assert_eq!(
+        zuid["end_reason"],
+        json!({ "code": "38", "description": "Overstap naar andere aanbieder (R2)" })
+    );
     // The organisation itself sees its own record in full.
     let (_, v) = fx
         .lookup(
@@ -727,6 +751,7 @@ async fn a_sensitive_involvement_shows_other_organisations_no_goal_and_the_gener
         )
         .await;
     assert!(v.to_string().contains("Named Professional R3"), "{v}");
+    assert!(v.to_string().contains("aanbieder (R3)"), "{v}");
 }
 
 #[tokio::test]

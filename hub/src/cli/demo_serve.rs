@@ -34,6 +34,7 @@ async fn sample_bsns(config: &Config, max: usize) -> anyhow::Result<Vec<String>>
             cursor: None,
             full: true,
             cancel: Default::default(),
+            state: None,
         };
         let mut out = Vec::new();
         let mut seen = HashSet::new();

@@ -44,6 +44,7 @@ fn record(
         },
         start_date: NaiveDate::from_ymd_opt(2015, 1, 1).expect("date"),
         end_date: end,
+        end_reason: None,
         status: if end.is_some() {
             InvolvementStatus::Ended
         } else {

@@ -2,51 +2,66 @@
 //! stop), one message per file in a folder (`schemas/formats/iwmo.md`).
 //!
 //! # How a run works
-//! The assignment state is derived from the message archive itself, not kept apart from the
-//! published index: every run
-//! 1. lists the folder's `*.xml` files and reads only their headers and the client's BSN
-//!    (pass 1), then sorts the
-//!    messages by `Dagtekening`, then message kind (WMO301 before WMO305 before WMO307 on the
-//!    same day: identifications of the municipality and of providers are not comparable), then
-//!    `Identificatie` (numerically when both are numbers), sender and file name;
-//! 2. applies the messages in that order to the assignment state machine ([`state`]) —
-//!    reading each file a second time, one at a time. An incremental run applies the new
-//!    messages and the old ones of the (provider, client) pairs the new ones concern: the
-//!    state of a pair depends on its own messages only (one exception: a `ToewijzingNummer`
-//!    reused for another client is only noticed when that client's messages are replayed
-//!    too, e.g. on a `--full` run);
-//! 3. yields one raw record per assignment touched by a *new* message (a file named after
-//!    the cursor; every assignment on a full run), and per other assignment the provider has
-//!    for a client of a new message (a late message can change how an older start or stop
-//!    without number matched), holding its final state, for the source's mapping
-//!    (`deploy/mappings/wmo.toml`). The record id is `AGB-ToewijzingNummer`.
+//! The messages applied so far are kept in the store ([`stored`]): per (provider, client
+//! pseudonym) pair the log of its messages (headers and products, never the client), and per
+//! applied file its size, modification time and SHA-256. They are staged with the run and
+//! published in the same transaction as its involvements, so a failed, cancelled or killed
+//! run leaves index and state as they were, and the next run starts from both. A run
+//! 1. lists the folder's `*.xml` files and picks those the state has not applied: a name it
+//!    does not know, or a known file whose size or time changed (hashed: an unchanged hash
+//!    only refreshes the entry; a changed one is quarantined as `file:NAME` once — an applied
+//!    message is never applied again; `--full` rebuilds from the folder as it is). No file
+//!    to pick is a quiet night: no message file is opened;
+//! 2. reads the header and the client's BSN of each picked file (pass 1), loads the stored
+//!    logs of the pairs they concern, and sorts all these messages by `Dagtekening`, then
+//!    message kind (WMO301 before WMO305 before WMO307 on the same day: identifications of
+//!    the municipality and of providers are not comparable), then `Identificatie`
+//!    (numerically when both are numbers), sender and file name;
+//! 3. applies them in that order to the assignment state machine ([`state`]), reading each
+//!    new file a second time, one at a time: the state of a pair depends on its own messages
+//!    only (one exception: a `ToewijzingNummer` reused for another client is only noticed
+//!    when that client's messages are applied too, e.g. on a `--full` run);
+//! 4. yields one raw record per assignment touched by a new message (every assignment on a
+//!    full run), and per other assignment the provider has for a client of a new message (a
+//!    late message can change how an older start or stop without number matched), holding
+//!    its final state, for the source's mapping (`deploy/mappings/wmo.toml`). The record id
+//!    is `AGB-ToewijzingNummer`. Stored messages keep no birth date: an assignment made by a
+//!    stored WMO301 is delivered with the birth date of the new message;
+//! 5. stages the changed pair logs and the picked files' entries with the run.
 //!
-//! Because the state is recomputed from the messages, a failed or cancelled run leaves
-//! nothing behind, a message that arrives late (an earlier `Dagtekening` in a later file) is
-//! applied in its place, a WMO305/307 that arrived before its WMO301 takes effect once the
-//! WMO301 arrives, and the same message twice changes nothing (every operation sets state).
-//! The incremental upsert of the store is idempotent on (source, record id).
+//! A `--full` run, the first run with a store, and a run after the index key changed read
+//! every file and replace the stored state. Without a store (a preview) every run reads the
+//! header of every file and replays the old messages of the pairs the new ones (named after
+//! the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
+//! a later file) is applied in its place, a WMO305/307 that arrived before its WMO301 takes
+//! effect once the WMO301 arrives, and the same message twice changes nothing (every
+//! operation sets state). The incremental upsert of the store is idempotent on (source,
+//! record id).
 //!
 //! Problems of new messages are quarantined with the message's kind, sender and
 //! identification as record id (no personal data): a schema problem, another iWmo version
 //! (the reason names the version found), a start or stop without matching assignment. A
 //! message whose BSN fails the elfproef is passed to the mapping as a record holding only the
 //! BSN, which quarantines it as `invalid_bsn` (sealed for replay). A file that is not
-//! well-formed XML, truncated or larger than `limits.max_record_bytes` fails the run.
+//! well-formed XML, truncated or larger than `limits.max_record_bytes` fails the run. The
+//! run logs `files_read` and `bytes_read` (message files opened).
 //!
 //! # Memory and time
 //! Memory is bounded by the number of assignments applied (about 200 bytes each, the BSN in
-//! memory only) plus one sort key and (provider, BSN) per message file (about 150 bytes); no
-//! message is held after it was applied, and each file is capped at
-//! `limits.max_record_bytes`. Time is linear in the number of files: every run reads the
-//! start of every file (header and BSN) and the whole of the relevant ones, which keeps the
-//! state exact without a second store to keep in step with publication.
+//! memory only), the logs of the pairs concerned, and the applied-file entries (about 150
+//! bytes per file in the folder); no message file is held after it was applied, and each
+//! is capped at `limits.max_record_bytes`. An incremental run reads only the new files (and
+//! lists and stats the folder); a full run reads every file twice (once more to hash it) and
+//! holds the logs of all pairs until they are staged.
 
 pub mod state;
 #[cfg(test)]
+mod store_tests;
+pub mod stored;
+#[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -54,15 +69,59 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use matchpoint_connectors::iwmo::{
-    Header, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
+    Header, Message, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
 };
 use matchpoint_connectors::{DeliveryError, RecordError, RecordResult, RecordStream};
 use matchpoint_schemas::{Bsn, RawRecord, RecordPosition};
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::{OpenContext, Opened};
+use super::{OpenContext, Opened, SourceState};
 use crate::config::{SourceConfig, SourceMode};
 use state::{Assignments, Key, Phase};
+use stored::{FileEntry, Logged};
+
+/// How a run gets the state of earlier messages.
+enum Mode {
+    /// No store (a preview): every run reads the header of every file and replays the old
+    /// messages of the pairs that new messages concern.
+    Stateless,
+    /// Reads every file and replaces the stored state (a full run, the first run with a
+    /// store, or after the index key changed).
+    Rebuild,
+    /// Reads only the files the stored state has not applied (`work`), and replays the
+    /// stored logs of the pairs they concern.
+    FromState {
+        /// Applied files by name.
+        registry: HashMap<String, FileEntry>,
+        /// Indexes of the files to read: new, or possibly changed since applied.
+        work: BTreeSet<usize>,
+    },
+}
+
+/// The applied files of the stored state, when it was made with the current index key.
+fn load_registry(
+    st: &SourceState,
+    source: &str,
+) -> Result<Option<HashMap<String, FileEntry>>, String> {
+    let fail =
+        |e: crate::store::StoreError| format!("source {source}: reading the iWmo state: {e}");
+    let meta = st
+        .read(source, stored::META, Some(vec![stored::KEY_ID.to_vec()]))
+        .map_err(fail)?;
+    let current = st.pseudonymiser.key_id().as_str().as_bytes().to_vec();
+    if meta.first().map(|(_, v)| v) != Some(&current) {
+        return Ok(None);
+    }
+    let mut registry = HashMap::new();
+    for (k, v) in st.read(source, stored::FILE, None).map_err(fail)? {
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let entry = stored::parse_file(&v).ok_or_else(|| {
+            format!("source {source}: the stored state of file {name} cannot be read; run --full")
+        })?;
+        registry.insert(name, entry);
+    }
+    Ok(Some(registry))
+}
 
 /// WMO020 product categories and their names (the goal of an involvement).
 pub const PRODUCT_CATEGORIES: &[(&str, &str)] = &[
@@ -117,12 +176,37 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         ));
     }
     let files = list(Path::new(loc))?;
-    let since = if cx.full || cx.source.mode == SourceMode::Full {
+    let full_run = cx.full || cx.source.mode == SourceMode::Full;
+    let since = if full_run {
         None
     } else {
         cx.cursor.map(str::to_owned)
     };
-    if let Some(c) = &since
+    let mode = match &cx.state {
+        None => Mode::Stateless,
+        Some(_) if full_run => Mode::Rebuild,
+        Some(st) => match load_registry(st, &cx.source.name)? {
+            None => Mode::Rebuild,
+            Some(registry) => {
+                let mut work = BTreeSet::new();
+                for (i, (path, name)) in files.iter().enumerate() {
+                    let unchanged = registry.get(name).is_some_and(|e| {
+                        FileEntry::stat(path).is_ok_and(|(size, mtime)| !e.differs(size, mtime))
+                    });
+                    if !unchanged {
+                        work.insert(i);
+                    }
+                }
+                if work.is_empty() && !files.is_empty() {
+                    // Every file was applied: a quiet night, nothing read.
+                    return Ok(None);
+                }
+                Mode::FromState { registry, work }
+            }
+        },
+    };
+    if !matches!(mode, Mode::FromState { .. })
+        && let Some(c) = &since
         && !files.iter().any(|(_, name)| name.as_str() > c.as_str())
     {
         return Ok(None);
@@ -137,8 +221,11 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         }
         return Ok(None);
     }
+    let mut stream = IwmoStream::new(cx.source, files, since, cx.cancel.clone());
+    stream.store = cx.state.clone().map(|st| (st, mode));
+    stream.total = stream.pass1().iter().filter_map(|&f| stream.size(f)).sum();
     Ok(Some(Opened {
-        stream: Box::new(IwmoStream::new(cx.source, files, since, cx.cancel.clone())),
+        stream: Box::new(stream),
     }))
 }
 
@@ -180,11 +267,19 @@ struct SortKey {
     id_numeric: Option<u64>,
     id: String,
     sender: String,
+    /// The file's name, then its index in this run (stored messages: after the files).
+    name: String,
     file: usize,
 }
 
+/// A message to apply: in a file of the folder, or from the stored state.
+enum Item {
+    File(usize),
+    Stored(Box<Message>),
+}
+
 impl SortKey {
-    fn new(h: &Header, file: usize) -> Self {
+    fn new(h: &Header, name: String, file: usize) -> Self {
         let numeric = (h.id.bytes().all(|b| b.is_ascii_digit()))
             .then(|| h.id.parse::<u64>().ok())
             .flatten();
@@ -194,6 +289,7 @@ impl SortKey {
             id_numeric: numeric,
             id: h.id.clone(),
             sender: h.sender.clone(),
+            name,
             file,
         }
     }
@@ -216,6 +312,14 @@ pub struct IwmoStream {
     bytes: u64,
     total: u64,
     finished: bool,
+    /// The store's state and how this run uses it (`None`: no store).
+    store: Option<(SourceState, Mode)>,
+    /// Files opened this run (observable: `files_read` in the log).
+    files_read: u64,
+    /// Message logs of the pairs applied this run (store-backed state).
+    logs: HashMap<(String, String), Vec<Logged>>,
+    /// Birth dates of the clients of new messages (stored messages carry none).
+    birth: HashMap<(String, String), chrono::NaiveDate>,
 }
 
 impl IwmoStream {
@@ -225,12 +329,6 @@ impl IwmoStream {
         since: Option<String>,
         cancel: Arc<AtomicBool>,
     ) -> Self {
-        let total = files
-            .iter()
-            .filter(|(_, name)| since.as_deref().is_none_or(|c| name.as_str() > c))
-            .filter_map(|(p, _)| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
         IwmoStream {
             source: source.name.clone(),
             municipality: source.iwmo.as_ref().and_then(|i| i.municipality.clone()),
@@ -249,12 +347,19 @@ impl IwmoStream {
             state: Assignments::default(),
             index: 0,
             bytes: 0,
-            total,
+            total: 0,
             finished: false,
+            store: None,
+            files_read: 0,
+            logs: HashMap::new(),
+            birth: HashMap::new(),
         }
     }
 
     fn is_new(&self, file: usize) -> bool {
+        if let Some((_, Mode::FromState { work, .. })) = &self.store {
+            return work.contains(&file);
+        }
         match (&self.since, self.files.get(file)) {
             (None, _) => true,
             (Some(c), Some((_, name))) => name.as_str() > c.as_str(),
@@ -350,64 +455,95 @@ impl IwmoStream {
         Ok(())
     }
 
-    /// Reads and applies every message; queues problems and the assignments to deliver.
+    /// The files pass 1 reads: all of them, or (store-backed state) those not yet applied.
+    fn pass1(&self) -> Vec<usize> {
+        match &self.store {
+            Some((_, Mode::FromState { work, .. })) => work.iter().copied().collect(),
+            _ => (0..self.files.len()).collect(),
+        }
+    }
+
+    fn size(&self, file: usize) -> Option<u64> {
+        std::fs::metadata(&self.files.get(file)?.0)
+            .ok()
+            .map(|m| m.len())
+    }
+
+    fn store_error(&self, e: impl std::fmt::Display) -> DeliveryError {
+        DeliveryError::Io {
+            location: self.source.clone(),
+            message: format!("iWmo state: {e}"),
+        }
+    }
+
+    /// Reads and applies the messages; queues problems and the assignments to deliver.
     fn prepare(&mut self) -> Result<(), DeliveryError> {
-        // Pass 1: header and BSN of every file, for the order and to tell which old messages
-        // can matter: those of a (provider, client) pair a new message concerns.
-        let mut order = Vec::with_capacity(self.files.len());
-        let mut envelopes: Vec<Option<(String, String)>> = Vec::with_capacity(self.files.len());
+        let mut changes = Vec::new();
+        self.check_changed(&mut changes)?;
+        let stateless = self.store.is_none();
+        let from_state = matches!(self.store, Some((_, Mode::FromState { .. })));
+        // Pass 1: header and BSN of every file to read, for the order and to tell which old
+        // messages can matter: those of a (provider, client) pair a new message concerns.
+        let mut order: Vec<(SortKey, Item)> = Vec::new();
+        let mut envelopes: Vec<Option<(String, String)>> = vec![None; self.files.len()];
         let mut relevant: HashSet<(String, String)> = HashSet::new();
-        for file in 0..self.files.len() {
+        for file in self.pass1() {
             self.check_cancel()?;
             let name = self.files[file].1.clone();
-            let mut envelope = None;
+            self.bytes += self.size(file).unwrap_or(0);
+            self.files_read += 1;
             match read_envelope(self.open_file(file)?, &self.limits) {
                 Ok((h, bsn)) => {
-                    order.push(SortKey::new(&h, file));
+                    order.push((SortKey::new(&h, name, file), Item::File(file)));
                     if let Some(bsn) = bsn {
                         let pair = (h.provider().to_owned(), bsn);
                         if self.is_new(file) {
                             relevant.insert(pair.clone());
                         }
-                        envelope = Some(pair);
+                        envelopes[file] = Some(pair);
                     }
                 }
                 Err(e) => self.problem(file, format!("file:{name}"), e)?,
             }
-            envelopes.push(envelope);
         }
-        order.sort();
+        if from_state {
+            order.extend(self.stored_messages(&relevant)?);
+        }
+        order.sort_by(|a, b| a.0.cmp(&b.0));
         // Pass 2: apply in order.
         let mut touched: BTreeSet<Key> = BTreeSet::new();
         // (provider, BSN) of every new message: all their assignments are delivered, since a
         // late message can change how an older start or stop without number matched.
         let mut clients: HashSet<(String, String)> = HashSet::new();
-        for key in order {
+        for (key, item) in order {
             self.check_cancel()?;
-            let file = key.file;
-            let new = self.is_new(file);
-            // An old message of another (provider, client) pair cannot change what this run
-            // delivers (in incremental runs; a full run applies everything).
-            if !new
-                && self.since.is_some()
-                && !envelopes[file]
-                    .as_ref()
-                    .is_some_and(|pair| relevant.contains(pair))
-            {
-                continue;
-            }
-            let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
-            let input = self.open_file(file)?;
-            if new {
-                self.bytes += std::fs::metadata(&self.files[file].0).map_or(0, |m| m.len());
-            }
-            let m = match read_message(input, &self.limits) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.problem(file, record_id, e)?;
-                    continue;
+            let (m, new) = match item {
+                Item::Stored(m) => (*m, false),
+                Item::File(file) => {
+                    let new = self.is_new(file);
+                    // An old message of another (provider, client) pair cannot change what
+                    // this run delivers (in incremental runs; a full run applies everything).
+                    if !new
+                        && stateless
+                        && self.since.is_some()
+                        && !envelopes[file]
+                            .as_ref()
+                            .is_some_and(|pair| relevant.contains(pair))
+                    {
+                        continue;
+                    }
+                    let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
+                    let input = self.open_file(file)?;
+                    match read_message(input, &self.limits) {
+                        Ok(m) => (m, new),
+                        Err(e) => {
+                            self.problem(file, record_id, e)?;
+                            continue;
+                        }
+                    }
                 }
             };
+            let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
             if let Some(own) = self.municipality.clone()
                 && m.header.municipality() != own
             {
@@ -438,8 +574,26 @@ impl IwmoStream {
                 }
                 continue;
             }
+            let pair = (m.header.provider().to_owned(), m.client.bsn.clone());
             if new {
-                clients.insert((m.header.provider().to_owned(), m.client.bsn.clone()));
+                if m.client.birth_date_use.is_none() {
+                    self.birth.insert(pair.clone(), m.client.birth_date);
+                }
+                clients.insert(pair.clone());
+            }
+            if self.store.is_some() {
+                let log = self.logs.entry(pair).or_default();
+                let entry = Logged {
+                    file: key.name.clone(),
+                    header: m.header.clone(),
+                    body: m.body.clone(),
+                };
+                if !log
+                    .iter()
+                    .any(|l| l.header == entry.header && l.body == entry.body)
+                {
+                    log.push(entry);
+                }
             }
             for (i, result) in self.state.apply(&m).into_iter().enumerate() {
                 match result {
@@ -462,7 +616,13 @@ impl IwmoStream {
                 }
             }
         }
-        let keys: Vec<Key> = if self.since.is_none() {
+        info!(
+            files_read = self.files_read,
+            bytes_read = self.bytes,
+            "iWmo messages read."
+        );
+        self.stage_state(changes)?;
+        let keys: Vec<Key> = if self.since.is_none() && !from_state {
             let mut all: Vec<Key> = self.state.keys().cloned().collect();
             all.sort();
             all
@@ -480,7 +640,11 @@ impl IwmoStream {
 
     /// The raw record of an assignment's current state.
     fn record(&mut self, key: &Key) -> Option<RawRecord> {
-        let a = self.state.get(key)?.clone();
+        let mut a = self.state.get(key)?.clone();
+        if a.birth_date.is_none() {
+            // Created by a stored message (no birth date kept): the new message's.
+            a.birth_date = self.birth.get(&(key.0.clone(), a.bsn.clone())).copied();
+        }
         let position = self.next_position();
         let d = |date: chrono::NaiveDate| date.format("%Y-%m-%d").to_string();
         let phase = a.phase();

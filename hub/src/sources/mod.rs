@@ -21,8 +21,43 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use matchpoint_connectors::RecordStream;
+use matchpoint_schemas::Pseudonymiser;
 
 use crate::config::{SourceConfig, SourceKind};
+use crate::store::{RunId, StateChange, StateEntries, Store, StoreError};
+
+/// The store's connector state, for a run of a source that keeps state between runs (iWmo).
+/// Used from the run's reader thread: each call blocks on the runtime.
+#[derive(Clone)]
+pub struct SourceState {
+    /// The store.
+    pub store: Store,
+    /// The runtime the store runs on.
+    pub runtime: tokio::runtime::Handle,
+    /// The run, whose publication publishes the staged changes.
+    pub run: RunId,
+    /// The index pseudonymiser: state is keyed by pseudonyms, never by a clear BSN.
+    pub pseudonymiser: Pseudonymiser,
+}
+
+impl SourceState {
+    /// The published entries of `kind` of `source` (all, or those with these keys).
+    pub fn read(
+        &self,
+        source: &str,
+        kind: &str,
+        keys: Option<Vec<Vec<u8>>>,
+    ) -> Result<StateEntries, StoreError> {
+        self.runtime
+            .block_on(self.store.source_state(source, kind, keys))
+    }
+
+    /// Stages changes, published with the run.
+    pub fn stage(&self, changes: Vec<StateChange>) -> Result<(), StoreError> {
+        self.runtime
+            .block_on(self.store.stage_state(self.run, changes))
+    }
+}
 
 /// What a run reads.
 pub struct Opened {
@@ -40,6 +75,9 @@ pub struct OpenContext<'a> {
     pub full: bool,
     /// Set on Ctrl-C; long waits (retries, backoff) must watch it.
     pub cancel: Arc<AtomicBool>,
+    /// The store's connector state for this run (`None`: the source keeps none, e.g. a
+    /// preview without store).
+    pub state: Option<SourceState>,
 }
 
 /// Opens the delivery of one run. `Ok(None)`: an incremental source has nothing new (a quiet

@@ -44,6 +44,10 @@ pub struct LookupRow {
     pub sensitive: bool,
     /// The person is shielded: never answered through break-the-glass.
     pub shielded: bool,
+    /// End reason code, when the source gave one.
+    pub end_reason_code: Option<String>,
+    /// Its description.
+    pub end_reason: Option<String>,
 }
 
 /// A relation of the looked-up person, seen from that person.

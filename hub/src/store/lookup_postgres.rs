@@ -93,7 +93,7 @@ impl PgStore {
             "SELECT source, person, organisation_code, organisation_name, team,
                     life_domain, goal, contact_name, contact_role, contact_phone,
                     contact_email, start_date, end_date, status, coordinator,
-                    sensitive, shielded
+                    sensitive, shielded, end_reason_code, end_reason
              FROM involvements WHERE person = ANY($1)
              ORDER BY source, source_record_id",
         )
@@ -124,6 +124,8 @@ impl PgStore {
                 coordinator: r.try_get(14).map_err(e(op))?,
                 sensitive: r.try_get(15).map_err(e(op))?,
                 shielded: r.try_get(16).map_err(e(op))?,
+                end_reason_code: r.try_get(17).map_err(e(op))?,
+                end_reason: r.try_get(18).map_err(e(op))?,
             });
         }
         Ok(out)

@@ -280,7 +280,7 @@ fn involvements_of(conn: &Connection, persons: &[Vec<u8>]) -> Result<Vec<LookupR
             "SELECT source, person, organisation_code, organisation_name, team,
                     life_domain, goal, contact_name, contact_role, contact_phone,
                     contact_email, start_date, end_date, status, coordinator,
-                    sensitive, shielded
+                    sensitive, shielded, end_reason_code, end_reason
              FROM involvements WHERE person = ?1
              ORDER BY source, source_record_id",
         )
@@ -307,6 +307,8 @@ fn involvements_of(conn: &Connection, persons: &[Vec<u8>]) -> Result<Vec<LookupR
                     coordinator: r.get(14)?,
                     sensitive: r.get(15)?,
                     shielded: r.get(16)?,
+                    end_reason_code: r.get(17)?,
+                    end_reason: r.get(18)?,
                 })
             })
             .map_err(e("lookup"))?;

@@ -13,10 +13,14 @@ mod keys_sqlite;
 mod lease_postgres;
 mod lease_sqlite;
 pub mod lookup;
+#[cfg(test)]
+mod migration_tests;
 pub mod postgres;
 mod retention_postgres;
 mod retention_sqlite;
 pub mod sqlite;
+mod state_postgres;
+mod state_sqlite;
 #[cfg(test)]
 mod tests;
 
@@ -368,6 +372,8 @@ pub struct StoredInvolvement {
     pub end_date: Option<String>,
     /// Content hash (hex), empty after reconciliation ended the row.
     pub content_hash: String,
+    /// End reason code, when the source gave one.
+    pub end_reason: Option<String>,
 }
 
 /// The result of trying to take a source's lease (see `crate::schedule`).
@@ -571,6 +577,54 @@ impl Store {
         source: &str,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
         dispatch!(self, s => s.relations(source).await)
+    }
+}
+
+/// Connector state entries: (key, value).
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One change of a connector's state (`state_sqlite.rs`, `state_postgres.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// What the entry is (the connector's own name space, e.g. `file`); never empty.
+    pub kind: String,
+    /// The entry's key (never a clear BSN).
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete the entry.
+    pub value: Option<Vec<u8>>,
+}
+
+impl StateChange {
+    /// The marker that makes the run's publication replace the source's whole state.
+    pub fn replace_all() -> Self {
+        StateChange {
+            kind: String::new(),
+            key: Vec::new(),
+            value: None,
+        }
+    }
+}
+
+/// Connector state: kept per source, staged by a run and published in the same transaction
+/// as the run's involvements, so a crash leaves the state and the index consistent.
+impl Store {
+    /// Stages state changes of a running run (applied by its publication, in order).
+    pub async fn stage_state(
+        &self,
+        run: RunId,
+        changes: Vec<StateChange>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.stage_state(run, changes).await)
+    }
+
+    /// The published state entries of `kind` of a source: all, or those with these keys.
+    pub async fn source_state(
+        &self,
+        source: &str,
+        kind: &str,
+        keys: Option<Vec<Vec<u8>>>,
+    ) -> Result<StateEntries, StoreError> {
+        dispatch!(self, s => s.source_state(source, kind, keys).await)
     }
 }
 

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::failpoint;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("postgres_schema.sql"),
     // Audit trail (issue 4): self-contained, may be reordered with other new migrations.
     include_str!("../audit/postgres_migration.sql"),
@@ -28,6 +28,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres_users.sql"),
     // Source leases (issue 5, scheduler).
     super::lease_postgres::MIGRATION,
+    // v5: the end reason of an involvement (issue 3, iWmo WMO588).
+    include_str!("postgres_v5.sql"),
+    // v6: connector state (issue 3, iWmo).
+    super::state_postgres::MIGRATION,
 ];
 
 #[path = "lookup_postgres.rs"]
@@ -169,7 +173,8 @@ impl PgStore {
                 contact_email text, start_date date NOT NULL, end_date date, status text NOT NULL,
                 coordinator boolean NOT NULL, sensitive boolean NOT NULL, purge_after date,
                 rels bytea NOT NULL, content_hash bytea NOT NULL,
-                shielded boolean NOT NULL DEFAULT false
+                shielded boolean NOT NULL DEFAULT false,
+                end_reason_code text, end_reason text
              );
              CREATE UNLOGGED TABLE {s}_ids (source_record_id text COLLATE \"C\" PRIMARY KEY)",
             s = stg(run)
@@ -274,12 +279,13 @@ impl PgStore {
                     "INSERT INTO {s} (source_record_id, person, key_id, organisation_code,
                        organisation_name, team, life_domain, goal, contact_name, contact_role,
                        contact_phone, contact_email, start_date, end_date, status, coordinator,
-                       sensitive, purge_after, rels, content_hash, shielded)
+                       sensitive, purge_after, rels, content_hash, shielded, end_reason_code,
+                       end_reason)
                      SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[],
                        $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                        $11::text[], $12::text[], $13::date[], $14::date[], $15::text[],
                        $16::boolean[], $17::boolean[], $18::date[], $19::bytea[], $20::bytea[],
-                       $21::boolean[])",
+                       $21::boolean[], $22::text[], $23::text[])",
                     s = stg(run)
                 )))
                 .bind(strs(|r| &r.source_record_id))
@@ -307,6 +313,10 @@ impl PgStore {
                 .bind(rels.iter().map(Vec::as_slice).collect::<Vec<&[u8]>>())
                 .bind(hashes.iter().map(|h| &h[..]).collect::<Vec<&[u8]>>())
                 .bind(rs.iter().map(|r| r.shielded).collect::<Vec<bool>>())
+                .bind(opts(|r| r.end_reason.as_ref().map(|x| x.code.as_str())))
+                .bind(opts(|r| {
+                    r.end_reason.as_ref().map(|x| x.description.as_str())
+                }))
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| staging_error(op, run, err))?;
@@ -620,7 +630,7 @@ impl PgStore {
         let op = "read involvements";
         let rows = sqlx::query(
             "SELECT source, source_record_id, person, key_id, organisation_code,
-                    life_domain, status, end_date, content_hash
+                    life_domain, status, end_date, content_hash, end_reason_code
              FROM involvements WHERE source = $1 ORDER BY source_record_id",
         )
         .bind(source)
@@ -639,6 +649,7 @@ impl PgStore {
                     status: r.try_get(6)?,
                     end_date: r.try_get::<Option<NaiveDate>, _>(7)?.map(|d| d.to_string()),
                     content_hash: hex::encode(r.try_get::<Vec<u8>, _>(8)?),
+                    end_reason: r.try_get(9)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -723,6 +734,16 @@ impl PgStore {
                     "its staging table is missing".into()
                 },
             });
+        }
+        if accepting {
+            // A run held by a build before schema v5 staged no end reasons.
+            sqlx::raw_sql(sql(format!(
+                "ALTER TABLE {s} ADD COLUMN IF NOT EXISTS end_reason_code text,
+                   ADD COLUMN IF NOT EXISTS end_reason text"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(e(op))?;
         }
         // The planner needs the staged row count and key statistics for the set-based
         // statements below (the join key only: analysing every column costs ~10x more). JIT
@@ -885,6 +906,7 @@ impl PgStore {
                start_date = s.start_date, end_date = s.end_date, status = s.status,
                coordinator = s.coordinator, sensitive = s.sensitive, purge_after = s.purge_after,
                shielded = s.shielded,
+               end_reason_code = s.end_reason_code, end_reason = s.end_reason,
                content_hash = s.content_hash, changed_run = $2, ended_by_run = NULL
              FROM {s} s
              WHERE i.source = $1
@@ -905,12 +927,12 @@ impl PgStore {
                organisation_code, organisation_name, team, life_domain, goal,
                contact_name, contact_role, contact_phone, contact_email,
                start_date, end_date, status, coordinator, sensitive, purge_after,
-               shielded, content_hash, first_seen, changed_run)
+               shielded, end_reason_code, end_reason, content_hash, first_seen, changed_run)
              SELECT $1, s.source_record_id, s.person, s.key_id,
                s.organisation_code, s.organisation_name, s.team, s.life_domain, s.goal,
                s.contact_name, s.contact_role, s.contact_phone, s.contact_email,
                s.start_date, s.end_date, s.status, s.coordinator, s.sensitive, s.purge_after,
-               s.shielded, s.content_hash, $3, $2
+               s.shielded, s.end_reason_code, s.end_reason, s.content_hash, $3, $2
              FROM {s} s
              WHERE NOT EXISTS (SELECT 1 FROM involvements i
                                WHERE i.source = $1 AND i.source_record_id = s.source_record_id)"
@@ -990,6 +1012,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(e("publish run"))?;
+        super::state_postgres::apply(&mut tx, &source, run).await?;
         supersede_older_held(&mut tx, &source, run).await?;
         drop_staging(&mut tx, run).await?;
         failpoint::hit("publish:commit");

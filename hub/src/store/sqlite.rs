@@ -18,7 +18,7 @@ use super::{
 };
 use crate::failpoint;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("sqlite_schema.sql"),
     // Audit trail (issue 4): self-contained, may be reordered with other new migrations.
     include_str!("../audit/sqlite_migration.sql"),
@@ -26,6 +26,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite_users.sql"),
     // Source leases (issue 5, scheduler).
     super::lease_sqlite::MIGRATION,
+    // v5: the end reason of an involvement (issue 3, iWmo WMO588).
+    include_str!("sqlite_v5.sql"),
+    // v6: connector state (issue 3, iWmo).
+    super::state_sqlite::MIGRATION,
 ];
 
 #[path = "lookup_sqlite.rs"]
@@ -272,9 +276,9 @@ impl SqliteStore {
                          organisation_code, organisation_name, team, life_domain, goal,
                          contact_name, contact_role, contact_phone, contact_email,
                          start_date, end_date, status, coordinator, sensitive, purge_after,
-                         rels, content_hash, shielded)
+                         rels, content_hash, shielded, end_reason_code, end_reason)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                                 ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                                 ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                         stg(run)
                     ))
                     .map_err(e("stage"))?;
@@ -316,6 +320,8 @@ impl SqliteStore {
                         encode_relations(&r.relations),
                         &hash[..],
                         r.shielded,
+                        r.end_reason.as_ref().map(|x| x.code.as_str()),
+                        r.end_reason.as_ref().map(|x| x.description.as_str()),
                     ])
                     .map_err(e("stage"))?;
                 }
@@ -393,6 +399,7 @@ impl SqliteStore {
                 });
             }
             attach_staging(conn, inner, run)?;
+            upgrade_held_staging(conn, run)?;
             let mode = if rec.mode == "incremental" {
                 RunMode::Incremental
             } else {
@@ -647,7 +654,7 @@ impl SqliteStore {
             let mut st = conn
                 .prepare(
                     "SELECT source, source_record_id, person, key_id, organisation_code,
-                            life_domain, status, end_date, content_hash
+                            life_domain, status, end_date, content_hash, end_reason_code
                      FROM involvements WHERE source = ?1 ORDER BY source_record_id",
                 )
                 .map_err(e("read involvements"))?;
@@ -662,6 +669,7 @@ impl SqliteStore {
                     status: r.get(6)?,
                     end_date: r.get(7)?,
                     content_hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
+                    end_reason: r.get(9)?,
                 })
             })
             .map_err(e("read involvements"))?
@@ -785,6 +793,27 @@ fn is_attached(conn: &Connection, run: RunId) -> Result<bool, StoreError> {
     Ok(names.contains(&name))
 }
 
+/// A run held by a build before schema v5 staged no end reasons: adds the columns (empty) so
+/// that it can still be accepted.
+fn upgrade_held_staging(conn: &Connection, run: RunId) -> Result<(), StoreError> {
+    let has: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('staging', ?1) WHERE name = 'end_reason_code'",
+            [stg(run)],
+            |r| r.get(0),
+        )
+        .map_err(e("upgrade staging"))?;
+    if has == 0 {
+        conn.execute_batch(&format!(
+            "ALTER TABLE {s}.staging ADD COLUMN end_reason_code TEXT;
+             ALTER TABLE {s}.staging ADD COLUMN end_reason TEXT;",
+            s = stg(run)
+        ))
+        .map_err(e("upgrade staging"))?;
+    }
+    Ok(())
+}
+
 fn attach_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), StoreError> {
     if is_attached(conn, run)? {
         return Ok(());
@@ -826,7 +855,8 @@ fn create_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), St
             start_date TEXT NOT NULL, end_date TEXT, status TEXT NOT NULL,
             coordinator INTEGER NOT NULL, sensitive INTEGER NOT NULL, purge_after TEXT,
             rels BLOB NOT NULL, content_hash BLOB NOT NULL,
-            shielded INTEGER NOT NULL DEFAULT 0
+            shielded INTEGER NOT NULL DEFAULT 0,
+            end_reason_code TEXT, end_reason TEXT
          ) WITHOUT ROWID;
          CREATE TABLE {s}.ids (source_record_id TEXT PRIMARY KEY) WITHOUT ROWID;",
         s = stg(run)
@@ -1047,6 +1077,7 @@ fn publish(
                    start_date = s.start_date, end_date = s.end_date, status = s.status,
                    coordinator = s.coordinator, sensitive = s.sensitive, purge_after = s.purge_after,
                    shielded = s.shielded,
+                   end_reason_code = s.end_reason_code, end_reason = s.end_reason,
                    content_hash = s.content_hash, changed_run = ?2, ended_by_run = NULL
                  FROM {s}.staging s
                  WHERE involvements.source = ?1
@@ -1069,12 +1100,12 @@ fn publish(
                    organisation_code, organisation_name, team, life_domain, goal,
                    contact_name, contact_role, contact_phone, contact_email,
                    start_date, end_date, status, coordinator, sensitive, purge_after,
-                   shielded, content_hash, first_seen, changed_run)
+                   shielded, end_reason_code, end_reason, content_hash, first_seen, changed_run)
                  SELECT ?1, s.source_record_id, s.person, s.key_id,
                    s.organisation_code, s.organisation_name, s.team, s.life_domain, s.goal,
                    s.contact_name, s.contact_role, s.contact_phone, s.contact_email,
                    s.start_date, s.end_date, s.status, s.coordinator, s.sensitive, s.purge_after,
-                   s.shielded, s.content_hash, ?3, ?2
+                   s.shielded, s.end_reason_code, s.end_reason, s.content_hash, ?3, ?2
                  FROM {s}.staging s
                  WHERE NOT EXISTS (SELECT 1 FROM involvements i
                                    WHERE i.source = ?1 AND i.source_record_id = s.source_record_id)"
@@ -1141,6 +1172,7 @@ fn publish(
         params![source, run, now, c.cursor],
     )
     .map_err(e("publish run"))?;
+    super::state_sqlite::apply(&tx, &source, run)?;
     let superseded = supersede_older_held(&tx, &source, run)?;
     failpoint::hit("publish:commit");
     tx.commit().map_err(e("publish commit"))?;

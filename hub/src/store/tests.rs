@@ -20,7 +20,7 @@ use super::{
     ShrinkGuard, Store, StoreError, StoredInvolvement,
 };
 
-const SRC: &str = "okc-noord";
+pub(super) const SRC: &str = "okc-noord";
 
 // ---------------------------------------------------------------------------------------------
 // Backends
@@ -192,7 +192,7 @@ fn record_id(n: usize) -> String {
     }
 }
 
-fn record(source: &str, n: usize) -> Involvement {
+pub(super) fn record(source: &str, n: usize) -> Involvement {
     Involvement {
         person: person(n),
         key_id: pseudonymiser().key_id().as_str().to_owned(),
@@ -210,6 +210,7 @@ fn record(source: &str, n: usize) -> Involvement {
         start_date: NaiveDate::from_ymd_opt(2024, 1, 1).expect("date")
             + Duration::days(i64::try_from(n % 300).expect("small")),
         end_date: None,
+        end_reason: None,
         status: if n % 7 == 3 {
             InvolvementStatus::Planned
         } else {
@@ -265,6 +266,7 @@ fn stored(r: &Involvement) -> StoredInvolvement {
         status: r.status.as_str().into(),
         end_date: r.end_date.map(|d| d.to_string()),
         content_hash: hex::encode(r.content_hash()),
+        end_reason: r.end_reason.as_ref().map(|x| x.code.clone()),
     }
 }
 
@@ -326,7 +328,7 @@ fn full(read: u64) -> Completion {
 }
 
 /// One full run delivering `rs` in one batch.
-async fn publish_full(store: &Store, source: &str, rs: &[Involvement]) -> RunRecord {
+pub(super) async fn publish_full(store: &Store, source: &str, rs: &[Involvement]) -> RunRecord {
     let run = store.begin_run(source, RunMode::Full).await.expect("begin");
     let out = store
         .stage(run, rs.to_vec(), Vec::new())

@@ -1,7 +1,7 @@
 //! Mapper behaviour on good and bad records.
 
 use super::*;
-use matchpoint_schemas::{KeyPurpose, LifeDomain, MasterKey, RawGroup, RelationKind};
+use matchpoint_schemas::{EndReason, KeyPurpose, LifeDomain, MasterKey, RawGroup, RelationKind};
 use proptest::prelude::*;
 
 const REGISTRY: &str = r#"
@@ -203,4 +203,45 @@ fn a_mapped_shielded_flag_marks_the_involvement_and_an_unknown_code_is_rejected(
     );
     let err = MappingSpec::parse(&missing, "okc-2.toml").expect_err("needs [codes.shielded]");
     assert!(err.to_string().contains("codes.shielded"), "{err}");
+}
+
+#[test]
+fn a_mapped_end_reason_carries_its_description_and_an_unknown_code_is_rejected() {
+    let field = "[fields]\nend_reason = \"periode/@reden\"\n";
+    let text = include_str!("../../../deploy/mappings/okc-2.toml").replace("[fields]\n", field)
+        + "\n[codes.end_reason]\n\"19\" = \"Levering volgens plan beeindigd\"\n";
+    let spec = MappingSpec::parse(&text, "okc-2.toml").expect("spec");
+    let registry = Arc::new(Registry::parse(REGISTRY, "reg").expect("registry"));
+    let key = MasterKey::from_secret("k1", &[9u8; 32]).expect("key");
+    let m = Mapper::new(
+        "okc-2",
+        spec,
+        registry,
+        key.pseudonymiser(KeyPurpose::Index),
+    );
+    let plain = m.map(&good()).expect("maps");
+    assert_eq!(plain.end_reason, None, "absent: no end reason");
+    let ended = m
+        .map(&with(good(), "periode/@reden", Some("19")))
+        .expect("maps");
+    assert_eq!(
+        ended.end_reason,
+        Some(EndReason {
+            code: "19".into(),
+            description: "Levering volgens plan beeindigd".into(),
+        })
+    );
+    // The reason is part of what tells a changed record from an unchanged one.
+    assert_ne!(plain.content_hash(), ended.content_hash());
+    let unknown = with(good(), "periode/@reden", Some("99"));
+    let rejection = m.map(&unknown).expect_err("unknown code");
+    assert_eq!(rejection.field.as_deref(), Some("periode/@reden"));
+    assert!(rejection.reason.to_string().contains("end_reason"));
+    // A mapped field needs its code table, with a description per code.
+    let missing = include_str!("../../../deploy/mappings/okc-2.toml").replace("[fields]\n", field);
+    let err = MappingSpec::parse(&missing, "okc-2.toml").expect_err("needs [codes.end_reason]");
+    assert!(err.to_string().contains("codes.end_reason"), "{err}");
+    let empty = missing + "\n[codes.end_reason]\n\"19\" = \" \"\n";
+    let err = MappingSpec::parse(&empty, "okc-2.toml").expect_err("empty description");
+    assert!(err.to_string().contains("empty description"), "{err}");
 }

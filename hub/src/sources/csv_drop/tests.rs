@@ -54,6 +54,7 @@ fn read_all(source: &SourceConfig) -> Vec<matchpoint_connectors::RecordResult> {
         cursor: None,
         full: true,
         cancel: Arc::new(AtomicBool::new(false)),
+        state: None,
     };
     let mut stream = open(&cx).expect("opens").expect("a delivery").stream;
     let mut out = Vec::new();

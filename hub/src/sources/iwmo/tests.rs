@@ -13,7 +13,7 @@ use matchpoint_connectors::iwmo::{
 };
 use matchpoint_mapping::Mapper;
 use matchpoint_schemas::{
-    Involvement, InvolvementStatus, KeyPurpose, LifeDomain, MasterKey, Registry,
+    EndReason, Involvement, InvolvementStatus, KeyPurpose, LifeDomain, MasterKey, Registry,
 };
 
 use super::*;
@@ -21,17 +21,17 @@ use crate::config::Config;
 use crate::generate::ORGANISATIONS_TOML;
 use crate::generate::iwmo::{OutClient, OutMessage, header, message_xml};
 
-const BSN: &str = "123456782";
-const OTHER_BSN: &str = "999999990";
+pub(super) const BSN: &str = "123456782";
+pub(super) const OTHER_BSN: &str = "999999990";
 const BAD_BSN: &str = "123456789";
-const THUIS: &str = "98000001";
+pub(super) const THUIS: &str = "98000001";
 const OPVANG: &str = "98000005";
 
-fn day(m: u32, d: u32) -> NaiveDate {
+pub(super) fn day(m: u32, d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, m, d).expect("date")
 }
 
-fn client(bsn: &str) -> OutClient {
+pub(super) fn client(bsn: &str) -> OutClient {
     OutClient {
         bsn: bsn.into(),
         birth: NaiveDate::from_ymd_opt(1950, 4, 1).expect("date"),
@@ -43,7 +43,7 @@ fn client(bsn: &str) -> OutClient {
     }
 }
 
-fn product(category: &str) -> Option<Product> {
+pub(super) fn product(category: &str) -> Option<Product> {
     Some(Product {
         category: category.into(),
         code: Some(format!("{category}A01")),
@@ -66,7 +66,7 @@ fn msg(
     }
 }
 
-fn assigned(
+pub(super) fn assigned(
     number: u64,
     category: &str,
     start: NaiveDate,
@@ -86,7 +86,12 @@ fn assigned(
     }
 }
 
-fn a301(id: &str, on: NaiveDate, bsn: &str, products: Vec<AssignedProduct>) -> OutMessage {
+pub(super) fn a301(
+    id: &str,
+    on: NaiveDate,
+    bsn: &str,
+    products: Vec<AssignedProduct>,
+) -> OutMessage {
     msg(
         MessageKind::Wmo301,
         id,
@@ -97,7 +102,11 @@ fn a301(id: &str, on: NaiveDate, bsn: &str, products: Vec<AssignedProduct>) -> O
     )
 }
 
-fn started(number: Option<u64>, begin: NaiveDate, status: DeliveryStatus) -> StartedProduct {
+pub(super) fn started(
+    number: Option<u64>,
+    begin: NaiveDate,
+    status: DeliveryStatus,
+) -> StartedProduct {
     StartedProduct {
         number,
         product: product("02"),
@@ -107,7 +116,7 @@ fn started(number: Option<u64>, begin: NaiveDate, status: DeliveryStatus) -> Sta
     }
 }
 
-fn s305(id: &str, on: NaiveDate, p: StartedProduct) -> OutMessage {
+pub(super) fn s305(id: &str, on: NaiveDate, p: StartedProduct) -> OutMessage {
     msg(
         MessageKind::Wmo305,
         id,
@@ -118,7 +127,7 @@ fn s305(id: &str, on: NaiveDate, p: StartedProduct) -> OutMessage {
     )
 }
 
-fn stopped(end: NaiveDate, reason: &str, status: DeliveryStatus) -> StoppedProduct {
+pub(super) fn stopped(end: NaiveDate, reason: &str, status: DeliveryStatus) -> StoppedProduct {
     StoppedProduct {
         number: Some(1),
         product: product("02"),
@@ -130,14 +139,14 @@ fn stopped(end: NaiveDate, reason: &str, status: DeliveryStatus) -> StoppedProdu
     }
 }
 
-fn e307(id: &str, on: NaiveDate, p: StoppedProduct) -> OutMessage {
+pub(super) fn e307(id: &str, on: NaiveDate, p: StoppedProduct) -> OutMessage {
     msg(MessageKind::Wmo307, id, on, THUIS, BSN, Body::Stop(vec![p]))
 }
 
 /// A message folder and the source reading it.
-struct Harness {
-    dir: tempfile::TempDir,
-    source: SourceConfig,
+pub(super) struct Harness {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) source: SourceConfig,
     mapper: Mapper,
     cursor: Option<String>,
 }
@@ -157,12 +166,12 @@ impl Outcome {
     }
 }
 
-fn deploy() -> PathBuf {
+pub(super) fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = format!(
             r#"
@@ -195,7 +204,7 @@ mapping = "mappings/wmo.toml"
     }
 
     /// Writes a message and checks it against the official schema (when xmllint is there).
-    fn put(&self, file: &str, m: &OutMessage) {
+    pub(super) fn put(&self, file: &str, m: &OutMessage) {
         self.put_unchecked(file, m);
         if let Some(lint) = crate::generate::iwmo::tests::xmllint() {
             crate::generate::iwmo::tests::validate(
@@ -206,7 +215,7 @@ mapping = "mappings/wmo.toml"
         }
     }
 
-    fn put_unchecked(&self, file: &str, m: &OutMessage) {
+    pub(super) fn put_unchecked(&self, file: &str, m: &OutMessage) {
         std::fs::write(self.dir.path().join(file), message_xml(m)).expect("write");
     }
 
@@ -231,6 +240,7 @@ mapping = "mappings/wmo.toml"
             cursor: self.cursor.as_deref(),
             full,
             cancel: Arc::new(AtomicBool::new(false)),
+            state: None,
         };
         let Some(opened) = open(&cx)? else {
             return Ok(None);
@@ -289,6 +299,7 @@ fn assign_start_stop_makes_an_involvement_planned_active_ended() {
     assert_eq!(inv.contact.name, "Zorgloket Thuisbegeleiding Amstel");
     assert_eq!(inv.start_date, day(3, 1));
     assert_eq!(inv.end_date, Some(day(12, 31)));
+    assert_eq!(inv.end_reason, None);
     assert!(!inv.sensitive);
     assert_eq!(h.cursor.as_deref(), Some("001.xml"));
 
@@ -316,6 +327,13 @@ fn assign_start_stop_makes_an_involvement_planned_active_ended() {
     assert_eq!(inv.status, InvolvementStatus::Ended);
     assert_eq!(inv.start_date, day(3, 5));
     assert_eq!(inv.end_date, Some(day(5, 31)));
+    assert_eq!(
+        inv.end_reason,
+        Some(EndReason {
+            code: "19".into(),
+            description: "Levering volgens plan beeindigd".into()
+        })
+    );
     assert!(inv.purge_after.is_some());
     assert_eq!(h.cursor.as_deref(), Some("003.xml"));
 
@@ -431,6 +449,7 @@ fn corrections_and_withdrawals_of_starts_and_stops() {
         (inv.status, inv.end_date),
         (InvolvementStatus::Ended, Some(day(5, 1)))
     );
+    assert_eq!(inv.end_reason.map(|r| r.code).as_deref(), Some("21"));
     // Stop corrected (2): new end date.
     h.put(
         "007.xml",
@@ -440,7 +459,16 @@ fn corrections_and_withdrawals_of_starts_and_stops() {
             stopped(day(4, 30), "23", DeliveryStatus::Corrected),
         ),
     );
-    assert_eq!(h.run_ok().only().end_date, Some(day(4, 30)));
+    let inv = h.run_ok().only().clone();
+    assert_eq!(inv.end_date, Some(day(4, 30)));
+    // The corrected stop's reason replaces the first one.
+    assert_eq!(
+        inv.end_reason,
+        Some(EndReason {
+            code: "23".into(),
+            description: "Levering is in overeenstemming voortijdig beeindigd".into()
+        })
+    );
     // Stop withdrawn (3): active again, with the assignment's planned end.
     h.put(
         "008.xml",
@@ -452,8 +480,8 @@ fn corrections_and_withdrawals_of_starts_and_stops() {
     );
     let inv = h.run_ok().only().clone();
     assert_eq!(
-        (inv.status, inv.end_date),
-        (InvolvementStatus::Active, Some(day(12, 31)))
+        (inv.status, inv.end_date, inv.end_reason.clone()),
+        (InvolvementStatus::Active, Some(day(12, 31)), None)
     );
     // StatusAanlevering 9 changes nothing.
     h.put(
@@ -926,6 +954,7 @@ fn a_cancelled_run_fails_without_delivering_anything() {
         cursor: None,
         full: false,
         cancel: Arc::new(AtomicBool::new(true)),
+        state: None,
     };
     let mut stream = open(&cx).expect("open").expect("new files").stream;
     let err = stream.next_record().expect_err("cancelled").to_string();
@@ -934,9 +963,9 @@ fn a_cancelled_run_fails_without_delivering_anything() {
 }
 
 /// One generated message: (Dagtekening day, kind 0..6, assignment number, client, date day).
-type Op = (u32, u8, u64, bool, u32);
+pub(super) type Op = (u32, u8, u64, bool, u32);
 
-fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
+pub(super) fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
     let bsn = if other { OTHER_BSN } else { BSN };
     // Assignment numbers are the municipality's: never shared between clients.
     let number = if other { number + 10 } else { number };
@@ -1180,4 +1209,30 @@ municipality = "Amsterdam"
     assert!(err.contains("iwmo.municipality"), "{err}");
     let bad_key = text.replace("municipality = \"Amsterdam\"", "gemeente = \"0363\"");
     assert!(Config::parse(&bad_key, "m.toml", &deploy()).is_err());
+}
+
+#[test]
+fn the_mappings_end_reasons_are_the_official_wmo588_list() {
+    let csv = std::fs::read_to_string(
+        deploy().join("../schemas/formats/iwmo-3.2/WMO588-reden-beeindiging.csv"),
+    )
+    .expect("WMO588 code list");
+    let official: BTreeMap<String, String> = csv
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (code, text) = l.split_once(',').expect("code,omschrijving");
+            (code.to_owned(), text.trim().to_owned())
+        })
+        .collect();
+    assert_eq!(official.len(), 11);
+    let h = Harness::new();
+    let spec = h.source.mapping_spec.clone().expect("mapping");
+    assert_eq!(spec.end_reasons, official);
+    let table: BTreeMap<String, String> = END_REASONS
+        .iter()
+        .map(|(c, t)| ((*c).to_owned(), (*t).to_owned()))
+        .collect();
+    assert_eq!(table, official);
 }

@@ -1,0 +1,255 @@
+//! The iWmo source's state in the store (`Store::source_state`), so that a run reads only
+//! the message files it has not applied yet.
+//!
+//! | kind | key | value |
+//! |---|---|---|
+//! | `meta` | `key_id` | the index key version the pair keys were made with |
+//! | `file` | file name | [`FileEntry`]: size, modification time and SHA-256 of an applied file |
+//! | `pair` | provider AGB code, `0`, client pseudonym | [`Logged`] messages of that provider for that client |
+//!
+//! A pair's log holds the header and products of every message applied to it, never the
+//! client (BSN, birth date): a run replays the log of each (provider, client) pair a new
+//! message concerns, with the client of the new message, so a late message is applied in
+//! its place and a start that arrived before its assignment takes effect, exactly as when
+//! the whole folder is read. Changes are staged with the run and published in the same
+//! transaction as its involvements.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use matchpoint_connectors::iwmo::{Body, Client, Header, Message};
+use matchpoint_connectors::{DeliveryError, RecordError};
+use matchpoint_schemas::Bsn;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Item, IwmoStream, Mode, SortKey};
+use crate::store::StateChange;
+
+/// State kinds.
+pub const META: &str = "meta";
+/// Applied files.
+pub const FILE: &str = "file";
+/// Message logs per (provider, client pseudonym).
+pub const PAIR: &str = "pair";
+/// The `meta` key holding the key version.
+pub const KEY_ID: &[u8] = b"key_id";
+
+/// What is known of an applied file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch (0 when unknown).
+    pub mtime: u128,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+}
+
+impl FileEntry {
+    /// Size and modification time of `path` (the hash is filled in by [`FileEntry::read`]).
+    pub fn stat(path: &Path) -> std::io::Result<(u64, u128)> {
+        let m = std::fs::metadata(path)?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok((m.len(), mtime))
+    }
+
+    /// Size, modification time and hash of `path` (reads the file; at most `max` bytes).
+    pub fn read(path: &Path, max: u64) -> std::io::Result<Self> {
+        let (size, mtime) = Self::stat(path)?;
+        let mut h = Sha256::new();
+        let mut f = std::io::Read::take(std::fs::File::open(path)?, max);
+        std::io::copy(&mut f, &mut h)?;
+        Ok(FileEntry {
+            size,
+            mtime,
+            sha256: hex::encode(h.finalize()),
+        })
+    }
+
+    /// Whether the file may have changed since this entry (size or time differ).
+    pub fn differs(&self, size: u64, mtime: u128) -> bool {
+        self.size != size || self.mtime != mtime
+    }
+
+    /// The state change recording it.
+    pub fn change(&self, name: &str) -> StateChange {
+        StateChange {
+            kind: FILE.into(),
+            key: name.as_bytes().to_vec(),
+            value: serde_json::to_vec(self).ok(),
+        }
+    }
+}
+
+/// One applied message in a pair's log: no client data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logged {
+    /// The file it came from (orders messages that sort equal otherwise).
+    pub file: String,
+    /// Its header.
+    pub header: Header,
+    /// Its products.
+    pub body: Body,
+}
+
+/// The state key of a (provider, client pseudonym) pair.
+pub fn pair_key(provider: &str, pseudonym: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(provider.len() + 33);
+    k.extend_from_slice(provider.as_bytes());
+    k.push(0);
+    k.extend_from_slice(pseudonym);
+    k
+}
+
+/// The state change storing a pair's log.
+pub fn pair_change(key: Vec<u8>, log: &[Logged]) -> StateChange {
+    StateChange {
+        kind: PAIR.into(),
+        key,
+        value: serde_json::to_vec(log).ok(),
+    }
+}
+
+/// A pair's log as stored; `None` when it cannot be read (the run then fails).
+pub fn parse_log(value: &[u8]) -> Option<Vec<Logged>> {
+    serde_json::from_slice(value).ok()
+}
+
+/// A file entry as stored.
+pub fn parse_file(value: &[u8]) -> Option<FileEntry> {
+    serde_json::from_slice(value).ok()
+}
+
+/// The parts of a run that use the stored state.
+impl IwmoStream {
+    /// Store-backed state: files already applied whose size or time changed are hashed; an
+    /// unchanged hash only refreshes the entry, a changed one is reported (an applied
+    /// message is never applied again) and recorded, so it is reported once.
+    pub(super) fn check_changed(
+        &mut self,
+        changes: &mut Vec<StateChange>,
+    ) -> Result<(), DeliveryError> {
+        let Some((_, Mode::FromState { registry, work })) = &self.store else {
+            return Ok(());
+        };
+        let known: Vec<(usize, FileEntry)> = work
+            .iter()
+            .filter_map(|&f| Some((f, registry.get(&self.files[f].1)?.clone())))
+            .collect();
+        for (file, before) in known {
+            let (path, name) = self.files[file].clone();
+            let now =
+                FileEntry::read(&path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
+                    location: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            self.bytes += now.size;
+            self.files_read += 1;
+            if now.sha256 != before.sha256 {
+                let position = self.next_position();
+                self.queue.push_back(Err(RecordError {
+                    record_id: Some(format!("file:{name}")),
+                    position,
+                    field: None,
+                    reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
+                }));
+            }
+            changes.push(now.change(&name));
+            if let Some((_, Mode::FromState { work, .. })) = &mut self.store {
+                work.remove(&file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Store-backed state: the logs of the pairs new messages concern, as messages with the
+    /// pair's client (BSN only; see [`stored`]).
+    pub(super) fn stored_messages(
+        &self,
+        pairs: &HashSet<(String, String)>,
+    ) -> Result<Vec<(SortKey, Item)>, DeliveryError> {
+        let Some((st, Mode::FromState { .. })) = &self.store else {
+            return Ok(Vec::new());
+        };
+        let mut by_key: HashMap<Vec<u8>, (String, String)> = HashMap::new();
+        for (provider, bsn) in pairs {
+            if let Ok(b) = Bsn::parse(bsn) {
+                let p = st.pseudonymiser.pseudonymise(&b);
+                by_key.insert(
+                    pair_key(provider, p.as_bytes()),
+                    (provider.clone(), bsn.clone()),
+                );
+            }
+        }
+        let rows = st
+            .read(&self.source, PAIR, Some(by_key.keys().cloned().collect()))
+            .map_err(|e| self.store_error(e))?;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let Some((_, bsn)) = by_key.get(&k) else {
+                continue;
+            };
+            let log = parse_log(&v).ok_or_else(|| {
+                self.store_error("a stored message log cannot be read; run --full")
+            })?;
+            for l in log {
+                let key = SortKey::new(&l.header, l.file.clone(), usize::MAX);
+                let m = Message {
+                    header: l.header,
+                    client: Client {
+                        bsn: bsn.clone(),
+                        birth_date: chrono::NaiveDate::MIN,
+                        // The birth date is not stored: the new message's is used.
+                        birth_date_use: Some("3".into()),
+                    },
+                    body: l.body,
+                };
+                out.push((key, Item::Stored(Box::new(m))));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Store-backed state: what this run changes, staged with the run.
+    pub(super) fn stage_state(
+        &mut self,
+        mut changes: Vec<StateChange>,
+    ) -> Result<(), DeliveryError> {
+        let Some((st, mode)) = &self.store else {
+            return Ok(());
+        };
+        let rebuild = matches!(mode, Mode::Rebuild);
+        let mut all = Vec::new();
+        if rebuild {
+            all.push(StateChange::replace_all());
+            all.push(StateChange {
+                kind: META.into(),
+                key: KEY_ID.to_vec(),
+                value: Some(st.pseudonymiser.key_id().as_str().as_bytes().to_vec()),
+            });
+        }
+        for file in self.pass1() {
+            let (path, name) = &self.files[file];
+            let entry =
+                FileEntry::read(path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
+                    location: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            all.push(entry.change(name));
+        }
+        all.append(&mut changes);
+        for ((provider, bsn), log) in std::mem::take(&mut self.logs) {
+            if let Ok(b) = Bsn::parse(&bsn) {
+                let p = st.pseudonymiser.pseudonymise(&b);
+                all.push(pair_change(pair_key(&provider, p.as_bytes()), &log));
+            }
+        }
+        st.stage(all).map_err(|e| self.store_error(e))
+    }
+}

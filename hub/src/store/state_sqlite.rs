@@ -1,0 +1,165 @@
+//! SQLite: per-source connector state (`Store::stage_state`), published in the run's
+//! publication transaction.
+
+use rusqlite::{Transaction, params};
+
+use super::sqlite::SqliteStore;
+use super::{RunId, StateChange, StateEntries, StoreError};
+
+/// Schema version 6 (SQLite): connector state and its per-run staging.
+pub(super) const MIGRATION: &str = "
+-- Matchpoint index schema, SQLite, version 6: connector state (issue 3, iWmo).
+-- The state a connector keeps between runs (e.g. the iWmo message log per provider and
+-- client pseudonym, and the files applied), as published with the index.
+CREATE TABLE source_state (
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (source, kind, key)
+) WITHOUT ROWID;
+-- Changes staged by a run; applied by its publication, dropped when it fails. kind '' is a
+-- marker: the run replaces the source's whole state.
+CREATE TABLE source_state_staged (
+    run INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+";
+
+fn e(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |err| StoreError::db(op, err)
+}
+
+/// Applies the run's staged state changes (inside its publication transaction) and drops
+/// the staged changes of the source's finished runs.
+pub(super) fn apply(tx: &Transaction<'_>, source: &str, run: RunId) -> Result<(), StoreError> {
+    let op = "publish state";
+    tx.execute(
+        "DELETE FROM source_state WHERE source = ?1
+           AND EXISTS (SELECT 1 FROM source_state_staged WHERE run = ?2 AND kind = '')",
+        params![source, run],
+    )
+    .map_err(e(op))?;
+    tx.execute(
+        "DELETE FROM source_state WHERE source = ?1 AND (kind, key) IN
+           (SELECT kind, key FROM source_state_staged
+            WHERE run = ?2 AND value IS NULL AND kind <> '')",
+        params![source, run],
+    )
+    .map_err(e(op))?;
+    tx.execute(
+        "INSERT INTO source_state (source, kind, key, value)
+         SELECT ?1, kind, key, value FROM source_state_staged
+         WHERE run = ?2 AND value IS NOT NULL AND kind <> '' ORDER BY seq
+         ON CONFLICT (source, kind, key) DO UPDATE SET value = excluded.value",
+        params![source, run],
+    )
+    .map_err(e(op))?;
+    tx.execute(
+        "DELETE FROM source_state_staged WHERE run = ?2 OR (source = ?1 AND run IN
+           (SELECT id FROM runs WHERE source = ?1 AND status NOT IN ('running', 'held')))",
+        params![source, run],
+    )
+    .map_err(e(op))?;
+    Ok(())
+}
+
+impl SqliteStore {
+    pub(super) async fn stage_state(
+        &self,
+        run: RunId,
+        changes: Vec<StateChange>,
+    ) -> Result<(), StoreError> {
+        let op = "stage state";
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(e(op))?;
+            {
+                let (source, status): (String, String) = tx
+                    .query_row(
+                        "SELECT source, status FROM runs WHERE id = ?1",
+                        [run],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .map_err(e(op))?;
+                if status != "running" {
+                    return Err(StoreError::RunState {
+                        run,
+                        status,
+                        what: "only a running run can stage".into(),
+                    });
+                }
+                let base: i64 = tx
+                    .query_row(
+                        "SELECT COALESCE(max(seq), 0) FROM source_state_staged WHERE run = ?1",
+                        [run],
+                        |r| r.get(0),
+                    )
+                    .map_err(e(op))?;
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT INTO source_state_staged (run, seq, source, kind, key, value)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(e(op))?;
+                for (i, c) in changes.iter().enumerate() {
+                    let seq = base + 1 + i64::try_from(i).unwrap_or(i64::MAX - base - 1);
+                    ins.execute(params![run, seq, source, c.kind, c.key, c.value])
+                        .map_err(e(op))?;
+                }
+            }
+            tx.commit().map_err(e(op))
+        })
+        .await
+    }
+
+    pub(super) async fn source_state(
+        &self,
+        source: &str,
+        kind: &str,
+        keys: Option<Vec<Vec<u8>>>,
+    ) -> Result<StateEntries, StoreError> {
+        let (source, kind) = (source.to_owned(), kind.to_owned());
+        let op = "read state";
+        self.with_conn(move |conn| {
+            let mut out = Vec::new();
+            match keys {
+                None => {
+                    let mut st = conn
+                        .prepare(
+                            "SELECT key, value FROM source_state WHERE source = ?1 AND kind = ?2",
+                        )
+                        .map_err(e(op))?;
+                    let rows = st
+                        .query_map(params![source, kind], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(e(op))?;
+                    for r in rows {
+                        out.push(r.map_err(e(op))?);
+                    }
+                }
+                Some(keys) => {
+                    let mut st = conn
+                        .prepare_cached(
+                            "SELECT value FROM source_state
+                             WHERE source = ?1 AND kind = ?2 AND key = ?3",
+                        )
+                        .map_err(e(op))?;
+                    for k in keys {
+                        let mut rows = st
+                            .query_map(params![source, kind, k], |r| r.get::<_, Vec<u8>>(0))
+                            .map_err(e(op))?;
+                        if let Some(v) = rows.next() {
+                            out.push((k, v.map_err(e(op))?));
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
