@@ -5,7 +5,10 @@
 #   sqlite first     `matchpoint sync` into an empty SQLite index
 #   sqlite re-sync   the same export again (nothing changes)
 #   postgres first / re-sync   the same on a fresh PostgreSQL database, when
-#                    MATCHPOINT_BENCH_POSTGRES_URL (a maintenance URL) is set
+#                    MATCHPOINT_BENCH_POSTGRES_URL (a maintenance URL) is set; each also
+#                    reads pg_current_wal_lsn() before and after and prints the WAL volume
+#                    (bytes per record, GB per million records). WAL is cluster-wide: other
+#                    activity on the same server during the phase is counted too.
 #   python           bench/baseline.py (ElementTree + hmac + sqlite3)
 # Each sync and the baseline run under /usr/bin/time -v (wall time, peak RSS).
 #
@@ -21,6 +24,8 @@
 #   --keep             keep index databases (and the PostgreSQL database) after the run
 #   --only LIST        measure only these, comma-separated: floor,sqlite,postgres,python
 #                      (ratios need floor and python in the same run)
+#   --binary PATH      use this matchpoint executable instead of building release (no floor:
+#                      for volume figures such as the WAL, which do not depend on the build)
 set -euo pipefail
 
 records=1000000
@@ -30,6 +35,7 @@ scratch="${TMPDIR:-/tmp}/matchpoint-bench"
 regenerate=0
 keep=0
 only=floor,sqlite,postgres,python
+binary=
 seed=7
 bad_share=0.02
 # `matchpoint generate` writes about 1.602 records per person at scale (1.63 for tiny runs:
@@ -47,6 +53,7 @@ while [[ $# -gt 0 ]]; do
     --regenerate) regenerate=1; shift ;;
     --keep) keep=1; shift ;;
     --only) only=$2; shift 2 ;;
+    --binary) binary=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -72,6 +79,12 @@ results="$scratch/results-$(date +%Y%m%dT%H%M%S)"
 mkdir -p "$results"
 log "scratch folder: $scratch (results in $results)"
 
+if [[ -n "$binary" ]]; then
+  [[ -x "$binary" ]] || { echo "--binary $binary is not an executable" >&2; exit 2; }
+  wanted floor && { echo "--binary has no floor executable: add --only without floor" >&2; exit 2; }
+  log "using $binary (not a release build: volumes only, not speeds)"
+  cp "$binary" "$results/matchpoint"
+else
 log "building release (cargo build --release -p matchpoint-hub; cargo bench --bench floor --no-run)"
 cargo build --release -q -p matchpoint-hub
 floor_exe=$(cargo bench -q -p matchpoint-hub --bench floor --no-run --message-format=json |
@@ -86,6 +99,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 # uses copies of the binaries taken now, and the table names the commit they came from.
 cp "$target_dir/release/matchpoint" "$results/matchpoint"
 cp "$floor_exe" "$results/floor"
+fi
 mp="$results/matchpoint"
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 [[ -z "$(git status --porcelain --untracked-files=no -- hub connectors mapping schemas 2>/dev/null)" ]] ||
@@ -261,12 +275,28 @@ elif [[ -n "${MATCHPOINT_BENCH_POSTGRES_URL:-}" ]]; then
     query=${maint#"$base"}
     pg_url="${base%/*}/$pg_db$query"
     drop_pg() { [[ $keep -eq 1 ]] || psql -q "$maint" -c "DROP DATABASE IF EXISTS $pg_db" >/dev/null 2>&1 || true; }
+    wal_lsn() { psql -qtAX "$maint" -c "SELECT pg_current_wal_lsn()"; }
+    # WAL written between LSN $2 and now, for phase $1 (records read: from its row).
+    wal_report() {
+      local label=$1 before=$2 after bytes n
+      after=$(wal_lsn)
+      bytes=$(psql -qtAX "$maint" -c "SELECT pg_wal_lsn_diff('$after', '$before')::bigint")
+      n=$(awk -F'\t' -v l="$label" '$1 == l { r = $2 } END { print r + 0 }' "$rows")
+      printf '%s\t%s\t%s\n' "$label" "$n" "$bytes" >>"$results/wal.tsv"
+      if [[ $n -gt 0 ]]; then
+        log "  WAL: $bytes bytes, $((bytes / n)) bytes/record, $(awk -v b="$bytes" -v n="$n" 'BEGIN { printf "%.2f", b / n * 1e6 / 1e9 }') GB per million records"
+      fi
+    }
     trap drop_pg EXIT
     if psql -q "$maint" -c "CREATE DATABASE $pg_db" >/dev/null; then
       log "PostgreSQL database $pg_db created"
       write_config "$results/postgres.toml" "$pg_url" "$export_n"
+      wal0=$(wal_lsn)
       if measure_sync "postgres first" "$results/postgres.toml"; then
+        wal_report "postgres first" "$wal0"
+        wal0=$(wal_lsn)
         measure_sync "postgres re-sync" "$results/postgres.toml" || log "PostgreSQL re-sync failed (see $results)"
+        wal_report "postgres re-sync" "$wal0"
       else
         log "PostgreSQL first sync failed (see $results/postgres-first.log); SQLite results stand"
       fi
@@ -310,7 +340,7 @@ fi
 [[ $keep -eq 1 ]] || rm -rf "$sqlite_db" "$sqlite_db"-* "$sqlite_db.staging"
 
 # The table.
-touch "$results/steps.tsv"
+touch "$results/steps.tsv" "$results/wal.tsv"
 python3 - "$rows" "$phases" "$records" "$results/steps.tsv" "$commit" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
@@ -377,5 +407,10 @@ if scale and "sqlite first" in by:
     check(f"peak RSS independent of input size ({by['sqlite first'][1]} vs {scale[0][1]} records)",
           b < 1.25 * a + 10, f"{a:.0f} MB vs {b:.0f} MB")
 PY
+if [[ -s "$results/wal.tsv" ]]; then
+  echo
+  echo "PostgreSQL WAL volume (pg_current_wal_lsn() before/after; cluster-wide):"
+  awk -F'\t' '$2 > 0 { printf "  %s: %d records, %d bytes WAL, %d bytes/record, %.2f GB per million records\n", $1, $2, $3, $3 / $2, $3 / $2 * 1e6 / 1e9 }' "$results/wal.tsv"
+fi
 echo
 echo "Raw outputs: $results"

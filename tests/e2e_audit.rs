@@ -158,3 +158,46 @@ fn rand_tag() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0)
 }
+
+#[test]
+fn an_audit_key_rotation_through_the_cli_keeps_old_checkpoints_verifiable() {
+    let inst = Install::new(20, 3, 0.0);
+    let out = inst.mp(&["audit", "checkpoint", "--out", "cp1.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = inst.mp(&["keys", "rotate", "--audit", "--key-id", "a2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("audit key version `a2`"),
+        "{}",
+        stdout(&out)
+    );
+    let out = inst.mp(&["keys", "activate", "--audit", "a2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = inst.mp(&["audit", "checkpoint", "--out", "cp2.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cp2 = std::fs::read_to_string(inst.path("cp2.json")).expect("read");
+    assert!(cp2.contains("\"key_id\":\"a2\""), "{cp2}");
+    for cp in ["cp1.json", "cp2.json"] {
+        let (ok, v) = verify_json(&inst, Some(cp));
+        assert!(ok, "{cp}: {v}");
+        assert_eq!(v["checkpoint_matched"], true, "{cp}: {v}");
+    }
+    let out = inst.mp(&["keys", "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(
+        v["active"], "test-k1",
+        "the index version is untouched: {v}"
+    );
+    assert_eq!(v["audit_active"], "a2", "{v}");
+    assert_eq!(
+        v["audit_loaded"],
+        serde_json::json!(["test-k1", "a2"]),
+        "{v}"
+    );
+    assert_eq!(v["audit_missing"], serde_json::json!([]), "{v}");
+    // An unknown audit version is refused with the versions the file holds.
+    let out = inst.mp(&["keys", "activate", "--audit", "a9"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("a2"), "{}", stderr(&out));
+}

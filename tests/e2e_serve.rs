@@ -2,13 +2,18 @@
 //! synced by the serve process itself, `/metrics` then names the run (and holds no BSN of the
 //! export), `/readyz` reports the source fresh, and SIGTERM stops API and scheduler cleanly.
 //! `--log-format json` writes JSON lines. `matchpoint sync` takes the source lease and skips a
-//! source another instance holds. Synchronisation is by reading the process's output
-//! (never by sleeping).
+//! source another instance holds. SIGTERM while a run started by `POST /api/v1/sync/runs` is
+//! in progress (paused at a known point with `MATCHPOINT_PAUSE_AT=stage:1`, released by
+//! closing the child's stdin) cancels it — recorded as failed, nothing published, lease
+//! released — within `[server] shutdown_grace_secs`, and past it serve records and releases
+//! the run itself. Synchronisation is by reading the process's output, the run history and
+//! the lease table (never by sleeping).
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
 
 use common::{Install, export_bsns, nine_digit_runs};
 
@@ -324,4 +329,187 @@ fn an_operator_starts_a_run_202_a_held_lease_answers_409_a_professional_403_all_
         ["refused", "granted", "refused", "invalid"],
         "{outcomes:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown with a manual run in flight
+// ---------------------------------------------------------------------------------------------
+
+/// Lines of a child's stderr, read on a thread.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(child: &mut Child) -> Lines {
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Blocks until a line containing `needle`; panics, with the output, if stderr ends first
+    /// or nothing comes for two minutes (a guard so a regression fails instead of hanging; the
+    /// wait itself is on the line).
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            match self.rx.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no `{needle}` on stderr ({e}):\n{:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Everything until stderr closes.
+    fn rest(&mut self) -> Vec<String> {
+        let rest: Vec<String> = self.rx.iter().collect();
+        self.seen.extend(rest.iter().cloned());
+        rest
+    }
+}
+
+/// A published baseline, then `serve` with a manual full run paused after its first staged
+/// batch. Returns the child, its stderr, the run id and the index before the run.
+fn serve_with_a_paused_run(inst: &Install) -> (Child, Lines, i64, Vec<String>) {
+    let operator = add_user(inst, "operator", "GGD-AMS");
+    let out = inst.mp(&["sync"]);
+    assert!(
+        out.status.success(),
+        "baseline sync: {}",
+        common::stderr(&out)
+    );
+    let before = common::index_snapshot(&inst.db());
+    assert!(!before.is_empty(), "the baseline published nothing");
+
+    let mut child = inst
+        .command(&["serve", "--listen", "127.0.0.1:0", "--no-scheduler"])
+        .env("MATCHPOINT_LOG", "info")
+        .env("MATCHPOINT_PAUSE_AT", "stage:1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn matchpoint serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = out.next().expect("a line").expect("stdout line");
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    // Keep draining stdout so the child never blocks on it.
+    std::thread::spawn(move || for _ in out.map_while(Result::ok) {});
+    let mut err = Lines::of(&mut child);
+    let started = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/api/v1/sync/runs"))
+        .bearer_auth(&operator)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "source": "okc-2", "full": true }).to_string())
+        .send()
+        .expect("POST /api/v1/sync/runs");
+    assert_eq!(started.status().as_u16(), 202);
+    let started: serde_json::Value =
+        serde_json::from_str(&started.text().expect("202 body")).expect("202 json");
+    let run_id = started["run_id"].as_i64().expect("run id");
+    err.wait_for("paused at stage:1");
+
+    let (status, leases) = run_and_leases(inst, run_id);
+    assert_eq!(status.0, "running");
+    assert_eq!(leases, 1, "the run holds the source lease");
+    (child, err, run_id, before)
+}
+
+/// `(status, error)` of the run, and the number of source leases held.
+fn run_and_leases(inst: &Install, run_id: i64) -> ((String, String), i64) {
+    let conn = rusqlite::Connection::open(inst.db()).expect("open db");
+    let run = conn
+        .query_row(
+            "SELECT status, COALESCE(error, '') FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the run row");
+    let leases = conn
+        .query_row("SELECT count(*) FROM source_leases", [], |r| r.get(0))
+        .expect("count leases");
+    (run, leases)
+}
+
+fn sigterm(child: &Child) {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+}
+
+#[test]
+fn sigterm_cancels_an_api_started_run_which_fails_cleanly_and_releases_its_lease() {
+    let inst = Install::new(150, 7, 0.02);
+    let (mut child, mut err, run_id, before) = serve_with_a_paused_run(&inst);
+    sigterm(&child);
+    // Logged after the cancel flags are set: from here the run can only stop.
+    err.wait_for("Sync runs in flight are cancelled");
+    drop(child.stdin.take()); // releases the pause
+    let rest = err.rest();
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "{:#?}", err.seen);
+    assert!(
+        rest.iter().any(|l| l.contains("Sync run did not publish.")),
+        "{rest:#?}"
+    );
+
+    let ((status, error), leases) = run_and_leases(&inst, run_id);
+    assert_eq!(status, "failed", "{error}");
+    assert!(error.contains("cancelled"), "{error}");
+    assert!(error.contains("nothing was published"), "{error}");
+    assert_eq!(leases, 0, "the lease is released, not left to expire");
+    assert_eq!(
+        common::index_snapshot(&inst.db()),
+        before,
+        "the index stays at its last complete publication"
+    );
+}
+
+#[test]
+fn a_run_that_outlives_the_grace_period_is_recorded_failed_and_its_lease_released() {
+    let inst = Install::new(150, 7, 0.02);
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inst.path("matchpoint.toml"))
+        .expect("open config");
+    writeln!(config, "\n[server]\nshutdown_grace_secs = 1").expect("append config");
+    drop(config);
+    let (mut child, mut err, run_id, before) = serve_with_a_paused_run(&inst);
+    sigterm(&child);
+    // The run stays paused: serve gives up on it after the grace period, records it and
+    // releases its lease, then says so.
+    err.wait_for("did not stop within 1 s");
+    let ((status, error), leases) = run_and_leases(&inst, run_id);
+    assert_eq!(status, "failed", "{error}");
+    assert!(error.contains("grace period"), "{error}");
+    assert_eq!(leases, 0);
+    assert_eq!(common::index_snapshot(&inst.db()), before);
+    drop(child.stdin.take());
+    err.rest();
+    assert!(child.wait().expect("wait").success(), "{:#?}", err.seen);
+    // The aborted task published nothing after all.
+    assert_eq!(common::index_snapshot(&inst.db()), before);
+    assert_eq!(run_and_leases(&inst, run_id).0.0, "failed");
 }

@@ -118,6 +118,13 @@ pub struct ServerSettings {
     /// Largest request body accepted (413 beyond it).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// On Ctrl-C/SIGTERM, how long `serve` waits for the sync runs it started through
+    /// `POST /api/v1/sync/runs` to stop after cancelling them. A run still going after it is
+    /// abandoned: recorded as failed (nothing published) and its lease released. Keep it
+    /// below the orchestrator's kill timeout (Kubernetes `terminationGracePeriodSeconds`,
+    /// 30 s by default; systemd `TimeoutStopSec`).
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
 }
 
 fn default_listen() -> String {
@@ -129,6 +136,9 @@ fn default_request_timeout_secs() -> u64 {
 fn default_max_body_bytes() -> usize {
     64 * 1024
 }
+fn default_shutdown_grace_secs() -> u64 {
+    20
+}
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -136,6 +146,7 @@ impl Default for ServerSettings {
             listen: default_listen(),
             request_timeout_secs: default_request_timeout_secs(),
             max_body_bytes: default_max_body_bytes(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
         }
     }
 }

@@ -24,7 +24,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::schedule::Freshness;
-use crate::store::RunRecord;
+use crate::store::{IndexGauges, RunRecord};
+
+/// How long `serve` reuses the index and quarantine gauges ([`Metrics::set_index_gauges`])
+/// before a scrape counts again: two `GROUP BY` queries at most once a minute per replica,
+/// however often Prometheus scrapes.
+pub const GAUGE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Metric names, exactly as in `docs/instrumentation.md`.
 pub mod names {
@@ -47,6 +52,10 @@ pub mod names {
     pub const SOURCE_STALE: &str = "matchpoint_source_stale";
     /// Due runs not started here, by `source`, `reason`.
     pub const SCHEDULER_SKIPPED_TOTAL: &str = "matchpoint_scheduler_skipped_total";
+    /// Unresolved quarantined records, by `source`.
+    pub const QUARANTINE_ENTRIES: &str = "matchpoint_quarantine_entries";
+    /// Index rows, by `source`, `status`, `key_id`.
+    pub const INDEX_ROWS: &str = "matchpoint_index_rows";
     /// Lookups answered, by `outcome`.
     pub const LOOKUPS_TOTAL: &str = "matchpoint_lookups_total";
     /// Lookup latency histogram, by `outcome`.
@@ -75,6 +84,8 @@ pub mod names {
         SOURCE_AGE_SECONDS,
         SOURCE_STALE,
         SCHEDULER_SKIPPED_TOTAL,
+        QUARANTINE_ENTRIES,
+        INDEX_ROWS,
         LOOKUPS_TOTAL,
         LOOKUP_DURATION_SECONDS,
         BREAKGLASS_LOOKUPS_TOTAL,
@@ -121,6 +132,8 @@ pub struct Metrics {
     source_age: Family<Labels, F64Gauge>,
     source_stale: Family<Labels, Gauge>,
     scheduler_skipped: Family<Labels, Counter>,
+    quarantine_entries: Family<Labels, Gauge>,
+    index_rows: Family<Labels, Gauge>,
     lookups: Family<Labels, Counter>,
     lookup_duration: Family<Labels, Histogram, fn() -> Histogram>,
     breakglass: Counter,
@@ -146,6 +159,8 @@ impl Metrics {
             source_age: Family::default(),
             source_stale: Family::default(),
             scheduler_skipped: Family::default(),
+            quarantine_entries: Family::default(),
+            index_rows: Family::default(),
             lookups: Family::default(),
             lookup_duration: Family::new_with_constructor(latency_histogram),
             breakglass: Counter::default(),
@@ -198,6 +213,16 @@ impl Metrics {
             counter_name(SCHEDULER_SKIPPED_TOTAL),
             "Due runs not started here",
             m.scheduler_skipped.clone(),
+        );
+        registry.register(
+            QUARANTINE_ENTRIES,
+            "Unresolved quarantined records",
+            m.quarantine_entries.clone(),
+        );
+        registry.register(
+            INDEX_ROWS,
+            "Index rows by status and key version",
+            m.index_rows.clone(),
         );
         registry.register(
             counter_name(LOOKUPS_TOTAL),
@@ -308,6 +333,29 @@ impl Metrics {
         self.held_runs
             .get_or_create(&labels([("source", source)]))
             .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Index rows per source, status and key version, and quarantined records per source.
+    /// Replaces the previous values: a combination that no longer has rows (an old key
+    /// version after re-keying) disappears instead of keeping its last count.
+    pub fn set_index_gauges(&self, g: &IndexGauges) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.index_rows.clear();
+        for r in &g.rows {
+            self.index_rows
+                .get_or_create(&labels([
+                    ("source", r.source.as_str()),
+                    ("status", r.status.as_str()),
+                    ("key_id", r.key_id.as_str()),
+                ]))
+                .set(gauge(r.rows));
+        }
+        self.quarantine_entries.clear();
+        for (source, n) in &g.quarantine {
+            self.quarantine_entries
+                .get_or_create(&labels([("source", source.as_str())]))
+                .set(gauge(*n));
+        }
     }
 
     /// A due run not started here (`reason`: `lease_held` or `already_run`).
@@ -479,6 +527,15 @@ mod tests {
             age_secs: Some(5),
             stale: false,
         }]);
+        m.set_index_gauges(&IndexGauges {
+            rows: vec![crate::store::IndexRowCount {
+                source: "okc".into(),
+                status: "active".into(),
+                key_id: "k1".into(),
+                rows: 7,
+            }],
+            quarantine: vec![("okc".into(), 1)],
+        });
         m.http_request("(no route)", "X-PROBE-1234", 404, 0.001);
         let text = m.render();
         assert!(!text.contains("X-PROBE"), "unbounded method label");
@@ -499,5 +556,38 @@ mod tests {
             "matchpoint_sync_runs_total{source=\"okc\",mode=\"full\",status=\"succeeded\"} 1"
         ));
         assert!(text.contains("matchpoint_http_requests_total{route=\"/api/v1/lookups\",method=\"POST\",status_class=\"2xx\"} 1"));
+        assert!(
+            text.contains(
+                "matchpoint_index_rows{source=\"okc\",status=\"active\",key_id=\"k1\"} 7"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("matchpoint_quarantine_entries{source=\"okc\"} 1"));
+    }
+
+    #[test]
+    fn index_gauges_are_replaced_not_accumulated() {
+        let m = Metrics::new();
+        let row = |key: &str, n: u64| crate::store::IndexRowCount {
+            source: "okc".into(),
+            status: "active".into(),
+            key_id: key.into(),
+            rows: n,
+        };
+        m.set_index_gauges(&IndexGauges {
+            rows: vec![row("k1", 5), row("k2", 3)],
+            quarantine: vec![("okc".into(), 2)],
+        });
+        let text = m.render();
+        assert!(text.contains("key_id=\"k1\"} 5") && text.contains("key_id=\"k2\"} 3"));
+        // Re-keyed: k1 has no rows any more and must not linger with its old count.
+        m.set_index_gauges(&IndexGauges {
+            rows: vec![row("k2", 8)],
+            quarantine: vec![("okc".into(), 0)],
+        });
+        let text = m.render();
+        assert!(!text.contains("key_id=\"k1\""), "{text}");
+        assert!(text.contains("key_id=\"k2\"} 8"), "{text}");
+        assert!(text.contains("matchpoint_quarantine_entries{source=\"okc\"} 0"));
     }
 }

@@ -433,6 +433,15 @@ async fn run_inner(
     }
     drop(rx);
     let _ = producer.join();
+    // Cancelled after the whole delivery was read (e.g. `serve` stopping while the last
+    // batches were staged): still nothing is published.
+    if outcome.is_ok() && ctx.cancel.load(Ordering::Relaxed) {
+        let read = outcome.as_ref().map(|(r, _)| *r).unwrap_or(0);
+        outcome = Err((
+            read,
+            "cancelled (interrupt) before publication: nothing was published".into(),
+        ));
+    }
     match outcome {
         Err((read, msg)) => {
             ctx.store.fail_run(run, read, &msg).await?;

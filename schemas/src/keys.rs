@@ -5,7 +5,8 @@
 //! trail cannot be joined by value, and the quarantine's encryption key is independent of both.
 //!
 //! Key rotation (`matchpoint keys rotate|activate|status`): the file may hold further *index*
-//! versions besides the base one; see [`MasterKey`] and docs/operations.md, "Key rotation".
+//! versions and further *audit* versions besides the base one; see [`MasterKey`] and
+//! docs/operations.md, "Key rotation".
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,13 @@ struct KeyFileFormat {
     /// Further index key versions, added by `matchpoint keys rotate`.
     #[serde(default)]
     index_versions: Vec<VersionFormat>,
+    /// The audit key version new audit entries, checkpoints and anchors use; the base
+    /// `key_id` when absent.
+    #[serde(default)]
+    active_audit: Option<String>,
+    /// Further audit key versions, added by `matchpoint keys rotate --audit`.
+    #[serde(default)]
+    audit_versions: Vec<VersionFormat>,
 }
 
 #[derive(Deserialize)]
@@ -109,8 +117,9 @@ struct VersionFormat {
     secret_hex: Zeroizing<String>,
 }
 
-/// One further index key version (see [`MasterKey::index_versions`]).
-struct IndexVersion {
+/// One further index or audit key version (see [`MasterKey::index_versions`],
+/// [`MasterKey::audit_versions`]).
+struct Version {
     id: KeyId,
     secret: Zeroizing<Vec<u8>>,
 }
@@ -119,16 +128,23 @@ struct IndexVersion {
 ///
 /// A key file holds one *base* version (`key_id`, `secret_hex`: the only entry of a key file
 /// made by `keygen`) and, after `matchpoint keys rotate`, further *index* versions
-/// (`[[index_versions]]`) with `active_index` naming the one new index pseudonyms use.
-/// The base version stays the key of the audit trail (subject pseudonyms, checkpoints) and of
-/// sealed quarantine copies, so those stay readable whatever index version is active; index
-/// lookups consult every loaded version ([`MasterKey::index_pseudonymisers`]).
+/// (`[[index_versions]]`) with `active_index` naming the one new index pseudonyms use; after
+/// `matchpoint keys rotate --audit`, further *audit* versions (`[[audit_versions]]`) with
+/// `active_audit` naming the one new audit subject pseudonyms, checkpoints and retention
+/// anchors use. Index lookups consult every loaded index version
+/// ([`MasterKey::index_pseudonymisers`]), subject-access searches every loaded audit version
+/// ([`MasterKey::audit_pseudonymisers`]), and a checkpoint or anchor is verified with the
+/// version that signed it ([`MasterKey::verify_mac_with`]). Sealed quarantine copies always
+/// use the base version. Version ids are unique across the whole file.
 pub struct MasterKey {
     id: KeyId,
     secret: Zeroizing<Vec<u8>>,
-    versions: Vec<IndexVersion>,
+    versions: Vec<Version>,
     /// Index into `versions` of the active index version; `None`: the base version.
     active: Option<usize>,
+    audit: Vec<Version>,
+    /// Index into `audit` of the active audit version; `None`: the base version.
+    active_audit: Option<usize>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -144,6 +160,11 @@ impl fmt::Debug for MasterKey {
                     .collect::<Vec<_>>(),
             )
             .field("active_index", &self.active_index_id())
+            .field(
+                "audit_versions",
+                &self.audit.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            )
+            .field("active_audit", &self.active_audit_id())
             .field("secret", &"<redacted>")
             .finish()
     }
@@ -260,7 +281,7 @@ impl MasterKey {
         let decode = |hexed: &str, what: &str| -> Result<Zeroizing<Vec<u8>>, KeyError> {
             let secret = Zeroizing::new(hex::decode(hexed.trim()).map_err(|_| {
                 let reason = format!("secret_hex of {what} is not hexadecimal");
-                if what.starts_with("index version") {
+                if what.starts_with("index version") || what.starts_with("audit version") {
                     version(reason)
                 } else {
                     fmt(reason)
@@ -276,7 +297,7 @@ impl MasterKey {
         };
         check_id(&parsed.key_id, "key_id")?;
         let secret = decode(&parsed.secret_hex, "the base key")?;
-        let mut versions: Vec<IndexVersion> = Vec::new();
+        let mut versions: Vec<Version> = Vec::new();
         for v in &parsed.index_versions {
             check_id(&v.key_id, "key_id of an [[index_versions]] entry")?;
             if v.key_id == parsed.key_id || versions.iter().any(|o| o.id.as_str() == v.key_id) {
@@ -285,11 +306,38 @@ impl MasterKey {
                     v.key_id
                 )));
             }
-            versions.push(IndexVersion {
+            versions.push(Version {
                 id: KeyId(v.key_id.clone()),
                 secret: decode(&v.secret_hex, &format!("index version `{}`", v.key_id))?,
             });
         }
+        let mut audit: Vec<Version> = Vec::new();
+        for v in &parsed.audit_versions {
+            check_id(&v.key_id, "key_id of an [[audit_versions]] entry")?;
+            if v.key_id == parsed.key_id
+                || versions.iter().any(|o| o.id.as_str() == v.key_id)
+                || audit.iter().any(|o| o.id.as_str() == v.key_id)
+            {
+                return Err(version(format!(
+                    "key version `{}` appears twice; every version needs its own key_id",
+                    v.key_id
+                )));
+            }
+            audit.push(Version {
+                id: KeyId(v.key_id.clone()),
+                secret: decode(&v.secret_hex, &format!("audit version `{}`", v.key_id))?,
+            });
+        }
+        let active_audit = match parsed.active_audit.as_deref() {
+            None => None,
+            Some(a) if a == parsed.key_id => None,
+            Some(a) => Some(audit.iter().position(|v| v.id.as_str() == a).ok_or_else(|| {
+                fmt(format!(
+                    "active_audit names version `{a}`, which the file does not hold as an audit \
+                     version; restore the key file from its backup"
+                ))
+            })?),
+        };
         let active = match parsed.active_index.as_deref() {
             None => None,
             Some(a) if a == parsed.key_id => None,
@@ -311,6 +359,8 @@ impl MasterKey {
             secret,
             versions,
             active,
+            audit,
+            active_audit,
         })
     }
 
@@ -327,6 +377,8 @@ impl MasterKey {
             secret: Zeroizing::new(secret.to_vec()),
             versions: Vec::new(),
             active: None,
+            audit: Vec::new(),
+            active_audit: None,
         })
     }
 
@@ -339,11 +391,81 @@ impl MasterKey {
                 bits: secret.len() * 8,
             });
         }
-        self.versions.push(IndexVersion {
+        self.versions.push(Version {
             id: KeyId(id.to_owned()),
             secret: Zeroizing::new(secret.to_vec()),
         });
         Ok(self)
+    }
+
+    /// Adds an audit key version from raw bytes (tests); not active until
+    /// [`MasterKey::activate_audit`].
+    pub fn with_audit_version(mut self, id: &str, secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(KeyError::Short {
+                path: PathBuf::from("<memory>"),
+                bits: secret.len() * 8,
+            });
+        }
+        self.audit.push(Version {
+            id: KeyId(id.to_owned()),
+            secret: Zeroizing::new(secret.to_vec()),
+        });
+        Ok(self)
+    }
+
+    /// Makes `id` the active audit version; `false` when no loaded audit version has that id.
+    pub fn activate_audit(&mut self, id: &str) -> bool {
+        if id == self.id.as_str() {
+            self.active_audit = None;
+            return true;
+        }
+        match self.audit.iter().position(|v| v.id.as_str() == id) {
+            Some(i) => {
+                self.active_audit = Some(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The id of the audit version new audit subject pseudonyms, checkpoints and retention
+    /// anchors are made with.
+    pub fn active_audit_id(&self) -> &KeyId {
+        match self.active_audit.and_then(|i| self.audit.get(i)) {
+            Some(v) => &v.id,
+            None => &self.id,
+        }
+    }
+
+    /// Every loaded audit key version, base first, in file order.
+    pub fn audit_versions(&self) -> Vec<&KeyId> {
+        std::iter::once(&self.id)
+            .chain(self.audit.iter().map(|v| &v.id))
+            .collect()
+    }
+
+    /// Audit subject pseudonymisers for every loaded audit version (base first): a
+    /// subject-access search pseudonymises the BSN under each, so entries written before an
+    /// audit rotation are still found.
+    pub fn audit_pseudonymisers(&self) -> Vec<Pseudonymiser> {
+        std::iter::once((&self.id, &self.secret))
+            .chain(self.audit.iter().map(|v| (&v.id, &v.secret)))
+            .map(|(id, secret)| {
+                Pseudonymiser::new(
+                    id.clone(),
+                    KeyPurpose::Audit,
+                    &derive(secret, KeyPurpose::Audit),
+                )
+            })
+            .collect()
+    }
+
+    /// Every version id in the file: base, index versions, audit versions.
+    fn all_ids(&self) -> impl Iterator<Item = &KeyId> {
+        std::iter::once(&self.id)
+            .chain(self.versions.iter().map(|v| &v.id))
+            .chain(self.audit.iter().map(|v| &v.id))
     }
 
     /// Makes `id` the active index version; `false` when no loaded version has that id.
@@ -398,7 +520,7 @@ impl MasterKey {
     /// its id. The file is replaced atomically (same directory, mode 0600).
     pub fn rotate_file(path: &Path, new_id: &str) -> Result<KeyId, KeyError> {
         let mut key = MasterKey::load(path)?;
-        if key.index_versions().iter().any(|v| v.as_str() == new_id) {
+        if key.all_ids().any(|v| v.as_str() == new_id) {
             return Err(KeyError::Format {
                 path: path.into(),
                 reason: format!("it already holds a version `{new_id}`; choose another id"),
@@ -406,7 +528,7 @@ impl MasterKey {
         }
         let mut secret = Zeroizing::new(vec![0u8; 32]);
         rand::rng().fill_bytes(secret.as_mut());
-        key.versions.push(IndexVersion {
+        key.versions.push(Version {
             id: KeyId(new_id.to_owned()),
             secret,
         });
@@ -419,6 +541,53 @@ impl MasterKey {
         Self::from_parsed(path, reparsed)?;
         write_replacing(path, &text)?;
         Ok(KeyId(new_id.to_owned()))
+    }
+
+    /// Adds a new random *audit* version to the key file at `path` (not active) and returns
+    /// its id. Like [`MasterKey::rotate_file`]; every older audit version stays in the file
+    /// (the trail written under it must stay searchable for the audit retention period).
+    pub fn rotate_audit_file(path: &Path, new_id: &str) -> Result<KeyId, KeyError> {
+        let mut key = MasterKey::load(path)?;
+        if key.all_ids().any(|v| v.as_str() == new_id) {
+            return Err(KeyError::Format {
+                path: path.into(),
+                reason: format!("it already holds a version `{new_id}`; choose another id"),
+            });
+        }
+        let mut secret = Zeroizing::new(vec![0u8; 32]);
+        rand::rng().fill_bytes(secret.as_mut());
+        key.audit.push(Version {
+            id: KeyId(new_id.to_owned()),
+            secret,
+        });
+        let text = key.file_text();
+        let reparsed: KeyFileFormat = toml::from_str(&text).map_err(|e| KeyError::Format {
+            path: path.into(),
+            reason: first_line(e.message()),
+        })?;
+        Self::from_parsed(path, reparsed)?;
+        write_replacing(path, &text)?;
+        Ok(KeyId(new_id.to_owned()))
+    }
+
+    /// Makes version `id` the active audit version in the key file at `path`.
+    pub fn activate_audit_file(path: &Path, id: &str) -> Result<(), KeyError> {
+        let mut key = MasterKey::load(path)?;
+        if !key.activate_audit(id) {
+            return Err(KeyError::Format {
+                path: path.into(),
+                reason: format!(
+                    "it holds no audit version `{id}` (audit versions: {}); add one with \
+                     `matchpoint keys rotate --audit`",
+                    key.audit_versions()
+                        .iter()
+                        .map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        write_replacing(path, &key.file_text())
     }
 
     /// Makes version `id` the active index version in the key file at `path`.
@@ -447,7 +616,8 @@ impl MasterKey {
             "# Matchpoint pseudonymisation key. Secret: keep mode 0600, never commit it,\n\
              # back it up offline. Losing it makes existing pseudonyms unreachable.\n\
              # Index versions below were added by `matchpoint keys rotate`; keep every version\n\
-             # until `matchpoint keys status` shows no row carries it.\n",
+             # until `matchpoint keys status` shows no row carries it. Audit versions were added\n\
+             # by `keys rotate --audit`; keep each for the whole audit retention period.\n",
         );
         t.push_str(&format!("key_id = \"{}\"\n", self.id));
         t.push_str(&format!(
@@ -455,9 +625,21 @@ impl MasterKey {
             Zeroizing::new(hex::encode(self.secret.as_slice())).as_str()
         ));
         t.push_str(&format!("active_index = \"{}\"\n", self.active_index_id()));
+        // Written only once there are audit versions: a file without them stays readable by
+        // builds that predate audit versions.
+        if !self.audit.is_empty() {
+            t.push_str(&format!("active_audit = \"{}\"\n", self.active_audit_id()));
+        }
         for v in &self.versions {
             t.push_str(&format!(
                 "\n[[index_versions]]\nkey_id = \"{}\"\nsecret_hex = \"{}\"\n",
+                v.id,
+                Zeroizing::new(hex::encode(v.secret.as_slice())).as_str()
+            ));
+        }
+        for v in &self.audit {
+            t.push_str(&format!(
+                "\n[[audit_versions]]\nkey_id = \"{}\"\nsecret_hex = \"{}\"\n",
                 v.id,
                 Zeroizing::new(hex::encode(v.secret.as_slice())).as_str()
             ));
@@ -515,50 +697,103 @@ impl MasterKey {
         &self.id
     }
 
-    /// Derives the 256-bit subkey for one purpose with HKDF-SHA256.
-    fn subkey(&self, purpose: KeyPurpose) -> Zeroizing<[u8; 32]> {
-        derive(&self.secret, purpose)
-    }
-
-    /// A pseudonymiser for one purpose: for [`KeyPurpose::Index`] under the active index
-    /// version (what new rows carry), for the audit under the base version.
-    pub fn pseudonymiser(&self, purpose: KeyPurpose) -> Pseudonymiser {
-        if purpose == KeyPurpose::Index
-            && let Some(v) = self.active.and_then(|i| self.versions.get(i))
-        {
-            return Pseudonymiser::new(v.id.clone(), purpose, &derive(&v.secret, purpose));
+    /// The version (id and secret) new material of `purpose` is made with: the active index
+    /// version for the index, the active audit version for audit pseudonyms and checkpoint
+    /// tags, the base version for quarantine sealing.
+    fn active_for(&self, purpose: KeyPurpose) -> (&KeyId, &[u8]) {
+        let chosen = match purpose {
+            KeyPurpose::Index => self.active.and_then(|i| self.versions.get(i)),
+            KeyPurpose::Audit | KeyPurpose::AuditCheckpoint => {
+                self.active_audit.and_then(|i| self.audit.get(i))
+            }
+            KeyPurpose::Quarantine => None,
+        };
+        match chosen {
+            Some(v) => (&v.id, v.secret.as_slice()),
+            None => (&self.id, self.secret.as_slice()),
         }
-        Pseudonymiser::new(self.id.clone(), purpose, &self.subkey(purpose))
     }
 
-    /// HMAC-SHA256 tag of `message` under the subkey for `purpose` (audit checkpoints and
-    /// retention anchors use [`KeyPurpose::AuditCheckpoint`]).
+    /// Derives the 256-bit subkey for one purpose with HKDF-SHA256, under the active version
+    /// for that purpose.
+    fn subkey(&self, purpose: KeyPurpose) -> Zeroizing<[u8; 32]> {
+        derive(self.active_for(purpose).1, purpose)
+    }
+
+    /// A pseudonymiser for one purpose, under the version new material uses: for
+    /// [`KeyPurpose::Index`] the active index version (what new rows carry), for
+    /// [`KeyPurpose::Audit`] the active audit version.
+    pub fn pseudonymiser(&self, purpose: KeyPurpose) -> Pseudonymiser {
+        let (id, secret) = self.active_for(purpose);
+        Pseudonymiser::new(id.clone(), purpose, &derive(secret, purpose))
+    }
+
+    /// The id of the version [`MasterKey::mac`] signs `purpose` with (the active audit
+    /// version for [`KeyPurpose::AuditCheckpoint`]); store it beside the tag.
+    pub fn mac_key_id(&self, purpose: KeyPurpose) -> &KeyId {
+        self.active_for(purpose).0
+    }
+
+    /// HMAC-SHA256 tag of `message` under the subkey for `purpose` of the active version
+    /// (audit checkpoints and retention anchors use [`KeyPurpose::AuditCheckpoint`]).
     pub fn mac(&self, purpose: KeyPurpose, message: &[u8]) -> [u8; 32] {
-        use hmac::Mac;
-        let subkey = self.subkey(purpose);
-        // HMAC accepts keys of any length, so this cannot fail.
-        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(subkey.as_ref()) else {
-            unreachable!("HMAC accepts any key length")
-        };
-        mac.update(message);
-        mac.finalize().into_bytes().into()
+        hmac_tag(&self.subkey(purpose), message)
     }
 
-    /// Checks an HMAC tag made by [`MasterKey::mac`], in constant time.
+    /// Checks an HMAC tag made by [`MasterKey::mac`] under the active version, in constant time.
     pub fn verify_mac(&self, purpose: KeyPurpose, message: &[u8], tag: &[u8]) -> bool {
-        use hmac::Mac;
-        let subkey = self.subkey(purpose);
-        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(subkey.as_ref()) else {
-            unreachable!("HMAC accepts any key length")
+        hmac_check(&self.subkey(purpose), message, tag)
+    }
+
+    /// Checks an HMAC tag made under version `key_id` (the one stored beside it), in constant
+    /// time: `None` when the file holds no such version for `purpose` (audit purposes look at
+    /// the base and the audit versions, the index purpose at the base and the index versions).
+    pub fn verify_mac_with(
+        &self,
+        key_id: &str,
+        purpose: KeyPurpose,
+        message: &[u8],
+        tag: &[u8],
+    ) -> Option<bool> {
+        let secret = if key_id == self.id.as_str() {
+            self.secret.as_slice()
+        } else {
+            let pool = match purpose {
+                KeyPurpose::Audit | KeyPurpose::AuditCheckpoint => &self.audit,
+                KeyPurpose::Index => &self.versions,
+                KeyPurpose::Quarantine => return None,
+            };
+            pool.iter()
+                .find(|v| v.id.as_str() == key_id)?
+                .secret
+                .as_slice()
         };
-        mac.update(message);
-        mac.verify_slice(tag).is_ok()
+        Some(hmac_check(&derive(secret, purpose), message, tag))
     }
 
     /// The authenticated-encryption key for quarantined raw records.
     pub fn sealer(&self) -> Sealer {
         Sealer::new(self.id.clone(), &self.subkey(KeyPurpose::Quarantine))
     }
+}
+
+fn hmac_tag(subkey: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(subkey) else {
+        unreachable!("HMAC accepts any key length")
+    };
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+fn hmac_check(subkey: &[u8; 32], message: &[u8], tag: &[u8]) -> bool {
+    use hmac::Mac;
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(subkey) else {
+        unreachable!("HMAC accepts any key length")
+    };
+    mac.update(message);
+    mac.verify_slice(tag).is_ok()
 }
 
 /// HKDF-SHA256 subkey of `secret` for one purpose.
@@ -799,7 +1034,184 @@ mod tests {
         ));
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn audit_rotation_switches_audit_pseudonyms_and_tags_only_and_old_versions_still_verify() {
+        use crate::bsn::Bsn;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.toml");
+        MasterKey::generate_file(&path, "k1").expect("keygen");
+        let before = MasterKey::load(&path).expect("load");
+        let bsn = Bsn::parse("111222333").expect("bsn");
+        let a1 = before.pseudonymiser(KeyPurpose::Audit).pseudonymise(&bsn);
+        let i1 = before.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn);
+        let tag1 = before.mac(KeyPurpose::AuditCheckpoint, b"m");
+        assert_eq!(
+            before.mac_key_id(KeyPurpose::AuditCheckpoint).as_str(),
+            "k1"
+        );
+
+        MasterKey::rotate_audit_file(&path, "a2").expect("rotate --audit");
+        let rotated = MasterKey::load(&path).expect("load");
+        assert_eq!(
+            rotated.active_audit_id().as_str(),
+            "k1",
+            "rotate must not activate"
+        );
+        // Ids are unique across the file: neither rotation may reuse one.
+        assert!(MasterKey::rotate_audit_file(&path, "a2").is_err());
+        assert!(MasterKey::rotate_file(&path, "a2").is_err());
+        assert!(
+            MasterKey::activate_file(&path, "a2").is_err(),
+            "an audit version is no index version"
+        );
+
+        MasterKey::activate_audit_file(&path, "a2").expect("activate --audit");
+        let after = MasterKey::load(&path).expect("load");
+        assert_eq!(after.active_audit_id().as_str(), "a2");
+        let a2 = after.pseudonymiser(KeyPurpose::Audit);
+        assert_eq!(a2.key_id().as_str(), "a2");
+        assert_ne!(
+            a2.pseudonymise(&bsn),
+            a1,
+            "a new audit version makes new subjects"
+        );
+        // The index and the quarantine are unaffected.
+        assert_eq!(
+            after.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn),
+            i1
+        );
+        assert_eq!(after.active_index_id().as_str(), "k1");
+        assert_eq!(after.sealer().key_id().as_str(), "k1");
+        // Every audit version is consulted; tags verify with the version that made them.
+        let all: Vec<_> = after
+            .audit_pseudonymisers()
+            .iter()
+            .map(|p| p.pseudonymise(&bsn))
+            .collect();
+        assert_eq!(all, [a1, a2.pseudonymise(&bsn)]);
+        assert_eq!(after.mac_key_id(KeyPurpose::AuditCheckpoint).as_str(), "a2");
+        let tag2 = after.mac(KeyPurpose::AuditCheckpoint, b"m");
+        assert_ne!(tag1, tag2);
+        assert_eq!(
+            after.verify_mac_with("k1", KeyPurpose::AuditCheckpoint, b"m", &tag1),
+            Some(true)
+        );
+        assert_eq!(
+            after.verify_mac_with("a2", KeyPurpose::AuditCheckpoint, b"m", &tag2),
+            Some(true)
+        );
+        assert_eq!(
+            after.verify_mac_with("a2", KeyPurpose::AuditCheckpoint, b"m", &tag1),
+            Some(false)
+        );
+        assert_eq!(
+            after.verify_mac_with("a9", KeyPurpose::AuditCheckpoint, b"m", &tag1),
+            None
+        );
+        assert!(MasterKey::activate_audit_file(&path, "a9").is_err());
+        // Back to the base version is allowed (e.g. undoing an early activation).
+        MasterKey::activate_audit_file(&path, "k1").expect("activate base");
+        assert_eq!(
+            MasterKey::load(&path)
+                .expect("load")
+                .active_audit_id()
+                .as_str(),
+            "k1"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_from_before_audit_versions_loads_unchanged() {
+        use crate::bsn::Bsn;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.toml");
+        let good = "ab".repeat(32);
+        let other = "cd".repeat(32);
+        write_0600(
+            &path,
+            &format!(
+                "key_id = \"k1\"\nsecret_hex = \"{good}\"\nactive_index = \"k2\"\n\n\
+                 [[index_versions]]\nkey_id = \"k2\"\nsecret_hex = \"{other}\"\n"
+            ),
+        );
+        let key = MasterKey::load(&path).expect("old format loads");
+        let base = MasterKey::from_secret("k1", &[0xab; 32]).expect("key");
+        let bsn = Bsn::parse("111222333").expect("bsn");
+        assert_eq!(key.active_audit_id().as_str(), "k1");
+        assert_eq!(key.audit_versions().len(), 1);
+        assert_eq!(
+            key.pseudonymiser(KeyPurpose::Audit).pseudonymise(&bsn),
+            base.pseudonymiser(KeyPurpose::Audit).pseudonymise(&bsn)
+        );
+        assert_eq!(
+            key.mac(KeyPurpose::AuditCheckpoint, b"m"),
+            base.mac(KeyPurpose::AuditCheckpoint, b"m")
+        );
+        // Rewriting a file without audit versions adds no audit fields.
+        MasterKey::activate_file(&path, "k1").expect("activate");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            !text.contains("audit_versions") && !text.contains("active_audit"),
+            "{text}"
+        );
+        // A missing active audit version fails clearly.
+        write_0600(
+            &path,
+            &format!("key_id = \"k1\"\nsecret_hex = \"{good}\"\nactive_audit = \"a2\"\n"),
+        );
+        let err = MasterKey::load(&path).expect_err("missing audit version");
+        assert!(
+            err.to_string().contains("`a2`") && err.to_string().contains("backup"),
+            "{err}"
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn audit_versions_make_distinct_subjects_and_leave_index_pseudonyms_alone(
+            n in 1usize..4,
+            active in 0usize..4,
+            seed in proptest::prelude::any::<u8>(),
+            digits in 100_000_000u32..999_999_999,
+        ) {
+            let Ok(bsn) = crate::bsn::Bsn::parse(&digits.to_string()) else {
+                return Ok(());
+            };
+            let base = MasterKey::from_secret("base", &[seed; 32]).expect("key");
+            let mut key = MasterKey::from_secret("base", &[seed; 32]).expect("key");
+            for i in 0..n {
+                key = key
+                    .with_audit_version(&format!("a{i}"), &[seed.wrapping_add(i as u8 + 1); 32])
+                    .expect("version");
+            }
+            let want = if active == 0 || active > n { "base".to_owned() } else { format!("a{}", active - 1) };
+            proptest::prop_assert!(key.activate_audit(&want));
+            // Index pseudonyms never depend on the audit versions.
+            proptest::prop_assert_eq!(
+                key.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn),
+                base.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn)
+            );
+            // Every audit version gives another subject, none equal to an index pseudonym.
+            let subjects: Vec<_> = key.audit_pseudonymisers().iter().map(|p| p.pseudonymise(&bsn)).collect();
+            proptest::prop_assert_eq!(subjects.len(), n + 1);
+            for (i, a) in subjects.iter().enumerate() {
+                for b in &subjects[i + 1..] {
+                    proptest::prop_assert_ne!(a, b);
+                }
+                proptest::prop_assert_ne!(a, &key.pseudonymiser(KeyPurpose::Index).pseudonymise(&bsn));
+            }
+            let active_subject = key.pseudonymiser(KeyPurpose::Audit).pseudonymise(&bsn);
+            proptest::prop_assert!(subjects.contains(&active_subject));
+            // The file round-trips with its audit versions and active version.
+            let back = MasterKey::from_key_file_text(&key.file_text()).expect("reads back");
+            proptest::prop_assert_eq!(back.active_audit_id().as_str(), want.as_str());
+            proptest::prop_assert_eq!(back.pseudonymiser(KeyPurpose::Audit).pseudonymise(&bsn), active_subject);
+            let tag = key.mac(KeyPurpose::AuditCheckpoint, b"cp");
+            proptest::prop_assert_eq!(back.verify_mac_with(&want, KeyPurpose::AuditCheckpoint, b"cp", &tag), Some(true));
+        }
+
         #[test]
         fn any_key_file_text_loads_or_fails_without_quoting_a_secret(text in "\\PC{0,300}") {
             if let Err(e) = MasterKey::from_key_file_text(&text) {

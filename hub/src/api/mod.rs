@@ -62,6 +62,8 @@ struct Inner {
     settings: ServerSettings,
     stale_after: chrono::Duration,
     trigger: Option<Arc<operator::Trigger>>,
+    /// When the index and quarantine gauges were last counted (see [`crate::metrics::GAUGE_TTL`]).
+    gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl AppState {
@@ -83,6 +85,7 @@ impl AppState {
                 settings,
                 stale_after: chrono::Duration::hours(36),
                 trigger: None,
+                gauges_at: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -327,6 +330,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
         Err(error) => tracing::warn!(%error, "Source freshness unavailable for /metrics."),
     }
+    refresh_index_gauges(&state).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -335,6 +339,27 @@ async fn metrics(State(state): State<AppState>) -> Response {
         crate::metrics::global().render(),
     )
         .into_response()
+}
+
+/// Counts the index rows and quarantined records for the gauges, at most once per
+/// [`crate::metrics::GAUGE_TTL`] (two aggregate queries; scrapes in between reuse the values).
+async fn refresh_index_gauges(state: &AppState) {
+    let due = match state.inner.gauges_at.lock() {
+        Ok(at) => at.is_none_or(|t| t.elapsed() >= crate::metrics::GAUGE_TTL),
+        Err(_) => true,
+    };
+    if !due {
+        return;
+    }
+    match state.store().index_gauges().await {
+        Ok(g) => {
+            crate::metrics::global().set_index_gauges(&g);
+            if let Ok(mut at) = state.inner.gauges_at.lock() {
+                *at = Some(std::time::Instant::now());
+            }
+        }
+        Err(error) => tracing::warn!(%error, "Index gauges unavailable for /metrics."),
+    }
 }
 
 fn valid_request_id(s: &str) -> bool {

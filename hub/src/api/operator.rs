@@ -158,6 +158,102 @@ pub struct Trigger {
     pub sources: Vec<crate::config::SourceConfig>,
     /// Lease holder and renewal.
     pub scheduler: crate::schedule::Scheduler<crate::schedule::SystemClock>,
+    /// Runs started here and not finished yet (awaited by [`Trigger::shutdown`]).
+    pub in_flight: InFlight,
+}
+
+/// The background runs of a [`Trigger`]: their tasks and, per run, its source.
+#[derive(Default)]
+pub struct InFlight {
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    runs: std::sync::Mutex<std::collections::BTreeMap<crate::store::RunId, String>>,
+}
+
+impl InFlight {
+    fn insert(&self, run: crate::store::RunId, source: &str) {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.insert(run, source.to_owned());
+        }
+    }
+
+    fn remove(&self, run: crate::store::RunId) {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.remove(&run);
+        }
+    }
+
+    /// Runs started here and still going.
+    pub fn runs(&self) -> Vec<(crate::store::RunId, String)> {
+        self.runs
+            .lock()
+            .map(|r| r.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What [`Trigger::shutdown`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Runs that stopped within the grace period (cancelled, or finished just before).
+    pub stopped: usize,
+    /// Runs still going at the end of the grace period: recorded as failed, lease released.
+    pub abandoned: Vec<crate::store::RunId>,
+}
+
+impl Trigger {
+    /// Stops the manual runs of this process (`serve` calls it on Ctrl-C/SIGTERM, after the
+    /// listener stopped): sets the sync context's cancel flag — a cancelled run publishes
+    /// nothing, is recorded as failed with the reason and releases its lease — and waits up to
+    /// `grace` for the runs to end. A run still going then is abandoned: its task is aborted,
+    /// the run recorded as failed (the index stays at its last publication) and its lease
+    /// released, so the next instance need not wait for the lease to expire.
+    pub async fn shutdown(&self, grace: std::time::Duration) -> ShutdownReport {
+        use std::sync::atomic::Ordering;
+        self.ctx.cancel.store(true, Ordering::SeqCst);
+        let mut tasks = match self.in_flight.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => tokio::task::JoinSet::new(),
+        };
+        let before = self.in_flight.runs().len();
+        if before > 0 {
+            tracing::info!(
+                runs = before,
+                grace_secs = grace.as_secs(),
+                "Waiting for cancelled sync runs to stop."
+            );
+        }
+        let all_stopped =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+                .await
+                .is_ok();
+        let mut report = ShutdownReport::default();
+        if !all_stopped {
+            tasks.abort_all();
+            for (run, source) in self.in_flight.runs() {
+                let reason = format!(
+                    "cancelled (shutdown): the run did not stop within the {} s grace period \
+                     ([server] shutdown_grace_secs); nothing was published",
+                    grace.as_secs()
+                );
+                tracing::warn!(source = %source, run_id = run, "A sync run did not stop within the shutdown grace period; recorded as failed.");
+                if let Err(error) = self.ctx.store.fail_run(run, 0, &reason).await {
+                    tracing::error!(%error, run_id = run, "Recording the abandoned run failed.");
+                }
+                if let Err(error) = self
+                    .ctx
+                    .store
+                    .release_lease(&source, self.scheduler.holder())
+                    .await
+                {
+                    tracing::warn!(%error, source = %source, "Releasing the source lease failed; it expires by itself.");
+                }
+                self.in_flight.remove(run);
+                report.abandoned.push(run);
+            }
+        }
+        report.stopped = before - report.abandoned.len().min(before);
+        report
+    }
 }
 
 /// `POST /api/v1/sync/runs {source, full?}` (operator, admin): takes the source's lease and
@@ -263,15 +359,42 @@ pub async fn trigger(
             };
             let name = source.name.clone();
             let task = trigger.clone();
-            tokio::spawn(async move {
-                let runner = Begun {
-                    ctx: &task.ctx,
-                    run,
-                };
-                if let Err(error) = task.scheduler.run_holding(&source, full, &runner).await {
-                    tracing::error!(source = %source.name, run_id = run, %error, "Manual run failed.");
+            trigger.in_flight.insert(run, &name);
+            // Only whether it worked: a poisoned lock's guard must not live across an await.
+            let spawned = match trigger.in_flight.tasks.lock() {
+                Ok(mut tasks) => {
+                    tasks.spawn(async move {
+                        let runner = Begun {
+                            ctx: &task.ctx,
+                            run,
+                        };
+                        let result = task.scheduler.run_holding(&source, full, &runner).await;
+                        if let Err(error) = result {
+                            tracing::error!(
+                                source = %source.name, run_id = run, %error,
+                                "Manual run failed."
+                            );
+                        }
+                        task.in_flight.remove(run);
+                    });
+                    // Reap finished tasks so the set does not grow with every run.
+                    while tasks.try_join_next().is_some() {}
+                    true
                 }
-            });
+                Err(_) => false,
+            };
+            if !spawned {
+                trigger.in_flight.remove(run);
+                let _ = state
+                    .store()
+                    .fail_run(run, 0, "internal: the run could not be started")
+                    .await;
+                let _ = state
+                    .store()
+                    .release_lease(&name, trigger.scheduler.holder())
+                    .await;
+                return Err(ApiError::Internal);
+            }
             Ok((
                 StatusCode::ACCEPTED,
                 Json(serde_json::json!({

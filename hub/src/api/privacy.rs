@@ -167,8 +167,13 @@ pub async fn search(
     entry.checks.push("role".to_owned());
     let prepared = (|| {
         let JsonBody(req) = body?;
+        // The active version's subject for this request's own entry; every loaded audit
+        // version's for the search (entries from before an audit rotation).
         let subject = match &req.bsn {
-            Some(b) => Some(state.audit().subject(&parse_bsn(b)?)),
+            Some(b) => {
+                let bsn = parse_bsn(b)?;
+                Some((state.audit().subject(&bsn), state.audit().subjects(&bsn)))
+            }
             None => None,
         };
         Ok::<_, ApiError>((req, subject))
@@ -182,7 +187,7 @@ pub async fn search(
         }
     };
     let paging = page(req.before, req.limit);
-    if let Some((s, k)) = &subject {
+    if let Some(((s, k), _)) = &subject {
         entry.subject = Some(s.clone());
         entry.subject_key_id = Some(k.clone());
     }
@@ -197,7 +202,8 @@ pub async fn search(
     let filter = AuditFilter {
         user_id: req.user_id,
         organisation: req.organisation,
-        subject: subject.map(|(s, _)| s),
+        subject: None,
+        subjects: subject.map(|(_, all)| all).unwrap_or_default(),
         from: req.from,
         to: req.to,
         outcome: req.outcome,
@@ -345,6 +351,8 @@ pub async fn subject_access(
         }
     };
     let (subject, key_id) = state.audit().subject(&bsn);
+    // Under every loaded audit key version (entries written before an audit rotation).
+    let subjects = state.audit().subjects(&bsn);
     // Under every loaded key version (rows of sources not yet re-keyed).
     let persons = state.index_pseudonyms(&bsn);
     drop(bsn);
@@ -375,7 +383,7 @@ pub async fn subject_access(
         let found = state
             .audit()
             .subject_access(
-                &subject,
+                &subjects,
                 PageRequest {
                     before,
                     limit: MAX_PAGE,

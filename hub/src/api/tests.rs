@@ -1980,10 +1980,23 @@ async fn metrics_after_a_lookup_name_the_spec_and_hold_no_identities() {
         names::HTTP_REQUEST_DURATION_SECONDS,
         names::SOURCE_STALE,
         names::SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        names::QUARANTINE_ENTRIES,
+        names::INDEX_ROWS,
         names::BUILD_INFO,
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
+    // Counted from the store on the scrape: the fixture's source has active rows.
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("matchpoint_index_rows{source=\"okc-2\",status=\"active\",key_id=")
+            && !l.ends_with(" 0")),
+        "{text}"
+    );
+    assert!(
+        text.contains("matchpoint_quarantine_entries{source=\"okc-2\"}"),
+        "{text}"
+    );
     assert!(text.contains("matchpoint_lookups_total{outcome=\"found\"}"));
     assert!(text.contains("matchpoint_lookups_total{outcome=\"denied\"}"));
     assert!(text.contains("route=\"/api/v1/lookups\",method=\"POST\",status_class=\"4xx\""));

@@ -67,7 +67,11 @@ impl Checkpoint {
     /// Signs a checkpoint for a chain of `size` entries ending in `head_hash`.
     pub fn sign(key: &MasterKey, size: i64, head_hash: &str, at: DateTime<Utc>) -> Checkpoint {
         let at = truncate_micros(at);
-        let key_id = key.id().as_str().to_owned();
+        // The active audit version (`keys rotate --audit`); verified with the same version.
+        let key_id = key
+            .mac_key_id(KeyPurpose::AuditCheckpoint)
+            .as_str()
+            .to_owned();
         let tag = key.mac(
             KeyPurpose::AuditCheckpoint,
             &checkpoint_message(size, head_hash, &at, &key_id),
@@ -115,21 +119,24 @@ impl Checkpoint {
         Ok(cp)
     }
 
-    /// Checks the HMAC tag with `key`. Fails when the checkpoint was made with another key or
-    /// any field was changed.
+    /// Checks the HMAC tag with the audit version of `key` named in the checkpoint (any loaded
+    /// audit version, so checkpoints from before an audit rotation still verify). Fails when
+    /// the key file does not hold that version or any field was changed.
     pub fn check_signature(&self, key: &MasterKey) -> Result<(), AuditError> {
-        if self.key_id != key.id().as_str() {
-            return Err(AuditError::CheckpointKey {
-                checkpoint: self.key_id.clone(),
-                loaded: key.id().as_str().to_owned(),
-            });
-        }
         let tag = hex::decode(&self.tag).map_err(|_| AuditError::CheckpointSignature)?;
         let msg = checkpoint_message(self.size, &self.head_hash, &self.at, &self.key_id);
-        if key.verify_mac(KeyPurpose::AuditCheckpoint, &msg, &tag) {
-            Ok(())
-        } else {
-            Err(AuditError::CheckpointSignature)
+        match key.verify_mac_with(&self.key_id, KeyPurpose::AuditCheckpoint, &msg, &tag) {
+            Some(true) => Ok(()),
+            Some(false) => Err(AuditError::CheckpointSignature),
+            None => Err(AuditError::CheckpointKey {
+                checkpoint: self.key_id.clone(),
+                loaded: key
+                    .audit_versions()
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
         }
     }
 }

@@ -52,8 +52,12 @@
 //! publishes (one write transaction: ~12 s for a first import of 1M records, milliseconds for
 //! an ordinary re-sync); after 10 s of waiting it fails, and the API answers 503 (fail
 //! closed). PostgreSQL has no such wait: publication never touches the audit tables. Subject
-//! pseudonyms are made with the loaded key only; entries written under an older key id
-//! (`subject_key_id`) are found only with that key loaded.
+//! new subject pseudonyms, checkpoints and retention anchors use the key file's *active audit
+//! version* (`matchpoint keys rotate --audit`, `keys activate --audit ID`); each entry records
+//! the version in `subject_key_id`, each checkpoint and anchor in `key_id`. A subject-access
+//! search consults every loaded audit version ([`AuditLog::subjects`]) and a checkpoint or
+//! anchor is verified with the version that signed it, so every audit version must stay in
+//! the key file for the whole audit retention period.
 //!
 //! **Back up the master key.** Checkpoint tags, anchors and subject pseudonyms all derive from
 //! the master key file. Losing it makes subject-access reports over the existing trail
@@ -65,6 +69,8 @@ pub mod chain;
 pub mod checkpoint;
 pub mod entry;
 mod postgres;
+#[cfg(test)]
+mod rotation_tests;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -127,13 +133,13 @@ pub enum AuditError {
     CheckpointSignature,
     /// A checkpoint made with another key.
     #[error(
-        "the checkpoint was signed with key `{checkpoint}` but key `{loaded}` is loaded; load \
-         the key the checkpoint was made with"
+        "the checkpoint was signed with key version `{checkpoint}` but the key file holds only \
+         the audit versions {loaded}; load the key file (from its backup) that holds it"
     )]
     CheckpointKey {
         /// Key id in the checkpoint.
         checkpoint: String,
-        /// Key id loaded.
+        /// Audit key versions loaded (comma-separated).
         loaded: String,
     },
     /// A query argument is out of range.
@@ -165,6 +171,10 @@ pub struct AuditFilter {
     pub organisation: Option<String>,
     /// Subject audit pseudonym (hex), from [`AuditLog::subject`].
     pub subject: Option<String>,
+    /// Any of these subject pseudonyms (hex): one person under every loaded audit key
+    /// version, from [`AuditLog::subjects`]. Ignored when empty.
+    #[serde(default)]
+    pub subjects: Vec<String>,
     /// From this time (inclusive).
     pub from: Option<DateTime<Utc>>,
     /// Up to this time (exclusive).
@@ -250,6 +260,8 @@ struct Inner {
     queue: mpsc::Sender<Job>,
     key: Arc<MasterKey>,
     subjects: Pseudonymiser,
+    /// Every loaded audit version, the active one first.
+    all_subjects: Vec<Pseudonymiser>,
     counters: Arc<Counters>,
 }
 
@@ -295,12 +307,19 @@ impl AuditLog {
             return Err(AuditError::Url(redact_url(url)));
         };
         let subjects = key.pseudonymiser(KeyPurpose::Audit);
+        let mut all_subjects = vec![subjects.clone()];
+        all_subjects.extend(
+            key.audit_pseudonymisers()
+                .into_iter()
+                .filter(|p| p.key_id() != subjects.key_id()),
+        );
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 backend,
                 queue: tx,
                 key,
                 subjects,
+                all_subjects,
                 counters,
             }),
         })
@@ -325,6 +344,17 @@ impl AuditLog {
             self.inner.subjects.pseudonymise(bsn).to_hex(),
             self.inner.subjects.key_id().as_str().to_owned(),
         )
+    }
+
+    /// The audit pseudonyms (hex) of a BSN under every loaded audit key version, the active
+    /// one first: what a subject-access search looks for, so entries written before an audit
+    /// rotation are found too.
+    pub fn subjects(&self, bsn: &Bsn) -> Vec<String> {
+        self.inner
+            .all_subjects
+            .iter()
+            .map(|p| p.pseudonymise(bsn).to_hex())
+            .collect()
     }
 
     /// Transactions committed by this log's writer so far (group commit: fewer than appends).
@@ -398,16 +428,22 @@ impl AuditLog {
         }
     }
 
-    /// Every entry about one subject (audit pseudonym hex), newest first: the accesses part
-    /// of a subject access report.
+    /// Every entry about one subject, newest first: the accesses part of a subject access
+    /// report. `subjects` are the person's audit pseudonyms (hex) under every audit key
+    /// version ([`AuditLog::subjects`]).
     pub async fn subject_access(
         &self,
-        subject: &str,
+        subjects: &[String],
         page: PageRequest,
     ) -> Result<AuditPage, AuditError> {
         let page = page.checked()?;
+        if subjects.is_empty() {
+            return Err(AuditError::Query(
+                "a subject access search needs a subject".into(),
+            ));
+        }
         let q = Query::Search(AuditFilter {
-            subject: Some(subject.to_owned()),
+            subjects: subjects.to_vec(),
             ..AuditFilter::default()
         });
         match &self.inner.backend {

@@ -225,6 +225,7 @@ impl PgAudit {
                     user_id,
                     organisation,
                     subject,
+                    subjects,
                     from,
                     to,
                     outcome,
@@ -238,6 +239,9 @@ impl PgAudit {
                 }
                 if let Some(s) = subject {
                     qb.push(" AND subject = ").push_bind(s);
+                }
+                if !subjects.is_empty() {
+                    qb.push(" AND subject = ANY(").push_bind(subjects).push(")");
                 }
                 if let Some(t) = from {
                     qb.push(" AND at >= ").push_bind(t);
@@ -379,7 +383,10 @@ impl PgAudit {
         if let Some((last_seq, last_hash)) = last_old {
             let first_seq = last_seq + 1;
             let now = truncate_micros(Utc::now());
-            let key_id = key.id().as_str().to_owned();
+            let key_id = key
+                .mac_key_id(KeyPurpose::AuditCheckpoint)
+                .as_str()
+                .to_owned();
             let tag = key.mac(
                 KeyPurpose::AuditCheckpoint,
                 &anchor_message(first_seq, &last_hash, &now, &key_id),

@@ -338,7 +338,10 @@ impl SqliteAudit {
             if let Some((last_seq, last_hash)) = last_old {
                 let first_seq = last_seq + 1;
                 let now = truncate_micros(Utc::now());
-                let key_id = key.id().as_str().to_owned();
+                let key_id = key
+                    .mac_key_id(KeyPurpose::AuditCheckpoint)
+                    .as_str()
+                    .to_owned();
                 let tag = key.mac(
                     KeyPurpose::AuditCheckpoint,
                     &anchor_message(first_seq, &last_hash, &now, &key_id),
@@ -416,6 +419,7 @@ fn run_query(conn: &mut Connection, q: &Query, page: PageRequest) -> Result<Audi
                 user_id,
                 organisation,
                 subject,
+                subjects,
                 from,
                 to,
                 outcome,
@@ -429,6 +433,15 @@ fn run_query(conn: &mut Connection, q: &Query, page: PageRequest) -> Result<Audi
             }
             if let Some(s) = subject {
                 push("subject = ?", Value::Text(s.clone()));
+            }
+            if !subjects.is_empty() {
+                // One bound JSON array, however many audit key versions are loaded.
+                let list =
+                    serde_json::to_string(subjects).map_err(|err| AuditError::db(op, err))?;
+                push(
+                    "subject IN (SELECT value FROM json_each(?))",
+                    Value::Text(list),
+                );
             }
             if let Some(t) = from {
                 push("at >= ?", Value::Text(time_text(&truncate_micros(*t))));

@@ -730,6 +730,19 @@ async fn search_filters_and_pages_newest_first() {
             .await,
             vec![4]
         );
+        // Any of several subjects (one person under several audit key versions).
+        assert_eq!(
+            by(AuditFilter {
+                subjects: [1, 3, 8]
+                    .iter()
+                    .filter_map(|i| entries[*i].entry.subject.clone())
+                    .chain([format!("{:064x}", 999)])
+                    .collect(),
+                ..Default::default()
+            })
+            .await,
+            vec![9, 4, 2]
+        );
         assert_eq!(
             by(AuditFilter {
                 from: Some(entries[2].at),
@@ -806,7 +819,7 @@ async fn break_glass_queue_empties_as_reviews_are_appended_and_subject_access_fi
         assert_eq!(seqs, vec![glass[2].seq, glass[0].seq], "{}", t.name);
 
         let access = log
-            .subject_access(&subject, PageRequest::default())
+            .subject_access(std::slice::from_ref(&subject), PageRequest::default())
             .await
             .expect("subject access");
         assert_eq!(access.entries.len(), 1);

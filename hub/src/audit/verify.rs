@@ -126,9 +126,10 @@ impl Verifier {
             v.first_seq = a.first_seq;
             v.expected = a.first_seq;
             let msg = anchor_message(a.first_seq, &a.prev_hash, &a.purged_at, &a.key_id);
-            let tag_ok = a.key_id == key.id().as_str()
-                && hex::decode(&a.tag)
-                    .is_ok_and(|t| key.verify_mac(KeyPurpose::AuditCheckpoint, &msg, &t));
+            // Verified with the audit version that signed it (any loaded one).
+            let tag_ok = hex::decode(&a.tag).is_ok_and(|t| {
+                key.verify_mac_with(&a.key_id, KeyPurpose::AuditCheckpoint, &msg, &t) == Some(true)
+            });
             match parse_hash(&a.prev_hash) {
                 Some(h) if tag_ok => v.prev = h,
                 _ => {
@@ -136,11 +137,16 @@ impl Verifier {
                         FailureKind::AnchorInvalid,
                         a.first_seq,
                         format!(
-                            "the retention anchor at entry {} is not signed by key `{}` (anchor \
-                             key `{}`): the start of the trail was altered",
+                            "the retention anchor at entry {} does not verify under key version \
+                             `{}` (loaded audit versions: {}): the start of the trail was altered, \
+                             or the key file lacks that version",
                             a.first_seq,
-                            key.id(),
-                            a.key_id
+                            a.key_id,
+                            key.audit_versions()
+                                .iter()
+                                .map(|k| k.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     );
                 }

@@ -115,8 +115,10 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 
 /// `matchpoint serve`: the API, and the scheduler loop next to it unless `no_scheduler`
 /// (source leases keep several replicas from running one source twice). Ctrl-C or SIGTERM
-/// stops both: requests in flight finish, a sync run in progress publishes nothing and its
-/// lease is released.
+/// stops both: requests in flight finish, a sync run in progress (scheduled or started through
+/// `POST /api/v1/sync/runs`) is cancelled, publishes nothing and releases its lease. Manual
+/// runs are awaited for at most `[server] shutdown_grace_secs` (20 s by default); one still
+/// going then is recorded as failed and its lease released.
 pub async fn serve(
     config_path: &Path,
     listen: Option<String>,
@@ -139,9 +141,12 @@ pub async fn serve(
                 store,
                 matchpoint_hub::schedule::SystemClock,
             )?,
+            in_flight: api::operator::InFlight::default(),
         }
     };
     let state = state(&config).await?.with_trigger(trigger);
+    let manual_runs = state.trigger();
+    let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
     let listen = listen.unwrap_or_else(|| config.server.listen.clone());
     let stop = Arc::new(tokio::sync::Notify::new());
     let scheduler = if no_scheduler {
@@ -163,8 +168,9 @@ pub async fn serve(
         async move {
             signal.await;
             for c in cancel {
-                c.store(true, std::sync::atomic::Ordering::Relaxed);
+                c.store(true, std::sync::atomic::Ordering::SeqCst);
             }
+            tracing::info!("Sync runs in flight are cancelled: they publish nothing.");
             stop.notify_one();
         }
     };
@@ -186,6 +192,20 @@ pub async fn serve(
         shutdown,
     )
     .await?;
+    // Runs started through the API: cancelled above, awaited here for at most the grace
+    // period; one still going then is recorded as failed and its lease released.
+    if let Some(trigger) = manual_runs {
+        let report = trigger.shutdown(grace).await;
+        if !report.abandoned.is_empty() {
+            eprintln!(
+                "warning: {} sync run(s) did not stop within {} s ([server] shutdown_grace_secs) \
+                 and were recorded as failed: {:?}",
+                report.abandoned.len(),
+                grace.as_secs(),
+                report.abandoned
+            );
+        }
+    }
     if let Some(task) = scheduler {
         match task.await {
             Ok(Ok(())) => {}

@@ -1,4 +1,5 @@
-//! PostgreSQL: rows per key version (`matchpoint keys status`).
+//! PostgreSQL: rows per key version and audit entries per audit key version
+//! (`matchpoint keys status`).
 
 use super::postgres::PgStore;
 use super::{KeyVersionCount, StoreError};
@@ -24,6 +25,20 @@ impl PgStore {
                 involvements: inv.max(0) as u64,
                 relations: rel.max(0) as u64,
             })
+            .collect())
+    }
+
+    pub(super) async fn audit_key_versions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT subject_key_id, count(*) FROM audit_log WHERE subject_key_id IS NOT NULL
+             GROUP BY subject_key_id ORDER BY subject_key_id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(|err| StoreError::db("audit key versions", err))?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, n)| (k, n.max(0) as u64))
             .collect())
     }
 }

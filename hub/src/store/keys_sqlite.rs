@@ -1,4 +1,5 @@
-//! SQLite: rows per key version (`matchpoint keys status`).
+//! SQLite: rows per key version and audit entries per audit key version
+//! (`matchpoint keys status`).
 
 use super::sqlite::SqliteStore;
 use super::{KeyVersionCount, StoreError};
@@ -26,6 +27,23 @@ impl SqliteStore {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|err| StoreError::db("key versions", err))
+        })
+        .await
+    }
+
+    pub(super) async fn audit_key_versions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_conn(|conn| {
+            let mut st = conn
+                .prepare(
+                    "SELECT subject_key_id, count(*) FROM audit_log WHERE subject_key_id IS NOT NULL
+                     GROUP BY subject_key_id ORDER BY subject_key_id",
+                )
+                .map_err(|err| StoreError::db("audit key versions", err))?;
+            st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| StoreError::db("audit key versions", err))
         })
         .await
     }

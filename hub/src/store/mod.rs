@@ -8,6 +8,8 @@
 //! [`Store::complete_run`] compares, applies and records the run in one transaction.
 
 mod codec;
+mod gauges_postgres;
+mod gauges_sqlite;
 mod keys_postgres;
 mod keys_sqlite;
 mod lease_postgres;
@@ -414,6 +416,30 @@ pub struct KeyVersionCount {
     pub relations: u64,
 }
 
+/// Index rows of one source with one status under one key version (`/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexRowCount {
+    /// Source.
+    pub source: String,
+    /// Involvement status (planned, active, ended).
+    pub status: String,
+    /// Key version (`key_id`).
+    pub key_id: String,
+    /// Rows.
+    pub rows: u64,
+}
+
+/// What the `matchpoint_index_rows` and `matchpoint_quarantine_entries` gauges show: two
+/// aggregate queries (see [`Store::index_gauges`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IndexGauges {
+    /// Index rows per source, status and key version (only combinations that have rows).
+    pub rows: Vec<IndexRowCount>,
+    /// Unresolved quarantined records per configured source (0 included), counted as
+    /// [`SourceStats::quarantined`].
+    pub quarantine: Vec<(String, u64)>,
+}
+
 /// The source name retention runs are recorded under in the run history.
 pub const RETENTION_SOURCE: &str = "__retention__";
 
@@ -668,6 +694,22 @@ impl Store {
     /// Rows per source and key version, in the index and the relations.
     pub async fn key_versions(&self) -> Result<Vec<KeyVersionCount>, StoreError> {
         dispatch!(self, s => s.key_versions().await)
+    }
+
+    /// Audit entries per audit key version (`subject_key_id`), over the entries still in the
+    /// trail (inside the audit retention period).
+    pub async fn audit_key_versions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        dispatch!(self, s => s.audit_key_versions().await)
+    }
+}
+
+/// Metrics gauges (`gauges_sqlite.rs`, `gauges_postgres.rs`).
+impl Store {
+    /// Index rows per source, status and key version, and unresolved quarantined records per
+    /// source: one `GROUP BY` over the index and one over the quarantine. `serve` caches the
+    /// result for [`crate::metrics::GAUGE_TTL`] (see `docs/instrumentation.md`).
+    pub async fn index_gauges(&self) -> Result<IndexGauges, StoreError> {
+        dispatch!(self, s => s.index_gauges().await)
     }
 }
 

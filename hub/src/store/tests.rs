@@ -1467,3 +1467,45 @@ async fn a_first_import_rebuilds_the_person_indexes_and_lookups_find_persons() {
         b.target.drop_database().await;
     }
 }
+
+#[tokio::test]
+async fn index_gauges_count_rows_per_status_and_key_and_unresolved_quarantine_per_source() {
+    on_every_backend(async |b| {
+        let s = &b.store;
+        let alpha = s.begin_run("alpha", RunMode::Full).await.expect("begin");
+        s.stage(
+            alpha,
+            records("alpha", 0..6),
+            vec![reject("x-1", 7, None), reject("x-2", 8, None)],
+        )
+        .await
+        .expect("stage");
+        s.complete_run(alpha, full(8)).await.expect("complete");
+        publish_full(s, "beta", &records("beta", 0..3)).await;
+        let g = s.index_gauges().await.expect("gauges");
+        // Expected from the rows themselves.
+        let mut want: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+        for src in ["alpha", "beta"] {
+            for r in s.involvements(src).await.expect("rows") {
+                *want.entry((r.source, r.status, r.key_id)).or_default() += 1;
+            }
+        }
+        let got: BTreeMap<(String, String, String), u64> = g
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    (r.source.clone(), r.status.clone(), r.key_id.clone()),
+                    r.rows,
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(got.values().sum::<u64>(), 9);
+        assert_eq!(
+            g.quarantine,
+            [("alpha".to_owned(), 2), ("beta".to_owned(), 0)]
+        );
+    })
+    .await;
+}
