@@ -935,9 +935,31 @@ fn publish(
         .map_err(e("publish"))?;
     failpoint::hit("publish:begin");
     let mut timer = super::StepTimer::start();
-    let source: String = tx
-        .query_row("SELECT source FROM runs WHERE id = ?1", [run], |r| r.get(0))
+    let (source, status): (String, String) = tx
+        .query_row(
+            "SELECT source, status FROM runs WHERE id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(e("publish"))?;
+    // Under the write lock: another process (or a shutdown that gave up waiting) may have
+    // failed, published or superseded the run meanwhile.
+    let expected = if c.accept {
+        RunStatus::Held
+    } else {
+        RunStatus::Running
+    };
+    if status != expected.as_str() {
+        return Err(StoreError::RunState {
+            run,
+            status,
+            what: if c.accept {
+                "only a held run can be accepted".into()
+            } else {
+                "only a running run can be completed".into()
+            },
+        });
+    }
     let staged = count(&tx, &format!("SELECT count(*) FROM {s}.ids"), [])?;
     let full_rows = count(&tx, &format!("SELECT count(*) FROM {s}.staging"), [])?;
     let (recorded, recorded_full): (i64, i64) = tx

@@ -1509,3 +1509,24 @@ async fn index_gauges_count_rows_per_status_and_key_and_unresolved_quarantine_pe
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_run_failed_before_its_publication_is_not_published() {
+    // As when `serve` gives up waiting for a cancelled run at shutdown: the run is recorded
+    // failed while its staging is complete; a publication that comes later must refuse.
+    on_every_backend(async |b| {
+        let s = &b.store;
+        let run = s.begin_run(SRC, RunMode::Full).await.expect("begin");
+        s.stage(run, records(SRC, 0..5), Vec::new())
+            .await
+            .expect("stage");
+        s.fail_run(run, 5, "cancelled (interrupt)")
+            .await
+            .expect("fail");
+        let refused = s.complete_run(run, full(5)).await;
+        assert!(is_run_state(&refused), "{refused:?}");
+        assert!(s.involvements(SRC).await.expect("read").is_empty());
+        assert_eq!(s.run(run).await.expect("run").status, RunStatus::Failed);
+    })
+    .await;
+}
