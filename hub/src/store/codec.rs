@@ -10,12 +10,17 @@ fn kind_byte(k: RelationKind) -> u8 {
     }
 }
 
-/// Encodes relations as `kind ‖ pseudonym` entries.
+/// Encodes relations as `kind ‖ pseudonym` entries, each distinct entry once (the stores
+/// rely on it: a relation is stored once per record).
 pub fn encode_relations(rels: &[Relation]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rels.len() * 33);
+    let mut out: Vec<u8> = Vec::with_capacity(rels.len() * 33);
     for r in rels {
-        out.push(kind_byte(r.kind));
-        out.extend_from_slice(r.other.as_bytes());
+        let mut entry = [0u8; 33];
+        entry[0] = kind_byte(r.kind);
+        entry[1..].copy_from_slice(r.other.as_bytes());
+        if !out.chunks_exact(33).any(|c| c == entry) {
+            out.extend_from_slice(&entry);
+        }
     }
     out
 }
@@ -36,4 +41,36 @@ pub fn decode_relations(bytes: &[u8]) -> Vec<(&'static str, [u8; 32])> {
             Some((kind.as_str(), p))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use matchpoint_schemas::{Bsn, KeyPurpose, MasterKey};
+
+    #[test]
+    fn each_distinct_relation_is_encoded_once_and_decodes_back() {
+        let key = MasterKey::from_secret("k1", &[7; 32]).expect("key");
+        let pseudonymiser = key.pseudonymiser(KeyPurpose::Index);
+        let p = |bsn: &str| pseudonymiser.pseudonymise(&Bsn::parse(bsn).expect("valid BSN"));
+        let (a, b) = (p("111222333"), p("123456782"));
+        let rel = |kind, other| Relation { kind, other };
+        let rels = [
+            rel(RelationKind::Parent, a),
+            rel(RelationKind::Parent, a),
+            rel(RelationKind::Child, a),
+            rel(RelationKind::HouseholdMember, b),
+            rel(RelationKind::Child, a),
+        ];
+        let encoded = encode_relations(&rels);
+        assert_eq!(encoded.len(), 3 * 33);
+        assert_eq!(
+            decode_relations(&encoded),
+            vec![
+                ("parent", *a.as_bytes()),
+                ("child", *a.as_bytes()),
+                ("household_member", *b.as_bytes())
+            ]
+        );
+    }
 }
