@@ -1426,7 +1426,7 @@ async fn a_first_import_rebuilds_the_person_indexes_and_lookups_find_persons() {
         let mut rs = records(SRC, 0..12_000);
         // A relation delivered twice by one record is stored once (the PostgreSQL path
         // inserts without a conflict check and adds the primary key back afterwards).
-        let twice = rs[0].relations[0].clone();
+        let twice = rs[0].relations[0];
         rs[0].relations.push(twice);
         let run = publish_full(&b.store, SRC, &rs).await;
         assert_eq!(run.counts.inserted, 12_000);
