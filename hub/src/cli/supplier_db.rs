@@ -39,7 +39,11 @@ pub struct SupplierDbArgs {
     pub dir: Option<PathBuf>,
     /// Rows per multi-row INSERT. The rows are generated while they are written, so memory
     /// depends on this, not on --persons.
-    #[arg(long, default_value_t = DEFAULT_BATCH_ROWS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_BATCH_ROWS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=100_000)
+    )]
     pub batch_rows: u64,
 }
 
