@@ -85,6 +85,16 @@ fn supplier_db(inst: &Install, advance: bool) {
     let out = inst.mp(&args);
     assert!(out.status.success(), "supplier-db: {}", stderr(&out));
     assert!(stdout(&out).contains("okc-4"), "{}", stdout(&out));
+    // Progress on stderr (not a terminal here: a line per source at its end).
+    let progress = stderr(&out);
+    for source in ["okc-4", "ris"] {
+        assert!(
+            progress
+                .lines()
+                .any(|l| l.starts_with(source) && l.ends_with("rows written")),
+            "{progress}"
+        );
+    }
 }
 
 fn sync(inst: &Install) -> Vec<serde_json::Value> {

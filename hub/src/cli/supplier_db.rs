@@ -2,12 +2,15 @@
 //! (okc-4, RIS) and moves them on by one night; `matchpoint sandbox --supplier-db URL` uses
 //! the same setup. Also writes the okc-3 CSV drop of the same night when given a folder.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use matchpoint_hub::generate::okc3_csv::{okc3_feed, write_okc3_csv};
-use matchpoint_hub::sandbox::supplier_db::{Generation, SupplierDb, SupplierOptions};
+use matchpoint_hub::sandbox::supplier_db::{
+    DEFAULT_BATCH_ROWS, Generation, Progress, Report, SupplierDb, SupplierOptions,
+};
 use matchpoint_hub::sources::sql_pull::redact;
 
 /// Arguments of `matchpoint supplier-db`.
@@ -34,14 +37,23 @@ pub struct SupplierDbArgs {
     /// Also write the okc-3 CSV drop of that night to DIR/data/okc-3.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Rows per multi-row INSERT. The rows are generated while they are written, so memory
+    /// depends on this, not on --persons.
+    #[arg(
+        long,
+        default_value_t = DEFAULT_BATCH_ROWS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=100_000)
+    )]
+    pub batch_rows: u64,
 }
 
 /// Creates (or advances) the supplier databases and prints what is where.
 pub async fn supplier_db(args: SupplierDbArgs) -> anyhow::Result<ExitCode> {
+    let batch = usize::try_from(args.batch_rows).unwrap_or(DEFAULT_BATCH_ROWS);
     let generation = if args.advance {
-        advance(&args.url, args.persons, args.seed).await?
+        advance_in(&args.url, args.persons, args.seed, batch).await?
     } else {
-        create(&args.url, args.persons, args.seed).await?
+        create_in(&args.url, args.persons, args.seed, batch).await?
     };
     if let Some(dir) = &args.dir {
         write_okc3(dir, args.persons, args.seed, generation.number)?;
@@ -49,12 +61,41 @@ pub async fn supplier_db(args: SupplierDbArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn options(persons: u64, seed: u64) -> SupplierOptions {
+fn options(persons: u64, seed: u64, batch_rows: usize) -> SupplierOptions {
     SupplierOptions {
         persons,
         seed,
+        batch_rows,
         ..SupplierOptions::default()
     }
+}
+
+/// Rows between two progress lines when stderr is not a terminal.
+const LINE_EVERY: u64 = 100_000;
+
+/// Progress on stderr: one line rewritten in place on a terminal, otherwise a line every
+/// 100k rows of a source and at its end.
+fn progress() -> Report {
+    let terminal = std::io::stderr().is_terminal();
+    let mut source = String::new();
+    let mut next_line = LINE_EVERY;
+    Box::new(move |p: Progress<'_>| {
+        if p.source != source {
+            source = p.source.to_owned();
+            next_line = LINE_EVERY;
+        }
+        let of = p.total.map(|t| format!(" of {t}")).unwrap_or_default();
+        let last = p.done;
+        if terminal {
+            eprint!("\r{:<6} {}{of} rows written", p.source, p.rows);
+            if last {
+                eprintln!();
+            }
+        } else if p.rows >= next_line || last {
+            eprintln!("{:<6} {}{of} rows written", p.source, p.rows);
+            next_line = p.rows - p.rows % LINE_EVERY + LINE_EVERY;
+        }
+    })
 }
 
 fn print(url: &str, db: &SupplierDb, g: &Generation) {
@@ -81,9 +122,15 @@ fn print(url: &str, db: &SupplierDb, g: &Generation) {
 
 /// Creates and fills the okc-4 and RIS tables and views (night 0).
 pub async fn create(url: &str, persons: u64, seed: u64) -> anyhow::Result<Generation> {
-    let (db, g) = SupplierDb::create(url, &options(persons, seed))
-        .await
-        .with_context(|| format!("creating the supplier databases in {}", redact(url)))?;
+    create_in(url, persons, seed, DEFAULT_BATCH_ROWS).await
+}
+
+/// [`create`] with `batch` rows per INSERT.
+async fn create_in(url: &str, persons: u64, seed: u64, batch: usize) -> anyhow::Result<Generation> {
+    let (db, g) =
+        SupplierDb::create_reporting(url, &options(persons, seed, batch), Some(progress()))
+            .await
+            .with_context(|| format!("creating the supplier databases in {}", redact(url)))?;
     print(url, &db, &g);
     println!(
         "       (for the example config: export MATCHPOINT_SUPPLIER_DB_URL='{}')",
@@ -93,9 +140,14 @@ pub async fn create(url: &str, persons: u64, seed: u64) -> anyhow::Result<Genera
     Ok(g)
 }
 
-/// Writes the next night into an existing supplier database.
-pub async fn advance(url: &str, persons: u64, seed: u64) -> anyhow::Result<Generation> {
-    let mut db = SupplierDb::open(url, &options(persons, seed))
+/// Writes the next night into an existing supplier database, with `batch` rows per INSERT.
+async fn advance_in(
+    url: &str,
+    persons: u64,
+    seed: u64,
+    batch: usize,
+) -> anyhow::Result<Generation> {
+    let mut db = SupplierDb::open(url, &options(persons, seed, batch))
         .await
         .with_context(|| {
             format!(
@@ -104,6 +156,7 @@ pub async fn advance(url: &str, persons: u64, seed: u64) -> anyhow::Result<Gener
                 redact(url)
             )
         })?;
+    db.set_report(Some(progress()));
     let g = db.advance().await?;
     print(url, &db, &g);
     db.close().await?;

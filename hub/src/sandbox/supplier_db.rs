@@ -20,7 +20,7 @@
 
 use chrono::NaiveDate;
 
-use crate::generate::feed::{Feed, FeedRecord};
+use crate::generate::feed::{Cursor, Feed, FeedRecord};
 use crate::sources::sql_pull::{Dialect, SqlConn, redact};
 
 /// Why the supplier database could not be set up or changed.
@@ -50,6 +50,10 @@ pub struct SupplierOptions {
     pub okc4_share: f64,
     /// Share of the households RIS knows.
     pub ris_share: f64,
+    /// Rows per batch: per multi-row `INSERT` (and `DELETE` of the rows it replaces). The
+    /// rows are generated batch by batch while they are written, so memory depends on this,
+    /// not on the number of persons.
+    pub batch_rows: usize,
 }
 
 impl Default for SupplierOptions {
@@ -60,6 +64,7 @@ impl Default for SupplierOptions {
             prefix: String::new(),
             okc4_share: 0.5,
             ris_share: 0.3,
+            batch_rows: DEFAULT_BATCH_ROWS,
         }
     }
 }
@@ -95,6 +100,23 @@ pub struct Generation {
     pub ris: Changes,
 }
 
+/// How far writing a generation has got, after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// The source being written: `okc-4` or `ris`.
+    pub source: &'a str,
+    /// Rows of this source written so far in this generation.
+    pub rows: u64,
+    /// Rows this source will write in this generation, when known without a walk of the
+    /// feed (generation 0).
+    pub total: Option<u64>,
+    /// Whether this source is done (reported once more after its last batch).
+    pub done: bool,
+}
+
+/// Called after every batch written (the CLI's progress display).
+pub type Report = Box<dyn FnMut(Progress<'_>) + Send>;
+
 /// One simulated supplier database.
 pub struct SupplierDb {
     url: String,
@@ -103,10 +125,13 @@ pub struct SupplierDb {
     okc4: Feed,
     ris: Feed,
     generation: u32,
+    batch_rows: usize,
+    report: Option<Report>,
 }
 
-/// Rows per INSERT statement.
-const CHUNK: usize = 250;
+/// Rows per batch unless the options say otherwise: a multi-row INSERT of 5,000 rows is
+/// about 2 MB of SQL (well under MariaDB's default `max_allowed_packet` of 16 MB).
+pub const DEFAULT_BATCH_ROWS: usize = 5_000;
 
 impl SupplierDb {
     /// Connects, (re)creates the tables and views and writes generation 0.
@@ -114,7 +139,17 @@ impl SupplierDb {
         url: &str,
         opts: &SupplierOptions,
     ) -> Result<(SupplierDb, Generation), SupplierError> {
+        Self::create_reporting(url, opts, None).await
+    }
+
+    /// [`SupplierDb::create`], calling `report` after every batch written.
+    pub async fn create_reporting(
+        url: &str,
+        opts: &SupplierOptions,
+        report: Option<Report>,
+    ) -> Result<(SupplierDb, Generation), SupplierError> {
         let mut db = Self::connect(url, opts).await?;
+        db.report = report;
         db.drop_objects().await?;
         db.create_objects().await?;
         let g = db.write_generation(0, None).await?;
@@ -139,6 +174,11 @@ impl SupplierDb {
         {
             return Err(SupplierError::Prefix(opts.prefix.clone()));
         }
+        if opts.batch_rows == 0 {
+            return Err(SupplierError::Feed(
+                "the batch size must be at least one row".into(),
+            ));
+        }
         let okc4 = Feed::build("okc-4", "OKC4-", opts.persons, opts.seed, opts.okc4_share)
             .map_err(SupplierError::Feed)?;
         let ris = Feed::build("ris", "RIS-", opts.persons, opts.seed, opts.ris_share)
@@ -156,7 +196,14 @@ impl SupplierDb {
             okc4,
             ris,
             generation: 0,
+            batch_rows: opts.batch_rows,
+            report: None,
         })
+    }
+
+    /// Calls `report` after every batch that [`SupplierDb::advance`] writes.
+    pub fn set_report(&mut self, report: Option<Report>) {
+        self.report = report;
     }
 
     /// The generation the database holds.
@@ -258,32 +305,38 @@ impl SupplierDb {
     ) -> Result<u64, SupplierError> {
         let g = self.generation;
         let since = g.checked_sub(1);
-        let (feed, table, key, column, value) = if source == "ris" {
-            (
-                &self.ris,
-                "ris_zaken",
-                "zaaknummer",
-                "leefgebied",
-                "onbekend",
-            )
+        let ris = source == "ris";
+        let (table, key, column, value) = if ris {
+            ("ris_zaken", "zaaknummer", "leefgebied", "onbekend")
         } else {
-            (&self.okc4, "okc4_trajecten", "id", "domein", "ONB")
+            ("okc4_trajecten", "id", "domein", "ONB")
         };
         let dialect = self.conn.dialect();
-        let ids: Vec<String> = feed
-            .changed_since(g, since)
-            .filter(|r| pick(&r.id))
-            .map(|r| lit(&r.id, dialect))
-            .collect();
         let p = self.prefix.clone();
-        for chunk in ids.chunks(CHUNK) {
+        let mut batches = Batches::new(g, since, self.batch_rows);
+        let mut changed = 0u64;
+        loop {
+            let feed = if ris { &self.ris } else { &self.okc4 };
+            let Some(rows) = batches.next(feed) else {
+                break;
+            };
+            let ids: Vec<String> = rows
+                .iter()
+                .filter(|r| pick(&r.id))
+                .map(|r| lit(&r.id, dialect))
+                .collect();
+            drop(rows);
+            if ids.is_empty() {
+                continue;
+            }
+            changed += ids.len() as u64;
             self.execute(format!(
                 "UPDATE {p}{table} SET {column} = '{value}' WHERE {key} IN ({})",
-                chunk.join(", ")
+                ids.join(", ")
             ))
             .await?;
         }
-        Ok(ids.len() as u64)
+        Ok(changed)
     }
 
     /// Closes the connection.
@@ -379,110 +432,204 @@ impl SupplierDb {
     }
 
     /// Writes the rows of generation `g` touched after `since` (all of generation 0 when
-    /// `since` is `None`).
+    /// `since` is `None`) in one transaction, batch by batch as the feeds generate them.
     async fn write_generation(
         &mut self,
         g: u32,
         since: Option<u32>,
     ) -> Result<Generation, SupplierError> {
-        let p = self.prefix.clone();
-        let dialect = self.dialect();
-        let mut out = Generation {
-            number: g,
-            ..Generation::default()
-        };
         self.execute("BEGIN".into()).await?;
-        // okc-4
-        let rows: Vec<FeedRecord> = self.okc4.changed_since(g, since).collect();
-        let day = self.okc4.day(g);
-        let mut values = Vec::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            let deleted = is_deleted(r, g);
-            count(&mut out.okc4, r, g, day, deleted);
-            values.push(okc4_values(r, deleted, &timestamp(day, i), dialect));
-        }
-        let ids: Vec<String> = rows.iter().map(|r| lit(&r.id, dialect)).collect();
-        self.replace(
-            &format!("{p}okc4_trajecten"),
-            "id",
-            &ids,
-            "id, bsn, geboortedatum, instelling, team, domein, doel, contactpersoon, functie, \
-             telefoon, email, startdatum, einddatum, status, regisseur, verwijderd, gewijzigd_op",
-            &values,
-        )
-        .await?;
-        // RIS
-        let rows: Vec<FeedRecord> = self.ris.changed_since(g, since).collect();
-        let day = self.ris.day(g);
-        let mut values = Vec::with_capacity(rows.len());
-        let mut members = Vec::new();
-        for (i, r) in rows.iter().enumerate() {
-            count(&mut out.ris, r, g, day, false);
-            values.push(ris_values(r, &timestamp(day, i), dialect));
-            for (bsn, kind) in &r.relations {
-                let rol = match *kind {
-                    "parent" => "ouder",
-                    "child" => "kind",
-                    _ => "partner",
-                };
-                members.push(format!(
-                    "({}, {}, {})",
-                    lit(&r.id, dialect),
-                    lit(bsn, dialect),
-                    lit(rol, dialect)
-                ));
+        let written = match self.write_rows(g, since).await {
+            Ok(w) => w,
+            Err(e) => {
+                // Best effort: the error that matters is the first one.
+                let _ = self.execute("ROLLBACK".into()).await;
+                return Err(e);
             }
-        }
-        let ids: Vec<String> = rows.iter().map(|r| lit(&r.id, dialect)).collect();
-        self.replace(
-            &format!("{p}ris_zaken"),
-            "zaaknummer",
-            &ids,
-            "zaaknummer, bsn, geboortedatum, afdeling, regisseur_naam, regisseur_functie, \
-             regisseur_telefoon, regisseur_email, leefgebied, doel, begindatum, einddatum, \
-             zaakstatus, laatst_gewijzigd",
-            &values,
-        )
-        .await?;
-        self.replace(
-            &format!("{p}ris_gezinsleden"),
-            "zaaknummer",
-            &ids,
-            "zaaknummer, bsn, rol",
-            &members,
-        )
-        .await?;
-        self.execute(format!("UPDATE {p}sim_meta SET generatie = {g}"))
-            .await?;
+        };
         self.execute("COMMIT".into()).await?;
         self.generation = g;
-        Ok(out)
+        Ok(written)
     }
 
-    /// Deletes the rows with `ids` and inserts `values`, in chunks.
-    async fn replace(
+    async fn write_rows(
         &mut self,
-        table: &str,
-        key: &str,
-        ids: &[String],
-        columns: &str,
-        values: &[String],
-    ) -> Result<(), SupplierError> {
-        for chunk in ids.chunks(CHUNK) {
-            self.execute(format!(
-                "DELETE FROM {table} WHERE {key} IN ({})",
-                chunk.join(", ")
-            ))
+        g: u32,
+        since: Option<u32>,
+    ) -> Result<Generation, SupplierError> {
+        let okc4 = self.write_okc4(g, since).await?;
+        let ris = self.write_ris(g, since).await?;
+        let p = self.prefix.clone();
+        self.execute(format!("UPDATE {p}sim_meta SET generatie = {g}"))
             .await?;
+        Ok(Generation {
+            number: g,
+            okc4,
+            ris,
+        })
+    }
+
+    /// The okc-4 rows of generation `g`: per batch, the rows they replace are deleted (not
+    /// in generation 0: the tables are new) and the batch is inserted with one statement.
+    async fn write_okc4(&mut self, g: u32, since: Option<u32>) -> Result<Changes, SupplierError> {
+        let dialect = self.dialect();
+        let table = format!("{}okc4_trajecten", self.prefix);
+        let day = self.okc4.day(g);
+        let total = since
+            .is_none()
+            .then(|| self.okc4.count_changed(g, None) as u64);
+        let mut changes = Changes::default();
+        let mut batches = Batches::new(g, since, self.batch_rows);
+        let mut i = 0usize;
+        while let Some(rows) = batches.next(&self.okc4) {
+            let mut insert = format!("INSERT INTO {table} ({OKC4_COLUMNS}) VALUES ");
+            let mut ids = String::new();
+            for (n, r) in rows.iter().enumerate() {
+                let deleted = is_deleted(r, g);
+                count(&mut changes, r, g, day, deleted);
+                if n > 0 {
+                    insert.push_str(", ");
+                    ids.push_str(", ");
+                }
+                insert.push_str(&okc4_values(r, deleted, &timestamp(day, i), dialect));
+                ids.push_str(&lit(&r.id, dialect));
+                i += 1;
+            }
+            drop(rows);
+            if since.is_some() {
+                self.execute(format!("DELETE FROM {table} WHERE id IN ({ids})"))
+                    .await?;
+            }
+            self.execute(insert).await?;
+            self.report("okc-4", i as u64, total, false);
         }
-        for chunk in values.chunks(CHUNK) {
-            self.execute(format!(
-                "INSERT INTO {table} ({columns}) VALUES {}",
-                chunk.join(", ")
-            ))
-            .await?;
+        self.report("okc-4", i as u64, total, true);
+        Ok(changes)
+    }
+
+    /// The RIS cases of generation `g` and their household members, batch by batch like
+    /// [`SupplierDb::write_okc4`].
+    async fn write_ris(&mut self, g: u32, since: Option<u32>) -> Result<Changes, SupplierError> {
+        let dialect = self.dialect();
+        let cases = format!("{}ris_zaken", self.prefix);
+        let members_table = format!("{}ris_gezinsleden", self.prefix);
+        let day = self.ris.day(g);
+        let total = since
+            .is_none()
+            .then(|| self.ris.count_changed(g, None) as u64);
+        let mut changes = Changes::default();
+        let mut batches = Batches::new(g, since, self.batch_rows);
+        let mut i = 0usize;
+        while let Some(rows) = batches.next(&self.ris) {
+            let mut insert = format!("INSERT INTO {cases} ({RIS_COLUMNS}) VALUES ");
+            let mut members = format!("INSERT INTO {members_table} (zaaknummer, bsn, rol) VALUES ");
+            let mut any_member = false;
+            let mut ids = String::new();
+            for (n, r) in rows.iter().enumerate() {
+                count(&mut changes, r, g, day, false);
+                if n > 0 {
+                    insert.push_str(", ");
+                    ids.push_str(", ");
+                }
+                insert.push_str(&ris_values(r, &timestamp(day, i), dialect));
+                ids.push_str(&lit(&r.id, dialect));
+                for (bsn, kind) in &r.relations {
+                    let rol = match *kind {
+                        "parent" => "ouder",
+                        "child" => "kind",
+                        _ => "partner",
+                    };
+                    if any_member {
+                        members.push_str(", ");
+                    }
+                    any_member = true;
+                    members.push_str(&format!(
+                        "({}, {}, {})",
+                        lit(&r.id, dialect),
+                        lit(bsn, dialect),
+                        lit(rol, dialect)
+                    ));
+                }
+                i += 1;
+            }
+            drop(rows);
+            if since.is_some() {
+                self.execute(format!("DELETE FROM {cases} WHERE zaaknummer IN ({ids})"))
+                    .await?;
+            }
+            self.execute(insert).await?;
+            if since.is_some() {
+                self.execute(format!(
+                    "DELETE FROM {members_table} WHERE zaaknummer IN ({ids})"
+                ))
+                .await?;
+            }
+            if any_member {
+                self.execute(members).await?;
+            }
+            self.report("ris", i as u64, total, false);
         }
-        Ok(())
+        self.report("ris", i as u64, total, true);
+        Ok(changes)
+    }
+
+    fn report(&mut self, source: &str, rows: u64, total: Option<u64>, done: bool) {
+        if let Some(report) = &mut self.report {
+            report(Progress {
+                source,
+                rows,
+                total,
+                done,
+            });
+        }
+    }
+}
+
+const OKC4_COLUMNS: &str = "id, bsn, geboortedatum, instelling, team, domein, doel, \
+    contactpersoon, functie, telefoon, email, startdatum, einddatum, status, regisseur, \
+    verwijderd, gewijzigd_op";
+
+const RIS_COLUMNS: &str = "zaaknummer, bsn, geboortedatum, afdeling, regisseur_naam, \
+    regisseur_functie, regisseur_telefoon, regisseur_email, leefgebied, doel, begindatum, \
+    einddatum, zaakstatus, laatst_gewijzigd";
+
+/// The rows of one generation in batches: the feed's pages, continued from a cursor so that
+/// each household is generated once. Holds one batch at a time, never the generation.
+struct Batches {
+    g: u32,
+    since: Option<u32>,
+    size: usize,
+    from: usize,
+    cursor: Option<Cursor>,
+    done: bool,
+}
+
+impl Batches {
+    fn new(g: u32, since: Option<u32>, size: usize) -> Batches {
+        Batches {
+            g,
+            since,
+            size: size.max(1),
+            from: 0,
+            cursor: None,
+            done: false,
+        }
+    }
+
+    /// The next batch of `feed` (always the same feed); `None` after the last.
+    fn next(&mut self, feed: &Feed) -> Option<Vec<FeedRecord>> {
+        if self.done {
+            return None;
+        }
+        let (rows, more, cursor) =
+            feed.page(self.cursor.take(), self.from, self.g, self.since, self.size);
+        self.cursor = cursor;
+        self.done = !more;
+        match rows.last() {
+            Some(last) => self.from = feed.index_after(&last.id),
+            None => self.done = true,
+        }
+        (!rows.is_empty()).then_some(rows)
     }
 }
 
