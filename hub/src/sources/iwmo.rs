@@ -57,9 +57,9 @@
 //! lists and stats the folder); a full run reads every file twice (once more to hash it) and
 //! holds the logs of all pairs until they are staged.
 
-pub mod state;
 #[cfg(test)]
 mod retention_tests;
+pub mod state;
 #[cfg(test)]
 mod store_tests;
 pub mod stored;
@@ -597,11 +597,10 @@ impl IwmoStream {
             }
             let pair = (m.header.provider().to_owned(), m.client.bsn.clone());
             if let Some(file) = file_index
-                && let Some(Some(applied)) = applied.get(file)
-                && !prior.get(applied).is_some_and(|log| {
-                    log.iter()
-                        .any(|l| l.header == m.header && l.body == m.body)
-                })
+                && let Some(Some(was)) = applied.get(file)
+                && !prior
+                    .get(was)
+                    .is_some_and(|log| log.iter().any(|l| l.header == m.header && l.body == m.body))
             {
                 // Applied before, and no longer in its pair's log: purged by retention.
                 self.purged += 1;

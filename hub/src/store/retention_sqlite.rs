@@ -116,8 +116,7 @@ impl SqliteStore {
                     },
                     time(started),
                     time(Utc::now()),
-                    (c.involvements + c.relations + c.quarantine + c.message_logs + c.audit)
-                        as i64,
+                    (c.involvements + c.relations + c.quarantine + c.message_logs + c.audit) as i64,
                     c.involvements as i64,
                     c.relations as i64,
                     c.quarantine as i64,

@@ -105,12 +105,7 @@ async fn retention_purges_the_message_log_of_a_pair_left_without_involvement_on_
         let dry = crate::retention::run(&store, None, &settings, later(), true)
             .await
             .expect("dry run");
-        assert_eq!(
-            (dry.involvements, dry.message_logs),
-            (2, 1),
-            "{}",
-            db.name
-        );
+        assert_eq!((dry.involvements, dry.message_logs), (2, 1), "{}", db.name);
         assert_eq!(pair_logs(&store).await.len(), 2, "{}", db.name);
         assert_eq!(record_ids(&store).await.len(), 3, "{}", db.name);
 
@@ -132,10 +127,7 @@ async fn retention_purges_the_message_log_of_a_pair_left_without_involvement_on_
         assert!(logs[0].0.starts_with(THUIS.as_bytes()), "{}", db.name);
         assert_eq!(logs[0].1, 1, "{}", db.name);
         // The run history counts it (`accepted` = message logs).
-        let runs = store
-            .runs(Some(RETENTION_SOURCE), 1)
-            .await
-            .expect("runs");
+        let runs = store.runs(Some(RETENTION_SOURCE), 1).await.expect("runs");
         assert_eq!(runs[0].id, done.run.expect("recorded"), "{}", db.name);
         assert_eq!(
             (runs[0].counts.ended, runs[0].counts.accepted),
@@ -212,12 +204,7 @@ async fn retention_purges_the_message_log_of_a_pair_left_without_involvement_on_
             ]
         );
         let logs = pair_logs(&store).await;
-        assert_eq!(
-            logs.iter().map(|(_, n)| n).sum::<usize>(),
-            2,
-            "{}",
-            db.name
-        );
+        assert_eq!(logs.iter().map(|(_, n)| n).sum::<usize>(), 2, "{}", db.name);
         let again = crate::retention::run(&store, None, &settings, later(), false)
             .await
             .expect("retention");

@@ -251,13 +251,18 @@ impl IwmoStream {
         &self,
         envelopes: &[Option<(String, String)>],
     ) -> Result<PriorLogs, DeliveryError> {
-        let Some((st, Mode::Rebuild { prior: Some(registry) })) = &self.store else {
+        let Some((
+            st,
+            Mode::Rebuild {
+                prior: Some(registry),
+            },
+        )) = &self.store
+        else {
             return Ok((Vec::new(), HashMap::new()));
         };
         let mut applied = vec![None; self.files.len()];
         for (file, (path, name)) in self.files.iter().enumerate() {
-            let (Some(entry), Some(Some(pair))) = (registry.get(name), envelopes.get(file))
-            else {
+            let (Some(entry), Some(Some(pair))) = (registry.get(name), envelopes.get(file)) else {
                 continue;
             };
             if entry.changed {
