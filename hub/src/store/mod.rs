@@ -758,6 +758,24 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Logs how long each publish step took (debug level), to see where time goes.
+pub(crate) struct StepTimer(std::time::Instant);
+
+impl StepTimer {
+    pub(crate) fn start() -> Self {
+        StepTimer(std::time::Instant::now())
+    }
+
+    pub(crate) fn lap(&mut self, step: &str) {
+        tracing::debug!(
+            step,
+            ms = self.0.elapsed().as_millis() as u64,
+            "Publish step done."
+        );
+        self.0 = std::time::Instant::now();
+    }
+}
+
 #[cfg(test)]
 mod guard_tests {
     use super::ShrinkGuard;
@@ -783,23 +801,5 @@ mod guard_tests {
             g.hold_reason(89, 100, 100, 11)
                 .is_some_and(|w| w.contains("11 of 100"))
         );
-    }
-}
-
-/// Logs how long each publish step took (debug level), to see where time goes.
-pub(crate) struct StepTimer(std::time::Instant);
-
-impl StepTimer {
-    pub(crate) fn start() -> Self {
-        StepTimer(std::time::Instant::now())
-    }
-
-    pub(crate) fn lap(&mut self, step: &str) {
-        tracing::debug!(
-            step,
-            ms = self.0.elapsed().as_millis() as u64,
-            "Publish step done."
-        );
-        self.0 = std::time::Instant::now();
     }
 }
