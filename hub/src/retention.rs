@@ -14,8 +14,8 @@
 //!
 //! Each (non-dry) run is recorded in the run history as source `__retention__`, mode
 //! `retention` (see [`crate::store::RetentionCounts`] for which count is where). `matchpoint
-//! retention [--dry-run]` runs it by hand; `--dry-run` counts the index and quarantine rows it
-//! would remove (rolled back) and leaves the audit trail alone.
+//! retention [--dry-run]` runs it by hand; `--dry-run` counts the index, message-log and
+//! quarantine rows it would remove (rolled back) and leaves the audit trail alone.
 
 use chrono::{DateTime, Months, Utc};
 

@@ -33,9 +33,9 @@
 //! every file and replace the stored state. Retention (`crate::retention`) purges a pair's
 //! log with the pair's last involvement; a `--full` run under the same key then does not
 //! apply again a message of an applied, unchanged file that its pair's log no longer holds
-//! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a preview) every run reads the
-//! header of every file and replays the old messages of the pairs the new ones (named after
-//! the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
+//! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a
+//! preview) every run reads the header of every file and replays the old messages of the
+//! pairs the new ones (named after the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
 //! a later file) is applied in its place, a WMO305/307 that arrived before its WMO301 takes
 //! effect once the WMO301 arrives, and the same message twice changes nothing (every
 //! operation sets state). The incremental upsert of the store is idempotent on (source,
