@@ -2,7 +2,10 @@
 //!
 //! - Involvements whose end date lies more than `[retention] involvement_months` (default 24)
 //!   in the past, and those past their own `purge_after` date (set by the source's mapping,
-//!   e.g. an age limit), with their relations.
+//!   e.g. an age limit), with their relations, and the stored iWmo message logs
+//!   (`source_state` kind `pair`) of the (provider, client pseudonym) pairs whose last
+//!   involvements of the source they were: in the same transaction, so index and state stay
+//!   in step (see `crate::sources::iwmo` for what a later run does with such a pair).
 //! - Quarantine entries older than `quarantine_days` (their sealed raw copies expire earlier,
 //!   on their own).
 //! - Audit entries older than `audit_years` (default 5), only through the audit trail's
@@ -11,8 +14,8 @@
 //!
 //! Each (non-dry) run is recorded in the run history as source `__retention__`, mode
 //! `retention` (see [`crate::store::RetentionCounts`] for which count is where). `matchpoint
-//! retention [--dry-run]` runs it by hand; `--dry-run` counts the index and quarantine rows it
-//! would remove (rolled back) and leaves the audit trail alone.
+//! retention [--dry-run]` runs it by hand; `--dry-run` counts the index, message-log and
+//! quarantine rows it would remove (rolled back) and leaves the audit trail alone.
 
 use chrono::{DateTime, Months, Utc};
 
@@ -82,6 +85,7 @@ pub async fn run(
                 involvements = counts.involvements,
                 relations = counts.relations,
                 quarantine = counts.quarantine,
+                message_logs = counts.message_logs,
                 audit = counts.audit,
                 "Retention run done."
             );

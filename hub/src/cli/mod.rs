@@ -168,12 +168,14 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// Purge what may no longer be kept: ended involvements, old quarantine entries and
+    /// Purge what may no longer be kept: ended involvements (with the iWmo message logs of
+    /// the client/provider pairs they leave without involvement), old quarantine entries and
     /// audit entries (behind a signed anchor); recorded in the run history.
     Retention {
         #[command(flatten)]
         config: ConfigArg,
-        /// Only count what would be purged (index and quarantine; the audit trail is untouched).
+        /// Only count what would be purged (index, message logs and quarantine; the audit
+        /// trail is untouched).
         #[arg(long)]
         dry_run: bool,
         /// JSON output.

@@ -43,10 +43,12 @@ pub async fn retention(config_path: &Path, dry_run: bool, json: bool) -> anyhow:
     let verb = if dry_run { "Would purge" } else { "Purged" };
     println!(
         "{verb}: {} involvements (ended over {} months ago or past their purge date), {} relations, \
+         {} iWmo message logs (of client/provider pairs left without involvement), \
          {} quarantine entries (over {} days old){}",
         counts.involvements,
         config.retention.involvement_months,
         counts.relations,
+        counts.message_logs,
         counts.quarantine,
         config.retention.quarantine_days,
         if dry_run {

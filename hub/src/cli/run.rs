@@ -190,6 +190,7 @@ async fn retention_tick(
             involvements = c.involvements,
             relations = c.relations,
             quarantine = c.quarantine,
+            message_logs = c.message_logs,
             audit = c.audit,
             "Retention run done."
         ),

@@ -30,9 +30,12 @@
 //! 5. stages the changed pair logs and the picked files' entries with the run.
 //!
 //! A `--full` run, the first run with a store, and a run after the index key changed read
-//! every file and replace the stored state. Without a store (a preview) every run reads the
-//! header of every file and replays the old messages of the pairs the new ones (named after
-//! the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
+//! every file and replace the stored state. Retention (`crate::retention`) purges a pair's
+//! log with the pair's last involvement; a `--full` run under the same key then does not
+//! apply again a message of an applied, unchanged file that its pair's log no longer holds
+//! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a
+//! preview) every run reads the header of every file and replays the old messages of the
+//! pairs the new ones (named after the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
 //! a later file) is applied in its place, a WMO305/307 that arrived before its WMO301 takes
 //! effect once the WMO301 arrives, and the same message twice changes nothing (every
 //! operation sets state). The incremental upsert of the store is idempotent on (source,
@@ -54,6 +57,8 @@
 //! lists and stats the folder); a full run reads every file twice (once more to hash it) and
 //! holds the logs of all pairs until they are staged.
 
+#[cfg(test)]
+mod retention_tests;
 pub mod state;
 #[cfg(test)]
 mod store_tests;
@@ -87,7 +92,12 @@ enum Mode {
     Stateless,
     /// Reads every file and replaces the stored state (a full run, the first run with a
     /// store, or after the index key changed).
-    Rebuild,
+    Rebuild {
+        /// The applied files of the stored state (a full run under the same index key): a
+        /// message of such a file is applied again only when its pair's stored log holds
+        /// it (retention purges the log of a pair left without involvement).
+        prior: Option<HashMap<String, FileEntry>>,
+    },
     /// Reads only the files the stored state has not applied (`work`), and replays the
     /// stored logs of the pairs they concern.
     FromState {
@@ -184,9 +194,11 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     };
     let mode = match &cx.state {
         None => Mode::Stateless,
-        Some(_) if full_run => Mode::Rebuild,
+        Some(st) if full_run => Mode::Rebuild {
+            prior: load_registry(st, &cx.source.name)?,
+        },
         Some(st) => match load_registry(st, &cx.source.name)? {
-            None => Mode::Rebuild,
+            None => Mode::Rebuild { prior: None },
             Some(registry) => {
                 let mut work = BTreeSet::new();
                 for (i, (path, name)) in files.iter().enumerate() {
@@ -320,6 +332,8 @@ pub struct IwmoStream {
     logs: HashMap<(String, String), Vec<Logged>>,
     /// Birth dates of the clients of new messages (stored messages carry none).
     birth: HashMap<(String, String), chrono::NaiveDate>,
+    /// Messages of applied files not applied again by a full run (their pair was purged).
+    purged: u64,
 }
 
 impl IwmoStream {
@@ -353,6 +367,7 @@ impl IwmoStream {
             files_read: 0,
             logs: HashMap::new(),
             birth: HashMap::new(),
+            purged: 0,
         }
     }
 
@@ -509,6 +524,8 @@ impl IwmoStream {
         if from_state {
             order.extend(self.stored_messages(&relevant)?);
         }
+        // A full run: the pair of each file applied before, and the stored logs of those pairs.
+        let (applied, prior) = self.prior_logs(&envelopes)?;
         order.sort_by(|a, b| a.0.cmp(&b.0));
         // Pass 2: apply in order.
         let mut touched: BTreeSet<Key> = BTreeSet::new();
@@ -517,6 +534,10 @@ impl IwmoStream {
         let mut clients: HashSet<(String, String)> = HashSet::new();
         for (key, item) in order {
             self.check_cancel()?;
+            let file_index = match &item {
+                Item::File(file) => Some(*file),
+                Item::Stored(_) => None,
+            };
             let (m, new) = match item {
                 Item::Stored(m) => (*m, false),
                 Item::File(file) => {
@@ -575,6 +596,16 @@ impl IwmoStream {
                 continue;
             }
             let pair = (m.header.provider().to_owned(), m.client.bsn.clone());
+            if let Some(file) = file_index
+                && let Some(Some(was)) = applied.get(file)
+                && !prior
+                    .get(was)
+                    .is_some_and(|log| log.iter().any(|l| l.header == m.header && l.body == m.body))
+            {
+                // Applied before, and no longer in its pair's log: purged by retention.
+                self.purged += 1;
+                continue;
+            }
             if new {
                 if m.client.birth_date_use.is_none() {
                     self.birth.insert(pair.clone(), m.client.birth_date);
@@ -619,6 +650,7 @@ impl IwmoStream {
         info!(
             files_read = self.files_read,
             bytes_read = self.bytes,
+            purged_not_reapplied = self.purged,
             "iWmo messages read."
         );
         self.stage_state(changes)?;

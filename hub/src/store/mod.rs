@@ -456,7 +456,7 @@ pub struct RetentionCutoffs {
 
 /// Counts of one retention run. In the run history (source `__retention__`, mode
 /// `retention`): `ended` = involvements, `updated` = relations, `rejected` = quarantine
-/// entries, `read` = all rows removed (audit entries included).
+/// entries, `accepted` = iWmo message logs, `read` = all rows removed (audit entries included).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RetentionCounts {
     /// Involvements purged.
@@ -465,6 +465,9 @@ pub struct RetentionCounts {
     pub relations: u64,
     /// Quarantine entries purged.
     pub quarantine: u64,
+    /// Stored iWmo message logs (`source_state` kind `pair`) purged: those of a (provider,
+    /// client pseudonym) pair whose last involvements of the source were purged in this run.
+    pub message_logs: u64,
     /// Audit entries removed through the audit trail's privileged path.
     pub audit: u64,
     /// The run recorded in the history (not for dry runs).

@@ -1,4 +1,5 @@
-//! PostgreSQL: the retention purge of the index (involvements, their relations, quarantine).
+//! PostgreSQL: the retention purge of the index (involvements, their relations, the iWmo
+//! message logs of the pairs they leave without involvement, quarantine).
 
 use chrono::{DateTime, Utc};
 
@@ -12,6 +13,26 @@ fn e(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 /// Rows purged: ended before the cutoff, or past their own `purge_after` date.
 const PURGED: &str =
     "(end_date IS NOT NULL AND end_date < $1) OR (purge_after IS NOT NULL AND purge_after < $2)";
+
+/// The involvements of a stored iWmo pair log (`source_state` kind `pair`, key = provider
+/// AGB code, a zero byte, the 32-byte client pseudonym; see `sources::iwmo::stored`): of
+/// the same source, for that person, with a record id `AGB-ToewijzingNummer` (compared as
+/// bytes).
+const OF_PAIR: &str = "i.source = s.source
+    AND i.person = substring(s.key FROM length(s.key) - 31)
+    AND substring(convert_to(i.source_record_id, 'UTF8') FOR greatest(length(s.key) - 32, 0))
+        = substring(s.key FOR greatest(length(s.key) - 33, 0)) || '\\x2d'::bytea";
+
+/// Pair logs to purge: an involvement of the pair is purged now, and none stays. Runs
+/// before the involvements are deleted. A log whose pair never had an involvement (e.g. a
+/// start waiting for its assignment) is kept.
+fn purged_logs() -> String {
+    format!(
+        "DELETE FROM source_state AS s WHERE s.kind = 'pair' AND length(s.key) > 33
+           AND EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND ({PURGED}))
+           AND NOT EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND NOT ({PURGED}))"
+    )
+}
 
 impl PgStore {
     pub(super) async fn purge_retention(
@@ -31,6 +52,13 @@ impl PgStore {
         .await
         .map_err(e(op))?
         .rows_affected();
+        let message_logs = sqlx::query(sqlx::AssertSqlSafe(purged_logs()))
+            .bind(cut.ended_before)
+            .bind(cut.today)
+            .execute(&mut *tx)
+            .await
+            .map_err(e(op))?
+            .rows_affected();
         let involvements = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM involvements WHERE {PURGED}"
         )))
@@ -55,6 +83,7 @@ impl PgStore {
             involvements,
             relations,
             quarantine,
+            message_logs,
             audit: 0,
             run: None,
         })
@@ -73,16 +102,17 @@ impl PgStore {
         };
         sqlx::query_scalar(
             "INSERT INTO runs (source, mode, status, phase, started_at, finished_at,
-               read, ended, updated, rejected, error)
-             VALUES ($1, 'retention', $2, 'done', $3, now(), $4, $5, $6, $7, $8) RETURNING id",
+               read, ended, updated, rejected, accepted, error)
+             VALUES ($1, 'retention', $2, 'done', $3, now(), $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(RETENTION_SOURCE)
         .bind(status)
         .bind(started)
-        .bind((c.involvements + c.relations + c.quarantine + c.audit) as i64)
+        .bind((c.involvements + c.relations + c.quarantine + c.message_logs + c.audit) as i64)
         .bind(c.involvements as i64)
         .bind(c.relations as i64)
         .bind(c.quarantine as i64)
+        .bind(c.message_logs as i64)
         .bind(error)
         .fetch_one(self.pool())
         .await

@@ -1,4 +1,5 @@
-//! SQLite: the retention purge of the index (involvements, their relations, quarantine).
+//! SQLite: the retention purge of the index (involvements, their relations, the iWmo
+//! message logs of the pairs they leave without involvement, quarantine).
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::params;
@@ -13,6 +14,25 @@ fn e(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 /// Rows purged: ended before the cutoff, or past their own `purge_after` date.
 const PURGED: &str =
     "(end_date IS NOT NULL AND end_date < ?1) OR (purge_after IS NOT NULL AND purge_after < ?2)";
+
+/// The involvements of a stored iWmo pair log (`source_state` kind `pair`, key = provider
+/// AGB code, a zero byte, the 32-byte client pseudonym; see `sources::iwmo::stored`): of
+/// the same source, for that person, with a record id `AGB-ToewijzingNummer`.
+const OF_PAIR: &str = "i.source = s.source
+    AND i.person = substr(s.key, length(s.key) - 31)
+    AND substr(i.source_record_id, 1, length(s.key) - 32)
+        = CAST(substr(s.key, 1, length(s.key) - 33) AS TEXT) || '-'";
+
+/// Pair logs to purge: an involvement of the pair is purged now, and none stays. Runs
+/// before the involvements are deleted. A log whose pair never had an involvement (e.g. a
+/// start waiting for its assignment) is kept.
+fn purged_logs() -> String {
+    format!(
+        "DELETE FROM source_state AS s WHERE s.kind = 'pair' AND length(s.key) > 33
+           AND EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND ({PURGED}))
+           AND NOT EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND NOT ({PURGED}))"
+    )
+}
 
 fn date(d: NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
@@ -43,6 +63,9 @@ impl SqliteStore {
                     params![ended, today],
                 )
                 .map_err(e(op))? as u64;
+            let message_logs = tx
+                .execute(&purged_logs(), params![ended, today])
+                .map_err(e(op))? as u64;
             let involvements = tx
                 .execute(
                     &format!("DELETE FROM involvements WHERE {PURGED}"),
@@ -59,6 +82,7 @@ impl SqliteStore {
                 involvements,
                 relations,
                 quarantine,
+                message_logs,
                 audit: 0,
                 run: None,
             };
@@ -81,8 +105,8 @@ impl SqliteStore {
         self.with_conn(move |conn| {
             conn.execute(
                 "INSERT INTO runs (source, mode, status, phase, started_at, finished_at,
-                   read, ended, updated, rejected, error)
-                 VALUES (?1, 'retention', ?2, 'done', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                   read, ended, updated, rejected, accepted, error)
+                 VALUES (?1, 'retention', ?2, 'done', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     RETENTION_SOURCE,
                     if error.is_some() {
@@ -92,10 +116,11 @@ impl SqliteStore {
                     },
                     time(started),
                     time(Utc::now()),
-                    (c.involvements + c.relations + c.quarantine + c.audit) as i64,
+                    (c.involvements + c.relations + c.quarantine + c.message_logs + c.audit) as i64,
                     c.involvements as i64,
                     c.relations as i64,
                     c.quarantine as i64,
+                    c.message_logs as i64,
                     error,
                 ],
             )

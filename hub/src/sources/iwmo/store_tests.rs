@@ -16,7 +16,7 @@ use crate::store::{QuarantineFilter, RunRecord, RunStatus, Store};
 use crate::sync::{Progress, SyncContext, sync_source};
 use crate::testdb;
 
-fn context(store: &Store) -> SyncContext {
+pub(super) fn context(store: &Store) -> SyncContext {
     context_with_key(
         store,
         MasterKey::from_secret("k1", &[7u8; 32]).expect("key"),
@@ -35,7 +35,7 @@ fn context_with_key(store: &Store, key: MasterKey) -> SyncContext {
     }
 }
 
-async fn sync(ctx: &SyncContext, h: &Harness) -> RunRecord {
+pub(super) async fn sync(ctx: &SyncContext, h: &Harness) -> RunRecord {
     sync_counted(ctx, h).await.0
 }
 
@@ -56,7 +56,7 @@ fn size(h: &Harness, file: &str) -> u64 {
 }
 
 /// Status and end reason code of a published assignment of the home-care provider.
-async fn assignment(store: &Store, number: u64) -> Option<(String, Option<String>)> {
+pub(super) async fn assignment(store: &Store, number: u64) -> Option<(String, Option<String>)> {
     store
         .involvements("wmo")
         .await

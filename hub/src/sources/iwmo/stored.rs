@@ -24,7 +24,7 @@ use matchpoint_schemas::Bsn;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Item, IwmoStream, Mode, SortKey};
+use super::{Item, IwmoStream, Mode, SortKey, SourceState};
 use crate::store::StateChange;
 
 /// State kinds.
@@ -45,6 +45,10 @@ pub struct FileEntry {
     pub mtime: u128,
     /// SHA-256 of the content, hex.
     pub sha256: String,
+    /// The content changed after the file was applied (reported once): its new messages
+    /// were not applied; a full run applies them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed: bool,
 }
 
 impl FileEntry {
@@ -69,6 +73,7 @@ impl FileEntry {
             size,
             mtime,
             sha256: hex::encode(h.finalize()),
+            changed: false,
         })
     }
 
@@ -126,6 +131,12 @@ pub fn parse_file(value: &[u8]) -> Option<FileEntry> {
     serde_json::from_slice(value).ok()
 }
 
+/// Per file its pair when applied before, and the stored logs of those pairs.
+pub(super) type PriorLogs = (
+    Vec<Option<(String, String)>>,
+    HashMap<(String, String), Vec<Logged>>,
+);
+
 /// The parts of a run that use the stored state.
 impl IwmoStream {
     /// Store-backed state: files already applied whose size or time changed are hashed; an
@@ -144,7 +155,7 @@ impl IwmoStream {
             .collect();
         for (file, before) in known {
             let (path, name) = self.files[file].clone();
-            let now =
+            let mut now =
                 FileEntry::read(&path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
                     location: path.display().to_string(),
                     message: e.to_string(),
@@ -160,6 +171,7 @@ impl IwmoStream {
                     reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
                 }));
             }
+            now.changed = before.changed || now.sha256 != before.sha256;
             changes.push(now.change(&name));
             if let Some((_, Mode::FromState { work, .. })) = &mut self.store {
                 work.remove(&file);
@@ -177,27 +189,8 @@ impl IwmoStream {
         let Some((st, Mode::FromState { .. })) = &self.store else {
             return Ok(Vec::new());
         };
-        let mut by_key: HashMap<Vec<u8>, (String, String)> = HashMap::new();
-        for (provider, bsn) in pairs {
-            if let Ok(b) = Bsn::parse(bsn) {
-                let p = st.pseudonymiser.pseudonymise(&b);
-                by_key.insert(
-                    pair_key(provider, p.as_bytes()),
-                    (provider.clone(), bsn.clone()),
-                );
-            }
-        }
-        let rows = st
-            .read(&self.source, PAIR, Some(by_key.keys().cloned().collect()))
-            .map_err(|e| self.store_error(e))?;
         let mut out = Vec::new();
-        for (k, v) in rows {
-            let Some((_, bsn)) = by_key.get(&k) else {
-                continue;
-            };
-            let log = parse_log(&v).ok_or_else(|| {
-                self.store_error("a stored message log cannot be read; run --full")
-            })?;
+        for ((_, bsn), log) in self.read_logs(st, pairs)? {
             for l in log {
                 let key = SortKey::new(&l.header, l.file.clone(), usize::MAX);
                 let m = Message {
@@ -216,6 +209,79 @@ impl IwmoStream {
         Ok(out)
     }
 
+    /// The stored logs of these pairs (pairs without a stored log are left out).
+    fn read_logs(
+        &self,
+        st: &SourceState,
+        pairs: &HashSet<(String, String)>,
+    ) -> Result<HashMap<(String, String), Vec<Logged>>, DeliveryError> {
+        let mut by_key: HashMap<Vec<u8>, (String, String)> = HashMap::new();
+        for (provider, bsn) in pairs {
+            if let Ok(b) = Bsn::parse(bsn) {
+                let p = st.pseudonymiser.pseudonymise(&b);
+                by_key.insert(
+                    pair_key(provider, p.as_bytes()),
+                    (provider.clone(), bsn.clone()),
+                );
+            }
+        }
+        let rows = st
+            .read(&self.source, PAIR, Some(by_key.keys().cloned().collect()))
+            .map_err(|e| self.store_error(e))?;
+        let mut out = HashMap::new();
+        for (k, v) in rows {
+            let Some(pair) = by_key.remove(&k) else {
+                continue;
+            };
+            let log = parse_log(&v).ok_or_else(|| {
+                self.store_error("a stored message log cannot be read; run --full")
+            })?;
+            out.insert(pair, log);
+        }
+        Ok(out)
+    }
+
+    /// A full run under the same index key: per file, its pair when the stored state
+    /// applied the file (same size and time, or same hash, and not changed since), and the
+    /// stored logs of those pairs. A message of such a file that its pair's log no longer
+    /// holds was purged by retention (`crate::retention`) and is not applied again, so a
+    /// full run publishes what incremental runs would: messages of files new to the state
+    /// are applied, a new message of a purged pair starts a fresh log.
+    pub(super) fn prior_logs(
+        &self,
+        envelopes: &[Option<(String, String)>],
+    ) -> Result<PriorLogs, DeliveryError> {
+        let Some((
+            st,
+            Mode::Rebuild {
+                prior: Some(registry),
+            },
+        )) = &self.store
+        else {
+            return Ok((Vec::new(), HashMap::new()));
+        };
+        let mut applied = vec![None; self.files.len()];
+        for (file, (path, name)) in self.files.iter().enumerate() {
+            let (Some(entry), Some(Some(pair))) = (registry.get(name), envelopes.get(file)) else {
+                continue;
+            };
+            if entry.changed {
+                continue;
+            }
+            let same = match FileEntry::stat(path) {
+                Ok((size, mtime)) if !entry.differs(size, mtime) => true,
+                _ => FileEntry::read(path, self.limits.max_bytes)
+                    .is_ok_and(|now| now.sha256 == entry.sha256),
+            };
+            if same {
+                applied[file] = Some(pair.clone());
+            }
+        }
+        let pairs: HashSet<(String, String)> = applied.iter().flatten().cloned().collect();
+        let logs = self.read_logs(st, &pairs)?;
+        Ok((applied, logs))
+    }
+
     /// Store-backed state: what this run changes, staged with the run.
     pub(super) fn stage_state(
         &mut self,
@@ -224,7 +290,7 @@ impl IwmoStream {
         let Some((st, mode)) = &self.store else {
             return Ok(());
         };
-        let rebuild = matches!(mode, Mode::Rebuild);
+        let rebuild = matches!(mode, Mode::Rebuild { .. });
         let mut all = Vec::new();
         if rebuild {
             all.push(StateChange::replace_all());
