@@ -25,7 +25,14 @@
 //! | a record longer than the read window (`max_record_bytes` + 64 KiB) | delivery fails (`Limit`): the parser cannot find the next record safely |
 //! | the file is larger than `max_bytes` | delivery fails (`Limit`) |
 //! | the file ends inside a quoted field (unterminated quote) | delivery fails (`Truncated`) |
+//! | the last record (or the header line) is not followed by a line break: the file was cut mid-record, also right after a field or a delimiter | delivery fails (`Truncated`), naming the record and byte offset; the cut record is not handed out. Accepted when [`CsvFormat::require_final_line_break`] is `false` |
+//! | an empty file (0 bytes) | delivery fails (`Truncated`): no header line |
 //! | no header line, a column the mapping needs is missing, a repeated header | delivery fails (`Malformed`) |
+//!
+//! The final line break is seen in the decoded text as it streams by (the last byte and the
+//! end of the text are tracked in `DecodedText`'s counter), without buffering. A file cut
+//! exactly after a line break cannot be told from a complete one; for full snapshots the
+//! shrink guard holds such a delivery when it would end too many involvements.
 //!
 //! Memory is bounded by one record (plus the read buffers), whatever the size of the file.
 //! Byte offsets in messages count bytes of the decoded (UTF-8) text from the start of the
