@@ -126,11 +126,17 @@ fn a_drop_cut_mid_field_is_truncated_naming_file_record_and_offset() {
     // Record offsets of a CRLF file point at the LF ending the line before (the `csv`
     // crate ends a record at the CR): byte 35 here.
     assert!(msg.contains("record 2 (from byte 35)"), "{msg}");
-    assert!(msg.contains(&format!("ends at byte {}", cut.len())), "{msg}");
+    assert!(
+        msg.contains(&format!("ends at byte {}", cut.len())),
+        "{msg}"
+    );
     assert!(msg.contains("ask the supplier"), "{msg}");
     assert!(msg.contains("final_line_break = \"optional\""), "{msg}");
     assert!(msg.contains("nothing was published"), "{msg}");
-    assert!(!msg.contains("Pietersen"), "no field value in the message: {msg}");
+    assert!(
+        !msg.contains("Pietersen"),
+        "no field value in the message: {msg}"
+    );
 }
 
 #[test]
@@ -144,8 +150,14 @@ fn a_drop_cut_between_fields_is_truncated_not_a_short_record() {
     // The records before the cut are handed out; the cut one is not.
     let mut r = reader(cut, CsvFormat::default());
     assert!(matches!(r.next_record(), Ok(Some(Ok(_)))));
-    assert!(matches!(r.next_record(), Err(DeliveryError::Truncated { .. })));
-    assert!(matches!(r.next_record(), Ok(None)), "a failed stream stays finished");
+    assert!(matches!(
+        r.next_record(),
+        Err(DeliveryError::Truncated { .. })
+    ));
+    assert!(
+        matches!(r.next_record(), Ok(None)),
+        "a failed stream stays finished"
+    );
 }
 
 #[test]

@@ -596,11 +596,8 @@ mod tests {
         let cut = std::fs::read(&path).expect("read");
         assert!(cut.len() < csv.len() && csv.starts_with(&cut));
         assert!(!matches!(cut.last(), Some(b'\n' | b'\r')), "{cut:?}");
-        let mut reader = CsvDropReader::new(
-            Box::new(Cursor::new(cut)),
-            "drop.csv",
-            CsvFormat::default(),
-        );
+        let mut reader =
+            CsvDropReader::new(Box::new(Cursor::new(cut)), "drop.csv", CsvFormat::default());
         let err = loop {
             match reader.next_record() {
                 Ok(Some(_)) => continue,

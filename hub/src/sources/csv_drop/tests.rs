@@ -78,7 +78,10 @@ id_column = "dossiernummer"
     assert!(!super::format_for(&optional.sources[0]).require_final_line_break);
     let err = parse("final_line_break = \"sometimes\"").expect_err("unknown value");
     let msg = format!("{err:#}");
-    assert!(msg.contains("sometimes") && msg.contains("optional"), "{msg}");
+    assert!(
+        msg.contains("sometimes") && msg.contains("optional"),
+        "{msg}"
+    );
 }
 
 fn key() -> MasterKey {
