@@ -169,9 +169,7 @@ impl Feed {
         let org_codes = catalogue
             .orgs
             .iter()
-            .map(|org| {
-                own_code(&registry, source, &org.source_code)
-            })
+            .map(|org| own_code(&registry, source, &org.source_code))
             .collect();
         let base = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap_or_default();
         let today = base.checked_add_days(Days::new(seed % 28)).unwrap_or(base);
