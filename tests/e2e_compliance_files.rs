@@ -9,8 +9,8 @@
 //! databases: records map to the canonical record (golden file per kind); an advance is
 //! read as exactly the records it changed (the sandbox counts what it wrote), and a night
 //! without changes is quiet; a malformed record goes to quarantine; a truncated or garbled
-//! delivery fails the run (the CSV drop: the shrink guard holds it, as the format has no
-//! trailer to tell a cut file) and leaves the index unchanged; an empty full delivery is held
+//! delivery fails the run (the CSV drop: a file cut mid-record has no final line break) and
+//! leaves the index unchanged; an empty full delivery is held
 //! (incremental kinds: a quiet night); a failed incremental run leaves the cursor where the
 //! last committed run ended and the next run continues from there.
 //!
@@ -57,8 +57,8 @@ pub const CSV: FileKind = FileKind {
     mode: "full",
     extra: "[source.csv]\nid_column = \"dossiernummer\"\n",
     golden: "tests/golden/okc-3.golden",
-    // A drop cut between two fields is no CSV error: the short delivery is held instead.
-    truncated: "held",
+    // A drop cut mid-record (even between two fields) has no final line break: Truncated.
+    truncated: "failed",
 };
 
 /// Kind `sql_pull` (okc-4: soft deletes).
@@ -458,6 +458,9 @@ pub fn broken_delivery_is_not_published(k: &FileKind, db: &Db, spec: &str, statu
     if status == "failed" {
         let err = run["error"].as_str().unwrap_or("");
         assert!(err.contains("nothing was published"), "{err}");
+        if k.kind == "csv_drop" && spec.starts_with("truncate") {
+            assert!(err.contains("delivery is truncated"), "{err}");
+        }
     }
     assert_eq!(rows(&inst, k.source), before);
     assert_eq!(cursor(&inst, k.source), c1);

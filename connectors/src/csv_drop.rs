@@ -25,7 +25,14 @@
 //! | a record longer than the read window (`max_record_bytes` + 64 KiB) | delivery fails (`Limit`): the parser cannot find the next record safely |
 //! | the file is larger than `max_bytes` | delivery fails (`Limit`) |
 //! | the file ends inside a quoted field (unterminated quote) | delivery fails (`Truncated`) |
+//! | the last record (or the header line) is not followed by a line break: the file was cut mid-record, also right after a field or a delimiter | delivery fails (`Truncated`), naming the record and byte offset; the cut record is not handed out. Accepted when [`CsvFormat::require_final_line_break`] is `false` |
+//! | an empty file (0 bytes) | delivery fails (`Truncated`): no header line |
 //! | no header line, a column the mapping needs is missing, a repeated header | delivery fails (`Malformed`) |
+//!
+//! The final line break is seen in the decoded text as it streams by (the last byte and the
+//! end of the text are tracked in `DecodedText`'s counter), without buffering. A file cut
+//! exactly after a line break cannot be told from a complete one; for full snapshots the
+//! shrink guard holds such a delivery when it would end too many involvements.
 //!
 //! Memory is bounded by one record (plus the read buffers), whatever the size of the file.
 //! Byte offsets in messages count bytes of the decoded (UTF-8) text from the start of the
@@ -73,6 +80,10 @@ pub struct CsvFormat {
     pub max_record_bytes: u64,
     /// Most bytes the file may have.
     pub max_bytes: u64,
+    /// Whether the last record must end with a line break (default `true`). A file whose
+    /// last record does not is taken as cut off in transport and fails the delivery
+    /// (`Truncated`); `false` accepts it, for a supplier that never writes a final line break.
+    pub require_final_line_break: bool,
 }
 
 impl Default for CsvFormat {
@@ -84,6 +95,7 @@ impl Default for CsvFormat {
             required_columns: Vec::new(),
             max_record_bytes: 1 << 20,
             max_bytes: 8 << 30,
+            require_final_line_break: true,
         }
     }
 }
@@ -111,6 +123,10 @@ struct TextCounter {
     since_mark: Cell<u64>,
     /// Quoting state after the last byte handed out.
     quote: Cell<Option<QuoteState>>,
+    /// The last decoded byte handed out (`None` before the first).
+    last: Cell<Option<u8>>,
+    /// Whether the end of the decoded text has been reached.
+    eof: Cell<bool>,
 }
 
 /// The decoded text: tracks the quoting state (so an unterminated quote at the end of the
@@ -134,6 +150,12 @@ impl<R: Read> Read for DecodedText<R> {
             .unwrap_or(usize::MAX)
             .min(buf.len());
         let n = self.inner.read(&mut buf[..room])?;
+        if n == 0 && room > 0 {
+            self.counter.eof.set(true);
+        }
+        if let Some(&b) = buf[..n].last() {
+            self.counter.last.set(Some(b));
+        }
         let mut state = self.counter.quote.get().unwrap_or(QuoteState::FieldStart);
         for &b in &buf[..n] {
             let sep = b == self.delimiter || b == b'\n' || b == b'\r';
@@ -278,6 +300,7 @@ impl CsvDropReader {
                 message: "the file is empty: no header line".into(),
             });
         }
+        self.check_end(0, 0)?;
         let mut names = Vec::with_capacity(self.record.len());
         let mut seen = HashSet::new();
         for (i, raw) in self.record.iter().enumerate() {
@@ -328,6 +351,47 @@ impl CsvDropReader {
         self.relations_index = relations_index;
         self.header = Some(names);
         Ok(())
+    }
+
+    /// Whether the parser has taken in the whole decoded text: the record just read is the
+    /// last of the file.
+    fn at_end(&self) -> bool {
+        self.text.eof.get() && self.reader.position().byte() == self.text.total.get()
+    }
+
+    /// Fails the delivery (`Truncated`) when the record just read — number `record`, `0` for
+    /// the header line, starting at byte `start` — is the last of the file and the file ends
+    /// inside a quoted field, or (unless the format allows it) not with a line break: a
+    /// transfer cut off mid-record, even between two fields, is never taken for a complete
+    /// delivery.
+    fn check_end(&self, record: u64, start: u64) -> Result<(), DeliveryError> {
+        if !self.at_end() {
+            return Ok(());
+        }
+        let what = if record == 0 {
+            "the header line".to_owned()
+        } else {
+            format!("record {record} (from byte {start})")
+        };
+        let message = if self.text.quote.get() == Some(QuoteState::Quoted) {
+            format!("the file ends inside a quoted field (an unterminated quote, {what})")
+        } else if self.format.require_final_line_break
+            && !matches!(self.text.last.get(), None | Some(b'\n' | b'\r'))
+        {
+            format!(
+                "{what} is not followed by a line break: the file ends at byte {} in the \
+                 middle of a record, so it was probably cut off in transport; ask the supplier \
+                 for a complete file, or set `final_line_break = \"optional\"` in [source.csv] \
+                 if this supplier never ends its files with a line break",
+                self.text.total.get()
+            )
+        } else {
+            return Ok(());
+        };
+        Err(DeliveryError::Truncated {
+            location: self.location.clone(),
+            message,
+        })
     }
 
     fn malformed_header(&self, message: String) -> DeliveryError {
@@ -441,28 +505,14 @@ impl CsvDropReader {
         }
         let start = self.reader.position().byte();
         if !self.read()? {
-            if self.text.quote.get() == Some(QuoteState::Quoted) {
-                return Err(DeliveryError::Truncated {
-                    location: self.location.clone(),
-                    message: format!(
-                        "the file ends inside a quoted field (an unterminated quote, record {} from byte {start})",
-                        self.index + 1
-                    ),
-                });
-            }
+            // Every byte of an unterminated last record makes a record, so this is seen
+            // when that record is read; checked again here all the same.
+            self.check_end(self.index, start)?;
             return Ok(None);
         }
-        if self.text.quote.get() == Some(QuoteState::Quoted) && self.reader.is_done() {
-            return Err(DeliveryError::Truncated {
-                location: self.location.clone(),
-                message: format!(
-                    "the file ends inside a quoted field (an unterminated quote, record {} from byte {start})",
-                    self.index + 1
-                ),
-            });
-        }
-        self.index += 1;
         let record_start = self.record.position().map_or(start, |p| p.byte());
+        self.check_end(self.index + 1, record_start)?;
+        self.index += 1;
         let end = self.reader.position().byte();
         let position = RecordPosition {
             index: self.index,

@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         required_columns: Vec::new(),
         max_record_bytes: 16 << ((knob >> 2) & 0x07),
         max_bytes: 64 << 10,
+        require_final_line_break: knob & 0x20 == 0,
     };
     let mut reader = CsvDropReader::new(Box::new(std::io::Cursor::new(input.to_vec())), "fuzz", format);
     // Every record after the header takes at least one line-break byte.

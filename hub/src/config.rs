@@ -533,6 +533,10 @@ pub struct CsvSettings {
     /// Field separator, one ASCII character (default `;`).
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
+    /// Whether the file must end with a line break (default `"required"`): a file whose last
+    /// record does not is taken as cut off in transport and fails the run.
+    #[serde(default)]
+    pub final_line_break: FinalLineBreak,
 }
 
 impl Default for CsvSettings {
@@ -540,8 +544,22 @@ impl Default for CsvSettings {
         CsvSettings {
             id_column: default_id_column(),
             delimiter: default_delimiter(),
+            final_line_break: FinalLineBreak::default(),
         }
     }
+}
+
+/// `[source.csv] final_line_break`: must a CSV drop end with a line break?
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalLineBreak {
+    /// The last record must end with a line break; a file that ends in the middle of a
+    /// record was cut off in transport and fails the run (`Truncated`).
+    #[default]
+    Required,
+    /// Accept a last record without a line break, for a supplier that never writes one (a
+    /// file cut off between two records or fields can then not be told from a complete one).
+    Optional,
 }
 
 fn default_id_column() -> String {

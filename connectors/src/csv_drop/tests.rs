@@ -109,6 +109,104 @@ fn an_empty_file_has_no_header_and_a_header_only_file_is_empty() {
     assert!(items.is_empty());
 }
 
+/// The delivery error of `bytes`, which must be `Truncated`.
+fn truncated(bytes: &[u8], format: CsvFormat) -> String {
+    let err = read_all(bytes, format).expect_err("truncated");
+    assert!(matches!(err, DeliveryError::Truncated { .. }), "{err}");
+    err.to_string()
+}
+
+const COMPLETE: &[u8] = b"id;naam;plaats\r\n1;Jansen;Amsterdam\r\n2;Pietersen;Diemen\r\n";
+
+#[test]
+fn a_drop_cut_mid_field_is_truncated_naming_file_record_and_offset() {
+    let cut = &COMPLETE[..COMPLETE.len() - 5]; // "2;Pietersen;Die"
+    let msg = truncated(cut, CsvFormat::default());
+    assert!(msg.contains("test.csv"), "{msg}");
+    // Record offsets of a CRLF file point at the LF ending the line before (the `csv`
+    // crate ends a record at the CR): byte 35 here.
+    assert!(msg.contains("record 2 (from byte 35)"), "{msg}");
+    assert!(
+        msg.contains(&format!("ends at byte {}", cut.len())),
+        "{msg}"
+    );
+    assert!(msg.contains("ask the supplier"), "{msg}");
+    assert!(msg.contains("final_line_break = \"optional\""), "{msg}");
+    assert!(msg.contains("nothing was published"), "{msg}");
+    assert!(
+        !msg.contains("Pietersen"),
+        "no field value in the message: {msg}"
+    );
+}
+
+#[test]
+fn a_drop_cut_between_fields_is_truncated_not_a_short_record() {
+    // "2;Pietersen": two whole fields of three; once read as a short record (quarantine)
+    // and a complete but smaller delivery.
+    let cut = &COMPLETE[..COMPLETE.len() - 9];
+    assert!(cut.ends_with(b"Pietersen"));
+    let msg = truncated(cut, CsvFormat::default());
+    assert!(msg.contains("record 2 "), "{msg}");
+    // The records before the cut are handed out; the cut one is not.
+    let mut r = reader(cut, CsvFormat::default());
+    assert!(matches!(r.next_record(), Ok(Some(Ok(_)))));
+    assert!(matches!(
+        r.next_record(),
+        Err(DeliveryError::Truncated { .. })
+    ));
+    assert!(
+        matches!(r.next_record(), Ok(None)),
+        "a failed stream stays finished"
+    );
+}
+
+#[test]
+fn a_drop_cut_right_after_a_delimiter_is_truncated() {
+    let cut = &COMPLETE[..COMPLETE.len() - 8]; // "2;Pietersen;"
+    assert!(cut.ends_with(b";"));
+    truncated(cut, CsvFormat::default());
+    // Also in the first record, and in the header line itself.
+    truncated(b"id;naam;plaats\r\n1;", CsvFormat::default());
+    let msg = truncated(b"id;naam;", CsvFormat::default());
+    assert!(msg.contains("the header line is not followed"), "{msg}");
+    // After a closed quote the record is just as incomplete.
+    truncated(b"id;naam\r\n1;\"Jansen\"", CsvFormat::default());
+}
+
+#[test]
+fn complete_drops_with_crlf_or_lf_read_in_full() {
+    let lf: Vec<u8> = COMPLETE.iter().copied().filter(|&b| b != b'\r').collect();
+    for bytes in [COMPLETE, lf.as_slice()] {
+        let items = read_all(bytes, CsvFormat::default()).expect("complete");
+        assert_eq!(items.len(), 2);
+        let last = items[1].as_ref().expect("good");
+        assert_eq!(last.field("plaats"), Some("Diemen"));
+    }
+    // A quoted last field, a line break in a quoted field, and empty lines at the end.
+    let csv = b"id;naam\n1;\"Jan\r\nsen\"\n\n\r\n";
+    let items = read_all(csv, CsvFormat::default()).expect("complete");
+    assert_eq!(items.len(), 1);
+}
+
+#[test]
+fn final_line_break_optional_accepts_a_drop_without_one() {
+    let optional = CsvFormat {
+        require_final_line_break: false,
+        ..CsvFormat::default()
+    };
+    let no_break = &COMPLETE[..COMPLETE.len() - 2];
+    let items = read_all(no_break, optional.clone()).expect("accepted");
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[1].as_ref().expect("good").field("plaats"),
+        Some("Diemen")
+    );
+    let items = read_all(b"id;naam", optional.clone()).expect("header only");
+    assert!(items.is_empty());
+    // An unterminated quote is still a truncation.
+    truncated(b"id;naam\r\n1;\"Jans", optional);
+}
+
 #[test]
 fn repeated_or_empty_header_names_fail_the_delivery() {
     for csv in [&b"id;naam;naam\r\n"[..], &b"id;;naam\r\n"[..]] {
@@ -191,6 +289,38 @@ proptest! {
             prop_assert!(n <= bytes.len() + 1);
         }
         prop_assert!(matches!(r.next_record(), Ok(None)), "a finished stream stays finished");
+    }
+
+    #[test]
+    fn a_strict_prefix_not_ending_at_a_line_break_is_truncated(
+        values in proptest::collection::vec(cp1252_text(), 1..6),
+        crlf in any::<bool>(),
+        always_quote in any::<bool>(),
+        cut_at in any::<prop::sample::Index>(),
+    ) {
+        let mut w = csv::WriterBuilder::new()
+            .delimiter(b';')
+            .terminator(if crlf { csv::Terminator::CRLF } else { csv::Terminator::Any(b'\n') })
+            .quote_style(if always_quote { csv::QuoteStyle::Always } else { csv::QuoteStyle::Necessary })
+            .from_writer(Vec::new());
+        w.write_record(["id", "waarde", "plaats"]).expect("write");
+        for (i, v) in values.iter().enumerate() {
+            w.write_record([format!("r{i}"), v.clone(), "x".into()]).expect("write");
+        }
+        let text = String::from_utf8(w.into_inner().expect("flush")).expect("utf8");
+        let (bytes, _, unmappable) = WINDOWS_1252.encode(&text);
+        prop_assert!(!unmappable);
+        prop_assert_eq!(read_all(&bytes, CsvFormat::default()).expect("complete").len(), values.len());
+        let cut = &bytes[..cut_at.index(bytes.len())];
+        let result = read_all(cut, CsvFormat::default());
+        if !matches!(cut.last(), Some(b'\n' | b'\r')) {
+            // Also the empty prefix: a file without a header is truncated.
+            prop_assert!(matches!(result, Err(DeliveryError::Truncated { .. })), "{:?}", result.map(|v| v.len()));
+        } else if let Err(e) = result {
+            // A prefix ending at a line break inside a quoted field is an unterminated quote.
+            prop_assert!(matches!(e, DeliveryError::Truncated { .. }), "{e}");
+            prop_assert!(e.to_string().contains("quoted field"), "{e}");
+        }
     }
 
     #[test]

@@ -152,7 +152,9 @@ fn io_err(what: &Path) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", what.display())
 }
 
-/// Cuts a file mid-record (in the middle of a line): the `truncate` fault.
+/// Cuts a file mid-record (in the middle of a line): the `truncate` fault. The cut never
+/// falls right after a line break, so the last record of a CSV drop has none and the reader
+/// sees the truncation, as it sees a missing closing element in XML.
 fn cut(path: &Path) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let mut at = bytes.len() / 2;
@@ -573,4 +575,36 @@ pub async fn start_files(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use matchpoint_connectors::RecordStream;
+    use matchpoint_connectors::csv_drop::{CsvDropReader, CsvFormat};
+
+    #[test]
+    fn the_truncate_fault_cuts_a_csv_drop_mid_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("drop.csv");
+        // Half of the file falls right after a line break (byte 21 of 42).
+        let csv = b"id;naam;plaats\r\n1;A\r\n2;Pietersen;Utrecht\r\n";
+        assert_eq!(&csv[csv.len() / 2 - 2..csv.len() / 2], b"\r\n");
+        std::fs::write(&path, csv).expect("write");
+        super::cut(&path).expect("cut");
+        let cut = std::fs::read(&path).expect("read");
+        assert!(cut.len() < csv.len() && csv.starts_with(&cut));
+        assert!(!matches!(cut.last(), Some(b'\n' | b'\r')), "{cut:?}");
+        let mut reader =
+            CsvDropReader::new(Box::new(Cursor::new(cut)), "drop.csv", CsvFormat::default());
+        let err = loop {
+            match reader.next_record() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the cut drop reads as complete"),
+                Err(e) => break e,
+            }
+        };
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
 }

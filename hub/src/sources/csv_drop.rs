@@ -5,6 +5,8 @@
 //! renaming a header in the mapping file alone changes what is read). The record id column is
 //! `[source.csv] id_column`; when the mapping has `[relations]`, its `group` is the relations
 //! column (`soort:BSN|soort:BSN`), with `kind` and `bsn` as the names of the parts.
+//! A file whose last record does not end with a line break was cut off in transport and fails
+//! the run, unless `[source.csv] final_line_break = "optional"`.
 
 use std::io::BufRead;
 
@@ -14,7 +16,7 @@ use matchpoint_mapping::MappingSpec;
 
 use super::files::{FileDeliveries, deliveries};
 use super::{OpenContext, Opened};
-use crate::config::SourceConfig;
+use crate::config::{FinalLineBreak, SourceConfig};
 
 /// Opens the run's CSV file(s).
 pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
@@ -45,6 +47,7 @@ pub fn format_for(source: &SourceConfig) -> CsvFormat {
         required_columns: spec.map(mapped_columns).unwrap_or_default(),
         max_record_bytes: source.limits.max_record_bytes,
         max_bytes: source.limits.max_bytes,
+        require_final_line_break: settings.final_line_break == FinalLineBreak::Required,
     }
 }
 

@@ -44,6 +44,46 @@ id_column = "dossiernummer"
     Config::parse(&text, "test.toml", dir).expect("config parses")
 }
 
+#[test]
+fn final_line_break_is_required_unless_the_source_says_optional() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let parse = |csv_lines: &str| {
+        let text = format!(
+            r#"
+store = "sqlite://{store}"
+organisations = "{root}/deploy/organisations.toml"
+
+[[source]]
+name = "okc-3"
+kind = "csv_drop"
+location = "{location}"
+mode = "full"
+schedule = "0 0 4 * * *"
+mapping = "{root}/deploy/mappings/okc-3.toml"
+[source.csv]
+id_column = "dossiernummer"
+{csv_lines}
+"#,
+            store = dir.path().join("index.db").display(),
+            root = root().display(),
+            location = dir.path().display(),
+        );
+        Config::parse(&text, "test.toml", dir.path())
+    };
+    let default = parse("").expect("parses");
+    assert!(super::format_for(&default.sources[0]).require_final_line_break);
+    let required = parse("final_line_break = \"required\"").expect("parses");
+    assert!(super::format_for(&required.sources[0]).require_final_line_break);
+    let optional = parse("final_line_break = \"optional\"").expect("parses");
+    assert!(!super::format_for(&optional.sources[0]).require_final_line_break);
+    let err = parse("final_line_break = \"sometimes\"").expect_err("unknown value");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("sometimes") && msg.contains("optional"),
+        "{msg}"
+    );
+}
+
 fn key() -> MasterKey {
     MasterKey::from_secret("test", &[9u8; 32]).expect("key")
 }
