@@ -413,7 +413,7 @@ if wanted iwmo; then
     calib="$results/wmo-calibration"
     start_sandbox wmo-calibration --persons 5000 --dir "$calib" || exit 1
     stop_sandbox wmo-calibration
-    per5000=$(awk '$1 == "wmo" { print $5 }' "$sandbox_out")
+    per5000=$(awk '$1 == "wmo" && $4 == "messages:" { print $5; exit }' "$sandbox_out")
     rm -rf "$calib"
     [[ "$per5000" =~ ^[0-9]+$ && "$per5000" -gt 0 ]] || { log "cannot read the iWmo message count of the calibration run"; exit 1; }
     wmo_persons=$(( (iwmo_messages * 5000 + per5000 - 1) / per5000 ))

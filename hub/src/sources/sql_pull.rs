@@ -6,8 +6,10 @@
 //!   variable) or `url_file` (a file), never from the configuration's clear text, and is never
 //!   shown with its password.
 //! - **Paging by keyset**: `SELECT * FROM view WHERE (updated_at, id) > (cursor) ORDER BY
-//!   updated_at, id LIMIT page_size` (`[source.paging] page_size`; the condition is written
-//!   out as `u > ? OR (u = ? AND id > ?)`, which all three databases index). A page token and the incremental cursor are the last row's
+//!   updated_at, id LIMIT page_size` (`[source.paging] page_size`; on MySQL/MariaDB the
+//!   condition is written out as `u > ? OR (u = ? AND id > ?)`, the form its range optimizer
+//!   indexes). The supplier needs an index on `(updated_at, id)` of the table behind the
+//!   view; without one every page scans the table. A page token and the incremental cursor are the last row's
 //!   `(updated_at, id)`, kept in the column's own type (JSON), so comparisons are exact.
 //! - **Incremental**: the first page of an incremental run starts after the committed cursor,
 //!   so a run reads only rows changed since the last successful run; an interrupted run
@@ -334,8 +336,14 @@ impl SqlPull {
         let (u, id) = (&s.updated_at_column, &s.id_column);
         let filter = match (after, dialect) {
             (false, _) => String::new(),
-            (true, Dialect::Postgres) => format!(" WHERE {u} > $1 OR ({u} = $1 AND {id} > $2)"),
-            (true, _) => format!(" WHERE {u} > ? OR ({u} = ? AND {id} > ?)"),
+            // A row-value comparison: PostgreSQL and SQLite seek the (updated_at, id) index
+            // to the cursor. SQLite scans the index from its start for the `OR` form (every
+            // page then costs more than the one before: 36 s for 950k rows instead of ~6 s).
+            (true, Dialect::Postgres) => format!(" WHERE ({u}, {id}) > ($1, $2)"),
+            (true, Dialect::Sqlite) => format!(" WHERE ({u}, {id}) > (?1, ?2)"),
+            // MariaDB does not turn a row-value comparison into an index range; the `OR`
+            // form it does.
+            (true, Dialect::MySql) => format!(" WHERE {u} > ? OR ({u} = ? AND {id} > ?)"),
         };
         format!(
             "SELECT * FROM {}{filter} ORDER BY {u}, {id} LIMIT {}",
@@ -727,7 +735,6 @@ async fn query_page(
         SqlConn::Sqlite(c) => {
             let mut q = sqlx::query(AssertSqlSafe(sql));
             if let Some(k) = after {
-                q = bind_key!(q, &k.u);
                 q = bind_key!(q, &k.u);
                 q = bind_key!(q, &k.id);
             }
