@@ -147,6 +147,46 @@ pub struct MasterKey {
     active_audit: Option<usize>,
 }
 
+/// Makes `id` (the base id or one of `list`) the active version of a purpose.
+fn activate_in(base: &KeyId, list: &[Version], active: &mut Option<usize>, id: &str) -> bool {
+    if id == base.as_str() {
+        *active = None;
+        return true;
+    }
+    match list.iter().position(|v| v.id.as_str() == id) {
+        Some(i) => {
+            *active = Some(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The active version's id of a purpose: one of `list`, or the base.
+fn active_in<'a>(base: &'a KeyId, list: &'a [Version], active: Option<usize>) -> &'a KeyId {
+    active.and_then(|i| list.get(i)).map_or(base, |v| &v.id)
+}
+
+/// The base id, then every id of `list`, in file order.
+fn ids_in<'a>(base: &'a KeyId, list: &'a [Version]) -> Vec<&'a KeyId> {
+    std::iter::once(base)
+        .chain(list.iter().map(|v| &v.id))
+        .collect()
+}
+
+/// A pseudonymiser of `purpose` under the base secret and under every version of `list`.
+fn pseudonymisers_in(
+    base: &KeyId,
+    base_secret: &[u8],
+    list: &[Version],
+    purpose: KeyPurpose,
+) -> Vec<Pseudonymiser> {
+    std::iter::once((base, base_secret))
+        .chain(list.iter().map(|v| (&v.id, v.secret.as_slice())))
+        .map(|(id, secret)| Pseudonymiser::new(id.clone(), purpose, &derive(secret, purpose)))
+        .collect()
+}
+
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MasterKey")
@@ -416,49 +456,25 @@ impl MasterKey {
 
     /// Makes `id` the active audit version; `false` when no loaded audit version has that id.
     pub fn activate_audit(&mut self, id: &str) -> bool {
-        if id == self.id.as_str() {
-            self.active_audit = None;
-            return true;
-        }
-        match self.audit.iter().position(|v| v.id.as_str() == id) {
-            Some(i) => {
-                self.active_audit = Some(i);
-                true
-            }
-            None => false,
-        }
+        activate_in(&self.id, &self.audit, &mut self.active_audit, id)
     }
 
     /// The id of the audit version new audit subject pseudonyms, checkpoints and retention
     /// anchors are made with.
     pub fn active_audit_id(&self) -> &KeyId {
-        match self.active_audit.and_then(|i| self.audit.get(i)) {
-            Some(v) => &v.id,
-            None => &self.id,
-        }
+        active_in(&self.id, &self.audit, self.active_audit)
     }
 
     /// Every loaded audit key version, base first, in file order.
     pub fn audit_versions(&self) -> Vec<&KeyId> {
-        std::iter::once(&self.id)
-            .chain(self.audit.iter().map(|v| &v.id))
-            .collect()
+        ids_in(&self.id, &self.audit)
     }
 
     /// Audit subject pseudonymisers for every loaded audit version (base first): a
     /// subject-access search pseudonymises the BSN under each, so entries written before an
     /// audit rotation are still found.
     pub fn audit_pseudonymisers(&self) -> Vec<Pseudonymiser> {
-        std::iter::once((&self.id, &self.secret))
-            .chain(self.audit.iter().map(|v| (&v.id, &v.secret)))
-            .map(|(id, secret)| {
-                Pseudonymiser::new(
-                    id.clone(),
-                    KeyPurpose::Audit,
-                    &derive(secret, KeyPurpose::Audit),
-                )
-            })
-            .collect()
+        pseudonymisers_in(&self.id, &self.secret, &self.audit, KeyPurpose::Audit)
     }
 
     /// Every version id in the file: base, index versions, audit versions.
@@ -470,50 +486,23 @@ impl MasterKey {
 
     /// Makes `id` the active index version; `false` when no loaded version has that id.
     pub fn activate_index(&mut self, id: &str) -> bool {
-        if id == self.id.as_str() {
-            self.active = None;
-            return true;
-        }
-        match self.versions.iter().position(|v| v.id.as_str() == id) {
-            Some(i) => {
-                self.active = Some(i);
-                true
-            }
-            None => false,
-        }
+        activate_in(&self.id, &self.versions, &mut self.active, id)
     }
 
     /// The id of the index version new index pseudonyms are made with.
     pub fn active_index_id(&self) -> &KeyId {
-        match self.active.and_then(|i| self.versions.get(i)) {
-            Some(v) => &v.id,
-            None => &self.id,
-        }
+        active_in(&self.id, &self.versions, self.active)
     }
 
     /// Every loaded index key version, base first, in file order.
     pub fn index_versions(&self) -> Vec<&KeyId> {
-        std::iter::once(&self.id)
-            .chain(self.versions.iter().map(|v| &v.id))
-            .collect()
+        ids_in(&self.id, &self.versions)
     }
 
     /// Index pseudonymisers for every loaded version (base first): lookups pseudonymise a BSN
     /// under each, so rows of sources not yet re-keyed are still found.
     pub fn index_pseudonymisers(&self) -> Vec<Pseudonymiser> {
-        let mut all = vec![Pseudonymiser::new(
-            self.id.clone(),
-            KeyPurpose::Index,
-            &derive(&self.secret, KeyPurpose::Index),
-        )];
-        for v in &self.versions {
-            all.push(Pseudonymiser::new(
-                v.id.clone(),
-                KeyPurpose::Index,
-                &derive(&v.secret, KeyPurpose::Index),
-            ));
-        }
-        all
+        pseudonymisers_in(&self.id, &self.secret, &self.versions, KeyPurpose::Index)
     }
 
     /// Adds a new random index version to the key file at `path` (not active) and returns
