@@ -294,50 +294,6 @@ fn count(v: &serde_json::Value, key: &str) -> u64 {
 fn num(v: &serde_json::Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
 }
-
-/// The published rows of one source, identity-free (no pseudonyms), one line each.
-fn rows(inst: &Install, source: &str) -> Vec<String> {
-    let conn = rusqlite::Connection::open(inst.db()).expect("db");
-    let mut st = conn
-        .prepare(
-            "SELECT source_record_id, organisation_code, organisation_name, COALESCE(team, ''),
-                    life_domain, COALESCE(goal, ''), contact_name, COALESCE(contact_role, ''),
-                    COALESCE(contact_phone, ''), COALESCE(contact_email, ''), start_date,
-                    COALESCE(end_date, ''), status, coordinator, sensitive,
-                    COALESCE(purge_after, ''), ended_by_run IS NOT NULL,
-                    (SELECT group_concat(kind, ',') FROM (SELECT kind FROM relations r
-                       WHERE r.source = i.source AND r.source_record_id = i.source_record_id
-                       ORDER BY kind))
-             FROM involvements i WHERE source = ?1 ORDER BY source_record_id",
-        )
-        .expect("prepare");
-    let mut q = st.query([source]).expect("query");
-    let mut out = Vec::new();
-    while let Some(r) = q.next().expect("row") {
-        let cells: Vec<String> = (0..18)
-            .map(|i| match r.get_ref(i).expect("cell") {
-                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                rusqlite::types::ValueRef::Null => String::new(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        out.push(cells.join("|"));
-    }
-    out
-}
-
-fn cursor(inst: &Install, source: &str) -> Option<String> {
-    let conn = rusqlite::Connection::open(inst.db()).expect("db");
-    conn.query_row(
-        "SELECT cursor FROM sources WHERE name = ?1",
-        [source],
-        |r| r.get::<_, Option<String>>(0),
-    )
-    .ok()
-    .flatten()
-}
-
 fn full(k: &FileKind) -> bool {
     k.mode == "full"
 }
@@ -350,7 +306,7 @@ pub fn golden(k: &FileKind, db: &Db) {
     let (inst, _sb) = setup(k, 60, 11, db);
     let run = sync_one(&inst, k);
     assert_eq!(run["status"], "succeeded", "{run}");
-    let got = rows(&inst, k.source).join("\n") + "\n";
+    let got = inst.published_rows(k.source).join("\n") + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(k.golden);
@@ -377,7 +333,7 @@ pub fn advance_is_read_as_its_changes(k: &FileKind, db: &Db) {
     assert_eq!(first["status"], "succeeded", "{first}");
     let total = count(&first, "inserted");
     assert!(total > 50, "{first}");
-    let c1 = cursor(&inst, k.source);
+    let c1 = inst.cursor(k.source);
 
     let written = sb.advance(k.source);
     let changed = num(&written, "changed");
@@ -399,11 +355,11 @@ pub fn advance_is_read_as_its_changes(k: &FileKind, db: &Db) {
         assert!(count(&second, "inserted") > 0, "new records: {second}");
     } else {
         assert_eq!(count(&second, "read"), changed, "{second}");
-        let c2 = cursor(&inst, k.source).expect("cursor");
+        let c2 = inst.cursor(k.source).expect("cursor");
         assert!(c1.as_deref() < Some(c2.as_str()), "the cursor moves on");
     }
     assert_eq!(
-        rows(&inst, k.source).len() as u64,
+        inst.published_rows(k.source).len() as u64,
         total + count(&second, "inserted")
     );
 
@@ -449,8 +405,8 @@ pub fn broken_delivery_is_not_published(k: &FileKind, db: &Db, spec: &str, statu
     let (inst, sb) = setup(k, 120, 16, db);
     let ok = sync_one(&inst, k);
     assert_eq!(ok["status"], "succeeded", "{ok}");
-    let before = rows(&inst, k.source);
-    let c1 = cursor(&inst, k.source);
+    let before = inst.published_rows(k.source);
+    let c1 = inst.cursor(k.source);
     sb.faults(k.source, spec);
     sb.advance(k.source);
     let run = sync_one(&inst, k);
@@ -462,8 +418,8 @@ pub fn broken_delivery_is_not_published(k: &FileKind, db: &Db, spec: &str, statu
             assert!(err.contains("delivery is truncated"), "{err}");
         }
     }
-    assert_eq!(rows(&inst, k.source), before);
-    assert_eq!(cursor(&inst, k.source), c1);
+    assert_eq!(inst.published_rows(k.source), before);
+    assert_eq!(inst.cursor(k.source), c1);
 }
 
 /// An empty full delivery is held by the shrink guard; for an incremental kind an advance
@@ -472,7 +428,7 @@ pub fn empty_delivery(k: &FileKind, db: &Db) {
     let (inst, sb) = setup(k, 120, 17, db);
     let ok = sync_one(&inst, k);
     assert_eq!(ok["status"], "succeeded", "{ok}");
-    let before = rows(&inst, k.source);
+    let before = inst.published_rows(k.source);
     let written = sb.faults(k.source, "empty=1");
     if !full(k) {
         let written = sb.advance(k.source);
@@ -486,7 +442,7 @@ pub fn empty_delivery(k: &FileKind, db: &Db) {
     if !full(k) {
         assert_eq!(count(&run, "read"), 0, "{run}");
     }
-    assert_eq!(rows(&inst, k.source), before);
+    assert_eq!(inst.published_rows(k.source), before);
 }
 
 /// A failed incremental run leaves the cursor where the last committed run ended; once the
@@ -495,7 +451,7 @@ pub fn cursor_resumes_after_a_failed_run(k: &FileKind, db: &Db) {
     let (inst, sb) = setup(k, 200, 19, db);
     let first = sync_one(&inst, k);
     assert_eq!(first["status"], "succeeded", "{first}");
-    let c1 = cursor(&inst, k.source).expect("cursor");
+    let c1 = inst.cursor(k.source).expect("cursor");
     let written = sb.advance(k.source);
     let changed = num(&written, "changed");
     let spec = if k.kind == "iwmo" {
@@ -511,12 +467,12 @@ pub fn cursor_resumes_after_a_failed_run(k: &FileKind, db: &Db) {
         let err = broken["error"].as_str().unwrap_or("");
         assert!(err.contains(view), "the error names the view: {err}");
     }
-    assert_eq!(cursor(&inst, k.source).as_deref(), Some(c1.as_str()));
+    assert_eq!(inst.cursor(k.source).as_deref(), Some(c1.as_str()));
     sb.faults(k.source, "");
     let resumed = sync_one(&inst, k);
     assert_eq!(resumed["status"], "succeeded", "{resumed}");
     assert_eq!(count(&resumed, "read"), changed, "{resumed}");
-    assert!(cursor(&inst, k.source).expect("cursor") > c1);
+    assert!(inst.cursor(k.source).expect("cursor") > c1);
 }
 
 /// One check that applies to some kinds only (see [`file_suite!`]).

@@ -248,49 +248,6 @@ fn count(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counts.{key} in {v}"))
 }
 
-/// The published rows of one source, identity-free (no pseudonyms), one line each.
-fn rows(inst: &Install, source: &str) -> Vec<String> {
-    let conn = rusqlite::Connection::open(inst.db()).expect("db");
-    let mut st = conn
-        .prepare(
-            "SELECT source_record_id, organisation_code, organisation_name, COALESCE(team, ''),
-                    life_domain, COALESCE(goal, ''), contact_name, COALESCE(contact_role, ''),
-                    COALESCE(contact_phone, ''), COALESCE(contact_email, ''), start_date,
-                    COALESCE(end_date, ''), status, coordinator, sensitive,
-                    COALESCE(purge_after, ''), ended_by_run IS NOT NULL,
-                    (SELECT group_concat(kind, ',') FROM (SELECT kind FROM relations r
-                       WHERE r.source = i.source AND r.source_record_id = i.source_record_id
-                       ORDER BY kind))
-             FROM involvements i WHERE source = ?1 ORDER BY source_record_id",
-        )
-        .expect("prepare");
-    let mut q = st.query([source]).expect("query");
-    let mut out = Vec::new();
-    while let Some(r) = q.next().expect("row") {
-        let cells: Vec<String> = (0..18)
-            .map(|i| match r.get_ref(i).expect("cell") {
-                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                rusqlite::types::ValueRef::Null => String::new(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        out.push(cells.join("|"));
-    }
-    out
-}
-
-fn cursor(inst: &Install, source: &str) -> Option<String> {
-    let conn = rusqlite::Connection::open(inst.db()).expect("db");
-    conn.query_row(
-        "SELECT cursor FROM sources WHERE name = ?1",
-        [source],
-        |r| r.get::<_, Option<String>>(0),
-    )
-    .ok()
-    .flatten()
-}
-
 // ---- The checks -------------------------------------------------------------------------
 
 /// Records map to the canonical record: the published rows of a small population equal the
@@ -308,7 +265,7 @@ pub fn golden(k: &KindUnderTest) {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let run = v[0].clone();
     assert_eq!(run["status"], "succeeded", "{run}");
-    let got = rows(&inst, k.source).join("\n") + "\n";
+    let got = inst.published_rows(k.source).join("\n") + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(k.golden);
@@ -341,9 +298,9 @@ pub fn paging_and_incremental(k: &KindUnderTest) {
     assert!(s1["pages"].as_u64().unwrap_or(0) >= 100, "{s1}");
     assert_eq!(count(&first, "read"), s1["records"].as_u64().unwrap_or(0));
     assert_eq!(count(&first, "inserted"), count(&first, "read"));
-    let published = rows(&inst, k.source).len() as u64;
+    let published = inst.published_rows(k.source).len() as u64;
     assert_eq!(published, count(&first, "read"));
-    let c1 = cursor(&inst, k.source).expect("a cursor after the first run");
+    let c1 = inst.cursor(k.source).expect("a cursor after the first run");
 
     sb.control(k.source, "reset-stats", "");
     sb.control(k.source, "advance", "");
@@ -369,7 +326,7 @@ pub fn paging_and_incremental(k: &KindUnderTest) {
         0,
         "incremental runs end nothing by absence"
     );
-    let c2 = cursor(&inst, k.source).expect("cursor");
+    let c2 = inst.cursor(k.source).expect("cursor");
     assert!(c2 > c1, "the cursor moves on: {c1} → {c2}");
 
     sb.control(k.source, "reset-stats", "");
@@ -377,7 +334,7 @@ pub fn paging_and_incremental(k: &KindUnderTest) {
     assert_eq!(quiet["status"], "succeeded", "{quiet}");
     assert_eq!(count(&quiet, "read"), 0);
     assert_eq!(sb.stats(k.source)["records"], 0);
-    assert_eq!(cursor(&inst, k.source), Some(c2));
+    assert_eq!(inst.cursor(k.source), Some(c2));
 }
 
 /// Transient faults are retried; every retry after a `Retry-After` waits at least that long.
@@ -421,7 +378,7 @@ pub fn exhausted_retries_fail_cleanly(k: &KindUnderTest) {
     let inst = install(k, &sb, "full", &Paging::default());
     let ok = sync(&inst, k, &[]);
     assert!(ok.iter().all(|r| r["status"] == "succeeded"), "{ok:?}");
-    let before = rows(&inst, k.source);
+    let before = inst.published_rows(k.source);
     assert!(!before.is_empty());
     sb.control(k.source, "reset-stats", "");
     sb.faults(k.source, "status=503:1");
@@ -439,7 +396,7 @@ pub fn exhausted_retries_fail_cleanly(k: &KindUnderTest) {
         "{err}"
     );
     assert_eq!(other["status"], "succeeded", "{other}");
-    assert_eq!(rows(&inst, k.source), before);
+    assert_eq!(inst.published_rows(k.source), before);
     assert_eq!(sb.stats(k.source)["requests"], 4);
 }
 
@@ -466,7 +423,7 @@ fn failed_delivery(k: &KindUnderTest, spec: &str, needle: &str) {
     let inst = install(k, &sb, "full", &Paging::default());
     let ok = sync_one(&inst, k);
     assert_eq!(ok["status"], "succeeded", "{ok}");
-    let before = rows(&inst, k.source);
+    let before = inst.published_rows(k.source);
     sb.faults(k.source, spec);
     sb.control(k.source, "advance", "");
     let run = sync_one(&inst, k);
@@ -474,7 +431,7 @@ fn failed_delivery(k: &KindUnderTest, spec: &str, needle: &str) {
     let err = run["error"].as_str().unwrap_or("");
     assert!(err.contains(needle), "`{needle}` not in: {err}");
     assert!(err.contains("nothing was published"), "{err}");
-    assert_eq!(rows(&inst, k.source), before);
+    assert_eq!(inst.published_rows(k.source), before);
 }
 
 /// A malformed page fails the run; the published index is untouched.
@@ -493,11 +450,11 @@ pub fn empty_full_delivery_is_held(k: &KindUnderTest) {
     let inst = install(k, &sb, "full", &Paging::default());
     let ok = sync_one(&inst, k);
     assert_eq!(ok["status"], "succeeded", "{ok}");
-    let before = rows(&inst, k.source);
+    let before = inst.published_rows(k.source);
     sb.faults(k.source, "empty=1");
     let run = sync_one(&inst, k);
     assert_eq!(run["status"], "held", "{run}");
-    assert_eq!(rows(&inst, k.source), before);
+    assert_eq!(inst.published_rows(k.source), before);
 }
 
 /// Ctrl-C during a long `Retry-After` wait stops the run within seconds, publishing nothing.
@@ -519,7 +476,7 @@ fn cancellation_under(k: &KindUnderTest, spec: &str) {
     let inst = install(k, &sb, "full", &paging);
     let ok = sync_one(&inst, k);
     assert_eq!(ok["status"], "succeeded", "{ok}");
-    let before = rows(&inst, k.source);
+    let before = inst.published_rows(k.source);
     sb.control(k.source, "reset-stats", "");
     sb.faults(k.source, spec);
     let child = command(&inst, k, &["sync", "--json", "--source", k.source])
@@ -555,7 +512,7 @@ fn cancellation_under(k: &KindUnderTest, spec: &str) {
         v[0]["error"].as_str().unwrap_or("").contains("cancelled"),
         "{v}"
     );
-    assert_eq!(rows(&inst, k.source), before);
+    assert_eq!(inst.published_rows(k.source), before);
     assert_eq!(sb.stats(k.source)["requests"], 1);
 }
 
@@ -566,12 +523,12 @@ pub fn cursor_resumes_after_an_interrupted_run(k: &KindUnderTest) {
     let inst = install(k, &sb, "incremental", &Paging::default());
     let first = sync_one(&inst, k);
     assert_eq!(first["status"], "succeeded", "{first}");
-    let c1 = cursor(&inst, k.source).expect("cursor");
+    let c1 = inst.cursor(k.source).expect("cursor");
     sb.control(k.source, "advance", "");
     sb.faults(k.source, "truncate=1");
     let broken = sync_one(&inst, k);
     assert_eq!(broken["status"], "failed", "{broken}");
-    assert_eq!(cursor(&inst, k.source).as_deref(), Some(c1.as_str()));
+    assert_eq!(inst.cursor(k.source).as_deref(), Some(c1.as_str()));
     sb.faults(k.source, "");
     sb.control(k.source, "reset-stats", "");
     let resumed = sync_one(&inst, k);
@@ -579,7 +536,7 @@ pub fn cursor_resumes_after_an_interrupted_run(k: &KindUnderTest) {
     let served = sb.stats(k.source)["records"].as_u64().unwrap_or(0);
     assert!(served > 0 && served * 5 < count(&first, "read"), "{served}");
     assert_eq!(count(&resumed, "read"), served);
-    assert!(cursor(&inst, k.source).expect("cursor") > c1);
+    assert!(inst.cursor(k.source).expect("cursor") > c1);
 }
 
 /// Wrong or missing credentials fail the run with a message naming what to check, never the

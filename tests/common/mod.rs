@@ -17,6 +17,49 @@ pub struct Install {
 }
 
 impl Install {
+    /// The published rows of one source, identity-free (no pseudonyms), one line each.
+    pub fn published_rows(&self, source: &str) -> Vec<String> {
+        let conn = rusqlite::Connection::open(self.db()).expect("db");
+        let mut st = conn
+            .prepare(
+                "SELECT source_record_id, organisation_code, organisation_name, COALESCE(team, ''),
+                        life_domain, COALESCE(goal, ''), contact_name, COALESCE(contact_role, ''),
+                        COALESCE(contact_phone, ''), COALESCE(contact_email, ''), start_date,
+                        COALESCE(end_date, ''), status, coordinator, sensitive,
+                        COALESCE(purge_after, ''), ended_by_run IS NOT NULL,
+                        (SELECT group_concat(kind, ',') FROM (SELECT kind FROM relations r
+                           WHERE r.source = i.source AND r.source_record_id = i.source_record_id
+                           ORDER BY kind))
+                 FROM involvements i WHERE source = ?1 ORDER BY source_record_id",
+            )
+            .expect("prepare");
+        let mut q = st.query([source]).expect("query");
+        let mut out = Vec::new();
+        while let Some(r) = q.next().expect("row") {
+            let cells: Vec<String> = (0..18)
+                .map(|i| match r.get_ref(i).expect("cell") {
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    rusqlite::types::ValueRef::Null => String::new(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            out.push(cells.join("|"));
+        }
+        out
+    }
+
+    pub fn cursor(&self, source: &str) -> Option<String> {
+        let conn = rusqlite::Connection::open(self.db()).expect("db");
+        conn.query_row(
+            "SELECT cursor FROM sources WHERE name = ?1",
+            [source],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .ok()
+        .flatten()
+    }
+
     /// Key, registry, mapping and config; data generated for `persons` with `seed`.
     pub fn new(persons: u64, seed: u64, bad_share: f64) -> Install {
         Self::with_store(persons, seed, bad_share, None)
