@@ -1,16 +1,17 @@
 //! The sync pipeline, per source and run: pull (streaming) → map → validate → pseudonymise →
 //! stage → publish.
 //!
-//! A reader thread parses the delivery and maps each record; batches travel over a bounded
-//! channel to the store, so memory is bounded by `batch_size` × channel depth whatever the
-//! size of the delivery. Publication is one transaction in the store; a failed, cancelled or
+//! A reader thread parses the delivery and hands raw records, in small chunks, to a mapper
+//! thread that maps each record (so parsing and pseudonymising each get a core); batches travel
+//! over a bounded channel to the store, so memory is bounded by `batch_size` × channel depth
+//! (plus two chunks of at most 512 records or about 1 MB) whatever the size of the delivery. Publication is one transaction in the store; a failed, cancelled or
 //! crashed run publishes nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chrono::Utc;
-use matchpoint_connectors::{DeliveryError, RecordError};
+use matchpoint_connectors::{DeliveryError, RecordError, RecordResult};
 use matchpoint_mapping::{Mapper, RejectReason, Rejection};
 use matchpoint_schemas::{Involvement, KeyPurpose, MasterKey, RawRecord, Registry, Sealer};
 use tracing::{Instrument, info, info_span, warn};
@@ -153,7 +154,57 @@ fn malformed_reject(rec: RecordError) -> QuarantineEntry {
     }
 }
 
-/// Reads every delivery of the run on this (blocking) thread and sends batches.
+/// Raw records handed from the reader thread to the mapper thread at a time (one thread
+/// wake-up per chunk, not per record).
+const CHUNK_RECORDS: usize = 512;
+
+/// A chunk is handed over early once its raw records hold this many bytes, so a chunk of
+/// large records (each up to `limits.max_record_bytes`) stays small.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks in flight between reader and mapper.
+const CHUNK_DEPTH: usize = 2;
+
+/// What the reader thread hands to the mapper thread, in delivery order.
+enum Chunk {
+    /// Records read, and the stream's `bytes_read` after the last of them.
+    Records(Vec<RecordResult>, u64),
+    /// The delivery failed after this many records; nothing may be published.
+    Fatal(String, u64),
+    /// The delivery ended; the stream's cursor and final `bytes_read`.
+    Done(Option<String>, u64),
+}
+
+/// Bytes a raw record holds (approximately), to bound a chunk.
+fn raw_size(r: &RecordResult) -> usize {
+    let pairs = |f: &[(String, String)]| f.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    match r {
+        Ok(raw) => {
+            pairs(&raw.fields)
+                + raw
+                    .groups
+                    .iter()
+                    .map(|g| g.path.len() + pairs(&g.fields))
+                    .sum::<usize>()
+        }
+        Err(e) => e.reason.len(),
+    }
+}
+
+/// What the mapper thread needs besides its input.
+struct MapSide {
+    source: String,
+    mapper: Mapper,
+    sealer: Sealer,
+    keep_days: u32,
+    batch_size: usize,
+    progress: Arc<Progress>,
+    tx: tokio::sync::mpsc::Sender<Message>,
+}
+
+/// Reads every delivery of the run on this (blocking) thread and hands the raw records, in
+/// chunks, to a mapper thread that maps them and sends batches to the store: parsing and
+/// mapping (elfproef, HMAC) each get a core.
 #[allow(clippy::too_many_arguments)]
 fn produce(
     source: SourceConfig,
@@ -193,74 +244,146 @@ fn produce(
     if let Some(total) = stream.total_bytes() {
         progress.total_bytes.store(total, Ordering::Relaxed);
     }
-    let mut read = 0u64;
-    let mut batch = Batch::with_capacity(batch_size);
-    let mut last_bytes = 0u64;
-    loop {
-        if cancel.load(Ordering::Relaxed) {
+    let (chunks, input) = std::sync::mpsc::sync_channel::<Chunk>(CHUNK_DEPTH);
+    let side = MapSide {
+        source: source.name.clone(),
+        mapper,
+        sealer,
+        keep_days,
+        batch_size,
+        progress,
+        tx: tx.clone(),
+    };
+    let mapping = match std::thread::Builder::new()
+        .name(format!("map-{}", source.name))
+        .spawn(move || map_chunks(side, input))
+    {
+        Ok(handle) => handle,
+        Err(e) => {
             let _ = tx.blocking_send(Message::Fatal {
-                read,
-                message: "cancelled (interrupt): nothing was published".into(),
+                read: 0,
+                message: format!("cannot start the mapper thread: {e}; nothing was published"),
             });
             return;
         }
+    };
+    let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
+    let mut chunk_bytes = 0usize;
+    let mut read = 0u64;
+    let last = loop {
+        if cancel.load(Ordering::Relaxed) {
+            break Chunk::Fatal("cancelled (interrupt): nothing was published".into(), read);
+        }
         match stream.next_record() {
-            Ok(None) => break,
+            Ok(None) => {
+                let cursor = if source.mode == SourceMode::Incremental {
+                    stream.cursor()
+                } else {
+                    None
+                };
+                break Chunk::Done(cursor, stream.bytes_read());
+            }
             Err(e) => {
-                let msg = match &e {
+                let message = match &e {
                     DeliveryError::Truncated { .. } => e.to_string(),
                     _ => format!("{e}; nothing was published"),
                 };
-                let _ = tx.blocking_send(Message::Fatal { read, message: msg });
-                return;
+                break Chunk::Fatal(message, read);
             }
-            Ok(Some(Err(rec))) => {
+            Ok(Some(r)) => {
                 read += 1;
-                batch.rejects.push(malformed_reject(rec));
-            }
-            Ok(Some(Ok(raw))) => {
-                read += 1;
-                match mapper.map(&raw) {
-                    Ok(inv) => {
-                        batch.records.push(inv);
-                        batch
-                            .positions
-                            .push((raw.position.index, raw.position.byte_offset));
+                chunk_bytes += raw_size(&r);
+                chunk.push(r);
+                if chunk.len() >= CHUNK_RECORDS || chunk_bytes >= CHUNK_BYTES {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_RECORDS));
+                    chunk_bytes = 0;
+                    if chunks
+                        .send(Chunk::Records(full, stream.bytes_read()))
+                        .is_err()
+                    {
+                        // The mapper stopped: the store side no longer listens.
+                        break Chunk::Done(None, 0);
                     }
-                    Err(rej) => batch.rejects.push(sealed_reject(
-                        &sealer,
-                        &source.name,
-                        &raw,
-                        rej,
-                        keep_days,
-                    )),
                 }
             }
         }
-        if batch.len() >= batch_size {
-            progress.records.store(read, Ordering::Relaxed);
-            let b = stream.bytes_read();
-            progress.bytes.fetch_add(b - last_bytes, Ordering::Relaxed);
-            last_bytes = b;
-            let full = std::mem::replace(&mut batch, Batch::with_capacity(batch_size));
-            if tx.blocking_send(Message::Batch(full)).is_err() {
-                return;
+    };
+    // Records read before a failure are not sent: nothing of a failed delivery is staged
+    // after the failure is known.
+    if matches!(last, Chunk::Done(..)) && !chunk.is_empty() {
+        let _ = chunks.send(Chunk::Records(chunk, stream.bytes_read()));
+    }
+    let _ = chunks.send(last);
+    drop(chunks);
+    let _ = mapping.join();
+}
+
+/// The mapper thread: maps each raw record and sends batches of `batch_size` to the store.
+fn map_chunks(side: MapSide, input: std::sync::mpsc::Receiver<Chunk>) {
+    let MapSide {
+        source,
+        mapper,
+        sealer,
+        keep_days,
+        batch_size,
+        progress,
+        tx,
+    } = side;
+    let mut read = 0u64;
+    let mut batch = Batch::with_capacity(batch_size);
+    let mut last_bytes = 0u64;
+    let mut flush = |batch: &mut Batch, read: u64, bytes: u64| -> bool {
+        progress.records.store(read, Ordering::Relaxed);
+        progress
+            .bytes
+            .fetch_add(bytes.saturating_sub(last_bytes), Ordering::Relaxed);
+        last_bytes = bytes.max(last_bytes);
+        let full = std::mem::replace(batch, Batch::with_capacity(batch_size));
+        full.len() == 0 || tx.blocking_send(Message::Batch(full)).is_ok()
+    };
+    // A reader that vanished without a last word (it panicked): not a complete delivery.
+    let mut last = Message::Fatal {
+        read,
+        message: "the reader stopped unexpectedly; nothing was published".into(),
+    };
+    while let Ok(chunk) = input.recv() {
+        match chunk {
+            Chunk::Records(records, bytes) => {
+                for r in records {
+                    read += 1;
+                    match r {
+                        Err(rec) => batch.rejects.push(malformed_reject(rec)),
+                        Ok(raw) => match mapper.map(&raw) {
+                            Ok(inv) => {
+                                batch.records.push(inv);
+                                batch
+                                    .positions
+                                    .push((raw.position.index, raw.position.byte_offset));
+                            }
+                            Err(rej) => batch
+                                .rejects
+                                .push(sealed_reject(&sealer, &source, &raw, rej, keep_days)),
+                        },
+                    }
+                    if batch.len() >= batch_size && !flush(&mut batch, read, bytes) {
+                        return;
+                    }
+                }
+            }
+            Chunk::Fatal(message, read) => {
+                last = Message::Fatal { read, message };
+                break;
+            }
+            Chunk::Done(cursor, at) => {
+                if !flush(&mut batch, read, at) {
+                    return;
+                }
+                last = Message::Done { read, cursor };
+                break;
             }
         }
     }
-    progress
-        .bytes
-        .fetch_add(stream.bytes_read() - last_bytes, Ordering::Relaxed);
-    progress.records.store(read, Ordering::Relaxed);
-    if batch.len() > 0 {
-        let _ = tx.blocking_send(Message::Batch(batch));
-    }
-    let cursor = if source.mode == SourceMode::Incremental {
-        stream.cursor()
-    } else {
-        None
-    };
-    let _ = tx.blocking_send(Message::Done { read, cursor });
+    let _ = tx.blocking_send(last);
 }
 
 /// Runs one sync of one source and returns its run record (succeeded, held or failed).
