@@ -1067,9 +1067,21 @@ fn publish(
     }
     timer.lap("relations deleted");
     failpoint::hit("publish:relations");
+    // A source's first publication: every staged record is new, so no statement needs to
+    // look up the published row of a staged one.
+    let first = total == 0;
     if to_apply > 0 {
         // Unpacked in SQL, as `codec::decode_relations` does: 33-byte entries of kind byte
         // (1 parent, 2 child, 3 household member) and pseudonym; unknown kinds are skipped.
+        let (join, changed) = if first {
+            ("", "")
+        } else {
+            (
+                "LEFT JOIN involvements i
+                   ON i.source = ?1 AND i.source_record_id = s.source_record_id",
+                "(i.content_hash IS NULL OR i.content_hash <> s.content_hash) AND",
+            )
+        };
         tx.execute(
             &format!(
                 "INSERT OR IGNORE INTO relations (source, source_record_id, person, kind, other, key_id)
@@ -1079,11 +1091,9 @@ fn publish(
                           ELSE 'household_member' END,
                         substr(s.rels, g.value * 33 + 2, 32), s.key_id
                  FROM {s}.staging s
-                 LEFT JOIN involvements i
-                   ON i.source = ?1 AND i.source_record_id = s.source_record_id
+                 {join}
                  JOIN generate_series(0, length(s.rels) / 33 - 1) AS g
-                 WHERE (i.content_hash IS NULL OR i.content_hash <> s.content_hash)
-                   AND length(s.rels) >= 33
+                 WHERE {changed} length(s.rels) >= 33
                    AND substr(s.rels, g.value * 33 + 1, 1) IN (X'01', X'02', X'03')"
             ),
             [&source],
@@ -1093,7 +1103,7 @@ fn publish(
     timer.lap("relations inserted");
     failpoint::hit("publish:relations-inserted");
 
-    let updated = if to_apply == 0 {
+    let updated = if to_apply == 0 || first {
         0
     } else {
         tx.execute(
@@ -1124,6 +1134,12 @@ fn publish(
     let inserted = if to_apply == 0 {
         0
     } else {
+        let new_only = if first {
+            ""
+        } else {
+            "WHERE NOT EXISTS (SELECT 1 FROM involvements i
+                               WHERE i.source = ?1 AND i.source_record_id = s.source_record_id)"
+        };
         tx.execute(
             &format!(
                 "INSERT INTO involvements (source, source_record_id, person, key_id,
@@ -1137,8 +1153,7 @@ fn publish(
                    s.start_date, s.end_date, s.status, s.coordinator, s.sensitive, s.purge_after,
                    s.shielded, s.end_reason_code, s.end_reason, s.content_hash, ?3, ?2
                  FROM {s}.staging s
-                 WHERE NOT EXISTS (SELECT 1 FROM involvements i
-                                   WHERE i.source = ?1 AND i.source_record_id = s.source_record_id)"
+                 {new_only}"
             ),
             params![source, run, now],
         )
