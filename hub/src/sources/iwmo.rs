@@ -65,8 +65,9 @@ mod store_tests;
 pub mod stored;
 #[cfg(test)]
 mod tests;
+mod work;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -74,16 +75,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use matchpoint_connectors::iwmo::{
-    Header, Message, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
+    Body, Header, Message, MessageError, MessageKind, MessageLimits, read_envelope, read_message,
 };
 use matchpoint_connectors::{DeliveryError, RecordError, RecordResult, RecordStream};
-use matchpoint_schemas::{Bsn, RawRecord, RecordPosition};
+use matchpoint_schemas::{Bsn, KeyPurpose, MasterKey, Pseudonymiser, RawRecord, RecordPosition};
 use tracing::{debug, info};
 
 use super::{OpenContext, Opened, SourceState};
 use crate::config::{SourceConfig, SourceMode};
+use crate::store::StateChange;
 use state::{Assignments, Key, Phase};
-use stored::{FileEntry, Logged};
+use stored::{FileEntry, Logged, pair_change, stored_messages};
+use work::WorkIndex;
 
 /// How a run gets the state of earlier messages.
 enum Mode {
@@ -233,7 +236,14 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         }
         return Ok(None);
     }
-    let mut stream = IwmoStream::new(cx.source, files, since, cx.cancel.clone());
+    let pair_keys = match &cx.state {
+        Some(st) => st.pseudonymiser.clone(),
+        // No store: the work index's pairs are keyed with a random key of this run.
+        None => MasterKey::from_secret("run", &rand::random::<[u8; 32]>())
+            .map_err(|e| format!("source {}: {e}", cx.source.name))?
+            .pseudonymiser(KeyPurpose::Index),
+    };
+    let mut stream = IwmoStream::new(cx.source, files, since, cx.cancel.clone(), pair_keys);
     stream.store = cx.state.clone().map(|st| (st, mode));
     stream.total = stream.pass1().iter().filter_map(|&f| stream.size(f)).sum();
     Ok(Some(Opened {
@@ -284,27 +294,48 @@ struct SortKey {
     file: usize,
 }
 
-/// A message to apply: in a file of the folder, or from the stored state.
+/// A message to apply: in a file of the folder (as read), or from the stored state.
 enum Item {
-    File(usize),
+    File(usize, Result<Message, MessageError>),
     Stored(Box<Message>),
 }
 
+/// Pairs read from the work index at a time (their stored logs are read together).
+const PAIRS_PER_BATCH: usize = 256;
+
+/// State changes staged at a time.
+const CHANGES_PER_STAGE: usize = 1000;
+
 impl SortKey {
     fn new(h: &Header, name: String, file: usize) -> Self {
-        let numeric = (h.id.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| h.id.parse::<u64>().ok())
-            .flatten();
         SortKey {
             dagtekening: h.dagtekening,
             kind: h.kind,
-            id_numeric: numeric,
+            id_numeric: numeric(&h.id),
             id: h.id.clone(),
             sender: h.sender.clone(),
             name,
             file,
         }
     }
+
+    fn from_row(r: &work::Row, name: String) -> Self {
+        SortKey {
+            dagtekening: r.dagtekening,
+            kind: r.kind,
+            id_numeric: numeric(&r.id),
+            id: r.id.clone(),
+            sender: r.sender.clone(),
+            name,
+            file: r.file,
+        }
+    }
+}
+
+fn numeric(id: &str) -> Option<u64> {
+    (id.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| id.parse::<u64>().ok())
+        .flatten()
 }
 
 /// One run over the message folder.
@@ -318,8 +349,16 @@ pub struct IwmoStream {
     cancel: Arc<AtomicBool>,
     prepared: bool,
     queue: VecDeque<RecordResult>,
-    emit: std::vec::IntoIter<Key>,
-    state: Assignments,
+    /// The run's work index (pass 1), until every pair was applied.
+    work: Option<WorkIndex>,
+    /// The pairs read from the work index and not applied yet, and their stored logs.
+    batch: VecDeque<(Vec<u8>, Vec<work::Row>)>,
+    batch_logs: HashMap<Vec<u8>, Vec<Logged>>,
+    /// Keys the work index's pairs: the store's index pseudonymiser, or (no store) one
+    /// with a random key of this run.
+    pair_keys: Pseudonymiser,
+    /// State changes not staged yet.
+    pending: Vec<StateChange>,
     index: u64,
     bytes: u64,
     total: u64,
@@ -328,10 +367,6 @@ pub struct IwmoStream {
     store: Option<(SourceState, Mode)>,
     /// Files opened this run (observable: `files_read` in the log).
     files_read: u64,
-    /// Message logs of the pairs applied this run (store-backed state).
-    logs: HashMap<(String, String), Vec<Logged>>,
-    /// Birth dates of the clients of new messages (stored messages carry none).
-    birth: HashMap<(String, String), chrono::NaiveDate>,
     /// Messages of applied files not applied again by a full run (their pair was purged).
     purged: u64,
 }
@@ -342,6 +377,7 @@ impl IwmoStream {
         files: Vec<(PathBuf, String)>,
         since: Option<String>,
         cancel: Arc<AtomicBool>,
+        pair_keys: Pseudonymiser,
     ) -> Self {
         IwmoStream {
             source: source.name.clone(),
@@ -357,16 +393,17 @@ impl IwmoStream {
             cancel,
             prepared: false,
             queue: VecDeque::new(),
-            emit: Vec::new().into_iter(),
-            state: Assignments::default(),
+            work: None,
+            batch: VecDeque::new(),
+            batch_logs: HashMap::new(),
+            pair_keys,
+            pending: Vec::new(),
             index: 0,
             bytes: 0,
             total: 0,
             finished: false,
             store: None,
             files_read: 0,
-            logs: HashMap::new(),
-            birth: HashMap::new(),
             purged: 0,
         }
     }
@@ -491,17 +528,13 @@ impl IwmoStream {
         }
     }
 
-    /// Reads and applies the messages; queues problems and the assignments to deliver.
-    fn prepare(&mut self) -> Result<(), DeliveryError> {
-        let mut changes = Vec::new();
+    /// Pass 1: reads the header and BSN of every file to read into the work index, keyed by
+    /// (provider, client pseudonym) pair; stages the entries of changed files.
+    fn start(&mut self) -> Result<(), DeliveryError> {
+        let mut changes = self.first_changes();
         self.check_changed(&mut changes)?;
-        let stateless = self.store.is_none();
-        let from_state = matches!(self.store, Some((_, Mode::FromState { .. })));
-        // Pass 1: header and BSN of every file to read, for the order and to tell which old
-        // messages can matter: those of a (provider, client) pair a new message concerns.
-        let mut order: Vec<(SortKey, Item)> = Vec::new();
-        let mut envelopes: Vec<Option<(String, String)>> = vec![None; self.files.len()];
-        let mut relevant: HashSet<(String, String)> = HashSet::new();
+        self.stage_some(changes, true)?;
+        let mut work = WorkIndex::new().map_err(|e| self.work_error(e))?;
         for file in self.pass1() {
             self.check_cancel()?;
             let name = self.files[file].1.clone();
@@ -509,62 +542,120 @@ impl IwmoStream {
             self.files_read += 1;
             match read_envelope(self.open_file(file)?, &self.limits) {
                 Ok((h, bsn)) => {
-                    order.push((SortKey::new(&h, name, file), Item::File(file)));
-                    if let Some(bsn) = bsn {
-                        let pair = (h.provider().to_owned(), bsn);
-                        if self.is_new(file) {
-                            relevant.insert(pair.clone());
+                    let pair = match bsn.as_deref().map(Bsn::parse) {
+                        Some(Ok(b)) => stored::pair_key(
+                            h.provider(),
+                            self.pair_keys.pseudonymise(&b).as_bytes(),
+                        ),
+                        // No valid BSN: the message is a pair of its own (it never reaches
+                        // the state).
+                        _ => {
+                            let mut k = vec![1u8];
+                            k.extend_from_slice(&(file as u64).to_be_bytes());
+                            k
                         }
-                        envelopes[file] = Some(pair);
-                    }
+                    };
+                    work.add(&pair, &h, file).map_err(|e| self.work_error(e))?;
                 }
                 Err(e) => self.problem(file, format!("file:{name}"), e)?,
             }
         }
-        if from_state {
-            order.extend(self.stored_messages(&relevant)?);
+        work.seal().map_err(|e| self.work_error(e))?;
+        self.work = Some(work);
+        Ok(())
+    }
+
+    fn work_error(&self, e: rusqlite::Error) -> DeliveryError {
+        DeliveryError::Io {
+            location: self.source.clone(),
+            message: format!("iWmo work index: {e}"),
         }
-        // A full run: the pair of each file applied before, and the stored logs of those pairs.
-        let (applied, prior) = self.prior_logs(&envelopes)?;
+    }
+
+    /// Applies the messages of the next pair; `false` when every pair was applied.
+    fn next_pair(&mut self) -> Result<bool, DeliveryError> {
+        if self.batch.is_empty() {
+            let Some(work) = self.work.as_mut() else {
+                return Ok(false);
+            };
+            let next = work.next_pairs(PAIRS_PER_BATCH);
+            let next = next.map_err(|e| self.work_error(e))?;
+            if next.is_empty() {
+                return Ok(false);
+            }
+            self.batch_logs = self.stored_logs(next.iter().map(|(pair, _)| pair))?;
+            self.batch = next.into();
+        }
+        let Some((pair, rows)) = self.batch.pop_front() else {
+            return Ok(false);
+        };
+        let stored = self.batch_logs.remove(&pair);
+        self.apply_pair(rows, stored)?;
+        Ok(true)
+    }
+
+    /// Reads and applies the messages of one (provider, client) pair, in order, with the
+    /// stored log of the pair; queues its problems and the assignments to deliver, and
+    /// stages its log.
+    fn apply_pair(
+        &mut self,
+        rows: Vec<work::Row>,
+        stored: Option<Vec<Logged>>,
+    ) -> Result<(), DeliveryError> {
+        let stateless = self.store.is_none();
+        let from_state = matches!(self.store, Some((_, Mode::FromState { .. })));
+        // An old message of a pair without new message cannot change what this run
+        // delivers (in incremental runs; a full run applies everything).
+        if stateless && self.since.is_some() && !rows.iter().any(|r| self.is_new(r.file)) {
+            return Ok(());
+        }
+        let mut order: Vec<(SortKey, Item)> = Vec::with_capacity(rows.len());
+        let mut bsn: Option<String> = None;
+        for row in rows {
+            self.check_cancel()?;
+            let key = SortKey::from_row(&row, self.files[row.file].1.clone());
+            let read = read_message(self.open_file(row.file)?, &self.limits);
+            if let (Ok(m), None) = (&read, &bsn) {
+                bsn = Some(m.client.bsn.clone());
+            }
+            order.push((key, Item::File(row.file, read)));
+        }
+        // A full run under the same key: the pair's log as stored, to tell messages purged
+        // by retention; an incremental run: the stored messages, replayed.
+        let mut prior: Option<Vec<Logged>> = None;
+        if let Some(log) = stored {
+            if from_state {
+                if let Some(bsn) = &bsn {
+                    order.extend(stored_messages(log, bsn));
+                }
+            } else {
+                prior = Some(log);
+            }
+        }
         order.sort_by(|a, b| a.0.cmp(&b.0));
-        // Pass 2: apply in order.
+        let mut state = Assignments::default();
+        let mut log: Vec<Logged> = Vec::new();
+        let mut birth: Option<chrono::NaiveDate> = None;
         let mut touched: BTreeSet<Key> = BTreeSet::new();
-        // (provider, BSN) of every new message: all their assignments are delivered, since a
-        // late message can change how an older start or stop without number matched.
-        let mut clients: HashSet<(String, String)> = HashSet::new();
+        // The provider and BSN of a new message: all their assignments are delivered, since
+        // a late message can change how an older start or stop without number matched.
+        let mut client: Option<(String, String)> = None;
+        // Who made each assignment: the record id of the product and whether it is new.
+        let mut made: HashMap<Key, (String, bool)> = HashMap::new();
+        let mut logged_pair: Option<(String, String)> = None;
         for (key, item) in order {
             self.check_cancel()?;
-            let file_index = match &item {
-                Item::File(file) => Some(*file),
-                Item::Stored(_) => None,
-            };
-            let (m, new) = match item {
-                Item::Stored(m) => (*m, false),
-                Item::File(file) => {
-                    let new = self.is_new(file);
-                    // An old message of another (provider, client) pair cannot change what
-                    // this run delivers (in incremental runs; a full run applies everything).
-                    if !new
-                        && stateless
-                        && self.since.is_some()
-                        && !envelopes[file]
-                            .as_ref()
-                            .is_some_and(|pair| relevant.contains(pair))
-                    {
+            let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
+            let (m, new, file_index) = match item {
+                Item::Stored(m) => (*m, false, None),
+                Item::File(file, read) => match read {
+                    Ok(m) => (m, self.is_new(file), Some(file)),
+                    Err(e) => {
+                        self.problem(file, record_id, e)?;
                         continue;
                     }
-                    let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
-                    let input = self.open_file(file)?;
-                    match read_message(input, &self.limits) {
-                        Ok(m) => (m, new),
-                        Err(e) => {
-                            self.problem(file, record_id, e)?;
-                            continue;
-                        }
-                    }
-                }
+                },
             };
-            let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
             if let Some(own) = self.municipality.clone()
                 && m.header.municipality() != own
             {
@@ -595,25 +686,24 @@ impl IwmoStream {
                 }
                 continue;
             }
-            let pair = (m.header.provider().to_owned(), m.client.bsn.clone());
             if let Some(file) = file_index
-                && let Some(Some(was)) = applied.get(file)
+                && self.applied_before(file)
                 && !prior
-                    .get(was)
+                    .as_ref()
                     .is_some_and(|log| log.iter().any(|l| l.header == m.header && l.body == m.body))
             {
                 // Applied before, and no longer in its pair's log: purged by retention.
                 self.purged += 1;
                 continue;
             }
+            let pair = (m.header.provider().to_owned(), m.client.bsn.clone());
             if new {
                 if m.client.birth_date_use.is_none() {
-                    self.birth.insert(pair.clone(), m.client.birth_date);
+                    birth = Some(m.client.birth_date);
                 }
-                clients.insert(pair.clone());
+                client = Some(pair.clone());
             }
             if self.store.is_some() {
-                let log = self.logs.entry(pair).or_default();
                 let entry = Logged {
                     file: key.name.clone(),
                     header: m.header.clone(),
@@ -625,10 +715,16 @@ impl IwmoStream {
                 {
                     log.push(entry);
                 }
+                logged_pair = Some(pair);
             }
-            for (i, result) in self.state.apply(&m).into_iter().enumerate() {
+            let creates = matches!(m.body, Body::Assignment(_));
+            for (i, result) in state.apply(&m).into_iter().enumerate() {
+                let product_id = format!("{record_id}#{}", i + 1);
                 match result {
                     Ok(k) => {
+                        if creates {
+                            made.entry(k.clone()).or_insert((product_id, new));
+                        }
                         if new {
                             touched.insert(k);
                         }
@@ -637,7 +733,7 @@ impl IwmoStream {
                         if new {
                             let position = self.next_position();
                             self.queue.push_back(Err(RecordError {
-                                record_id: Some(format!("{record_id}#{}", i + 1)),
+                                record_id: Some(product_id),
                                 position,
                                 field: Some(p.element),
                                 reason: p.reason,
@@ -647,35 +743,87 @@ impl IwmoStream {
                 }
             }
         }
+        let mut keys: Vec<Key> = if self.since.is_none() && !from_state {
+            let mut all: Vec<Key> = state.keys().cloned().collect();
+            all.sort();
+            all
+        } else {
+            if let Some((provider, bsn)) = &client {
+                for n in state.numbers_of(provider, bsn) {
+                    touched.insert((provider.clone(), *n));
+                }
+            }
+            touched.into_iter().collect()
+        };
+        // A `ToewijzingNummer` of the provider that another client's messages in this run
+        // used first: reported with the assignment that reused it, not delivered.
+        if let (Some(work), Some(bsn)) = (&self.work, &bsn) {
+            let mut pair_id = bsn.as_bytes().to_vec();
+            if let Ok(b) = Bsn::parse(bsn) {
+                pair_id = self.pair_keys.pseudonymise(&b).as_bytes().to_vec();
+            }
+            let mut lost = Vec::new();
+            for k in state.keys() {
+                if !work
+                    .claim(&k.0, k.1, &pair_id)
+                    .map_err(|e| self.work_error(e))?
+                {
+                    lost.push(k.clone());
+                }
+            }
+            for k in lost {
+                keys.retain(|x| *x != k);
+                if let Some((product_id, true)) = made.get(&k) {
+                    let position = self.next_position();
+                    self.queue.push_back(Err(RecordError {
+                        record_id: Some(product_id.clone()),
+                        position,
+                        field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
+                        reason: "the assignment number is already used for another client by this provider".into(),
+                    }));
+                }
+            }
+        }
+        for key in keys {
+            if let Some(rec) = self.record(&state, birth, &key) {
+                self.queue.push_back(Ok(rec));
+            }
+        }
+        if let Some((provider, bsn)) = logged_pair
+            && let Some((st, _)) = &self.store
+            && let Ok(b) = Bsn::parse(&bsn)
+        {
+            let p = st.pseudonymiser.pseudonymise(&b);
+            let change = pair_change(stored::pair_key(&provider, p.as_bytes()), &log);
+            self.stage_some(vec![change], false)?;
+        }
+        Ok(())
+    }
+
+    /// After the last pair: stages the entries of the files read and what is left.
+    fn finish(&mut self) -> Result<(), DeliveryError> {
         info!(
             files_read = self.files_read,
             bytes_read = self.bytes,
             purged_not_reapplied = self.purged,
             "iWmo messages read."
         );
-        self.stage_state(changes)?;
-        let keys: Vec<Key> = if self.since.is_none() && !from_state {
-            let mut all: Vec<Key> = self.state.keys().cloned().collect();
-            all.sort();
-            all
-        } else {
-            for (provider, bsn) in &clients {
-                for n in self.state.numbers_of(provider, bsn) {
-                    touched.insert((provider.clone(), *n));
-                }
-            }
-            touched.into_iter().collect()
-        };
-        self.emit = keys.into_iter();
-        Ok(())
+        self.work = None;
+        self.stage_files()?;
+        self.stage_some(Vec::new(), true)
     }
 
     /// The raw record of an assignment's current state.
-    fn record(&mut self, key: &Key) -> Option<RawRecord> {
-        let mut a = self.state.get(key)?.clone();
+    fn record(
+        &mut self,
+        state: &Assignments,
+        birth: Option<chrono::NaiveDate>,
+        key: &Key,
+    ) -> Option<RawRecord> {
+        let mut a = state.get(key)?.clone();
         if a.birth_date.is_none() {
             // Created by a stored message (no birth date kept): the new message's.
-            a.birth_date = self.birth.get(&(key.0.clone(), a.bsn.clone())).copied();
+            a.birth_date = birth;
         }
         let position = self.next_position();
         let d = |date: chrono::NaiveDate| date.format("%Y-%m-%d").to_string();
@@ -750,18 +898,20 @@ impl RecordStream for IwmoStream {
     fn next_record(&mut self) -> Result<Option<RecordResult>, DeliveryError> {
         if !self.prepared {
             self.prepared = true;
-            self.prepare()?;
+            self.start()?;
         }
-        if let Some(r) = self.queue.pop_front() {
-            return Ok(Some(r));
-        }
-        while let Some(key) = self.emit.next() {
-            if let Some(rec) = self.record(&key) {
-                return Ok(Some(Ok(rec)));
+        loop {
+            if let Some(r) = self.queue.pop_front() {
+                return Ok(Some(r));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            if !self.next_pair()? {
+                self.finish()?;
+                self.finished = true;
             }
         }
-        self.finished = true;
-        Ok(None)
     }
 
     fn bytes_read(&self) -> u64 {

@@ -1,0 +1,189 @@
+//! The run's work index: one small row per message to read (pair key, the fields of its
+//! place in the order of application, file index) in a temporary SQLite database on disk, so
+//! that a run holds the messages of a few (provider, client) pairs at a time instead of the
+//! whole archive's.
+//!
+//! The database is SQLite's private temporary database (opened with an empty file name):
+//! its file is deleted when the run ends (or fails), it has no journal and is never synced,
+//! and its page cache is bounded (`cache_size`). It never holds a BSN: the pair key is the
+//! provider's AGB code and the client's pseudonym under the index key ([`super::stored`]'s
+//! pair key; a preview without store uses a random key of its own), or, for a message
+//! without valid BSN, a key of its own file.
+
+use matchpoint_connectors::iwmo::{Header, MessageKind};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The place in the order of application of one message, and its file.
+#[derive(Debug, Clone)]
+pub(super) struct Row {
+    pub dagtekening: chrono::NaiveDate,
+    pub kind: MessageKind,
+    pub id: String,
+    pub sender: String,
+    pub file: usize,
+}
+
+/// The run's work index.
+pub(super) struct WorkIndex {
+    conn: Connection,
+    /// The last pair handed out by [`WorkIndex::next_pairs`].
+    last: Option<Vec<u8>>,
+    /// Rows inserted in the open transaction.
+    pending: usize,
+}
+
+fn kind_code(k: MessageKind) -> i64 {
+    match k {
+        MessageKind::Wmo301 => 1,
+        MessageKind::Wmo305 => 2,
+        MessageKind::Wmo307 => 3,
+    }
+}
+
+fn kind_of(code: i64) -> Option<MessageKind> {
+    match code {
+        1 => Some(MessageKind::Wmo301),
+        2 => Some(MessageKind::Wmo305),
+        3 => Some(MessageKind::Wmo307),
+        _ => None,
+    }
+}
+
+/// Rows inserted per transaction.
+const TXN_ROWS: usize = 50_000;
+
+impl WorkIndex {
+    /// A new, empty index.
+    pub(super) fn new() -> rusqlite::Result<Self> {
+        let conn = Connection::open("")?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = OFF;
+             PRAGMA synchronous = OFF;
+             PRAGMA cache_size = -4096;
+             PRAGMA temp_store = FILE;
+             CREATE TABLE msg (
+                 pair BLOB NOT NULL,
+                 day INTEGER NOT NULL,
+                 kind INTEGER NOT NULL,
+                 id TEXT NOT NULL,
+                 sender TEXT NOT NULL,
+                 file INTEGER NOT NULL
+             );
+             CREATE TABLE claim (
+                 provider TEXT NOT NULL,
+                 number TEXT NOT NULL,
+                 pair BLOB NOT NULL,
+                 PRIMARY KEY (provider, number)
+             ) WITHOUT ROWID;",
+        )?;
+        Ok(WorkIndex {
+            conn,
+            last: None,
+            pending: 0,
+        })
+    }
+
+    /// Adds the message of `file` with this header to `pair`.
+    pub(super) fn add(&mut self, pair: &[u8], h: &Header, file: usize) -> rusqlite::Result<()> {
+        if self.pending == 0 {
+            self.conn.execute_batch("BEGIN")?;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO msg (pair, day, kind, id, sender, file) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                pair,
+                chrono::Datelike::num_days_from_ce(&h.dagtekening),
+                kind_code(h.kind),
+                h.id,
+                h.sender,
+                i64::try_from(file).unwrap_or(i64::MAX),
+            ])?;
+        self.pending += 1;
+        if self.pending >= TXN_ROWS {
+            self.conn.execute_batch("COMMIT")?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// Ends the inserts: indexes the rows by pair.
+    pub(super) fn seal(&mut self) -> rusqlite::Result<()> {
+        if self.pending > 0 {
+            self.conn.execute_batch("COMMIT")?;
+            self.pending = 0;
+        }
+        self.conn
+            .execute_batch("CREATE INDEX msg_pair ON msg (pair, file)")
+    }
+
+    /// The rows of the next (at most) `max` pairs, in pair order; empty when every pair was
+    /// handed out.
+    pub(super) fn next_pairs(&mut self, max: usize) -> rusqlite::Result<Vec<(Vec<u8>, Vec<Row>)>> {
+        let after = self.last.clone().unwrap_or_default();
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let bound: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT max(pair) FROM (SELECT DISTINCT pair FROM msg WHERE pair > ?1
+                 ORDER BY pair LIMIT ?2)",
+                params![after, limit],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(bound) = bound else {
+            return Ok(Vec::new());
+        };
+        let mut st = self.conn.prepare_cached(
+            "SELECT pair, day, kind, id, sender, file FROM msg
+             WHERE pair > ?1 AND pair <= ?2 ORDER BY pair, file",
+        )?;
+        let mut rows = st.query(params![after, bound])?;
+        let mut out: Vec<(Vec<u8>, Vec<Row>)> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let pair: Vec<u8> = r.get(0)?;
+            let day: i32 = r.get(1)?;
+            let kind: i64 = r.get(2)?;
+            let file: i64 = r.get(5)?;
+            let (Some(dagtekening), Some(kind), Ok(file)) = (
+                chrono::NaiveDate::from_num_days_from_ce_opt(day),
+                kind_of(kind),
+                usize::try_from(file),
+            ) else {
+                return Err(rusqlite::Error::InvalidQuery);
+            };
+            let row = Row {
+                dagtekening,
+                kind,
+                id: r.get(3)?,
+                sender: r.get(4)?,
+                file,
+            };
+            match out.last_mut() {
+                Some((p, rows)) if *p == pair => rows.push(row),
+                _ => out.push((pair, vec![row])),
+            }
+        }
+        self.last = Some(bound);
+        Ok(out)
+    }
+
+    /// Claims assignment `number` of `provider` for `pair`: `false` when another pair of
+    /// this run claimed it first (a `ToewijzingNummer` reused for another client).
+    pub(super) fn claim(&self, provider: &str, number: u64, pair: &[u8]) -> rusqlite::Result<bool> {
+        let number = number.to_string();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO claim (provider, number, pair) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (provider, number) DO NOTHING",
+            )?
+            .execute(params![provider, number, pair])?;
+        let owner: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT pair FROM claim WHERE provider = ?1 AND number = ?2")?
+            .query_row(params![provider, number], |r| r.get(0))?;
+        Ok(owner == pair)
+    }
+}
