@@ -182,7 +182,7 @@ fn a_full_resync_of_four_times_the_messages_peaks_at_about_the_same_heap() {
         small.messages
     );
     assert!(
-        large.peak - small.peak < 1024 * KB,
+        large.peak - small.peak < 512 * KB,
         "the re-sync of {} messages peaked at {} KB, of {} messages at {} KB: it grows with the archive",
         large.messages,
         large.peak / KB,

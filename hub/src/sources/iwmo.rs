@@ -96,26 +96,24 @@ enum Mode {
     /// Reads every file and replaces the stored state (a full run, the first run with a
     /// store, or after the index key changed).
     Rebuild {
-        /// The applied files of the stored state (a full run under the same index key): a
-        /// message of such a file is applied again only when its pair's stored log holds
-        /// it (retention purges the log of a pair left without involvement).
-        prior: Option<HashMap<String, FileEntry>>,
+        /// The applied files of the stored state are in the work index (a full run under
+        /// the same index key): a message of such a file is applied again only when its
+        /// pair's stored log holds it (retention purges the log of a pair left without
+        /// involvement).
+        prior: bool,
     },
-    /// Reads only the files the stored state has not applied (`work`), and replays the
-    /// stored logs of the pairs they concern.
-    FromState {
-        /// Applied files by name.
-        registry: HashMap<String, FileEntry>,
-        /// Indexes of the files to read: new, or possibly changed since applied.
-        work: BTreeSet<usize>,
-    },
+    /// Reads only the files the stored state has not applied (marked to do in the work
+    /// index, with the applied files' entries), and replays the stored logs of the pairs
+    /// they concern.
+    FromState,
 }
 
-/// The applied files of the stored state, when it was made with the current index key.
-fn load_registry(
-    st: &SourceState,
-    source: &str,
-) -> Result<Option<HashMap<String, FileEntry>>, String> {
+/// Stored entries read from the store at a time.
+const ENTRIES_PER_PAGE: usize = 1000;
+
+/// Copies the applied files of the stored state into the work index, when it was made with
+/// the current index key (`false`: it was not).
+fn load_registry(st: &SourceState, source: &str, work: &mut WorkIndex) -> Result<bool, String> {
     let fail =
         |e: crate::store::StoreError| format!("source {source}: reading the iWmo state: {e}");
     let meta = st
@@ -123,17 +121,57 @@ fn load_registry(
         .map_err(fail)?;
     let current = st.pseudonymiser.key_id().as_str().as_bytes().to_vec();
     if meta.first().map(|(_, v)| v) != Some(&current) {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut registry = HashMap::new();
-    for (k, v) in st.read(source, stored::FILE, None).map_err(fail)? {
-        let name = String::from_utf8_lossy(&k).into_owned();
-        let entry = stored::parse_file(&v).ok_or_else(|| {
-            format!("source {source}: the stored state of file {name} cannot be read; run --full")
-        })?;
-        registry.insert(name, entry);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = st
+            .read_page(source, stored::FILE, after.take(), ENTRIES_PER_PAGE)
+            .map_err(fail)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        for (k, v) in &page {
+            if stored::parse_file(v).is_none() {
+                let name = String::from_utf8_lossy(k);
+                return Err(format!(
+                    "source {source}: the stored state of file {name} cannot be read; run --full"
+                ));
+            }
+            work.add_entry(k, v).map_err(|e| work_failed(source, e))?;
+        }
     }
-    Ok(Some(registry))
+    work.flush().map_err(|e| work_failed(source, e))?;
+    Ok(true)
+}
+
+fn work_failed(source: &str, e: rusqlite::Error) -> String {
+    format!("source {source}: iWmo work index: {e}")
+}
+
+/// Where the files are: a folder, or the one file.
+struct Folder {
+    path: PathBuf,
+    is_dir: bool,
+}
+
+impl Folder {
+    /// The path of a listed file (by its name's system bytes).
+    fn path(&self, raw: &[u8]) -> PathBuf {
+        if !self.is_dir {
+            return self.path.clone();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            self.path.join(std::ffi::OsStr::from_bytes(raw))
+        }
+        #[cfg(not(unix))]
+        {
+            self.path.join(String::from_utf8_lossy(raw).as_ref())
+        }
+    }
 }
 
 /// WMO020 product categories and their names (the goal of an involvement).
@@ -188,7 +226,12 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
             cx.source.name
         ));
     }
-    let files = list(Path::new(loc))?;
+    let name = &cx.source.name;
+    let mut work = WorkIndex::new().map_err(|e| work_failed(name, e))?;
+    let folder = list(Path::new(loc), &mut work).map_err(|e| match e {
+        Listing::Io(e) => e,
+        Listing::Work(e) => work_failed(name, e),
+    })?;
     let full_run = cx.full || cx.source.mode == SourceMode::Full;
     let since = if full_run {
         None
@@ -198,35 +241,54 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     let mode = match &cx.state {
         None => Mode::Stateless,
         Some(st) if full_run => Mode::Rebuild {
-            prior: load_registry(st, &cx.source.name)?,
+            prior: load_registry(st, name, &mut work)?,
         },
-        Some(st) => match load_registry(st, &cx.source.name)? {
-            None => Mode::Rebuild { prior: None },
-            Some(registry) => {
-                let mut work = BTreeSet::new();
-                for (i, (path, name)) in files.iter().enumerate() {
-                    let unchanged = registry.get(name).is_some_and(|e| {
-                        FileEntry::stat(path).is_ok_and(|(size, mtime)| !e.differs(size, mtime))
-                    });
-                    if !unchanged {
-                        work.insert(i);
+        Some(st) => {
+            if load_registry(st, name, &mut work)? {
+                let mut any = false;
+                let mut after = None;
+                loop {
+                    let page = work
+                        .files_after(after, ENTRIES_PER_PAGE, false)
+                        .map_err(|e| work_failed(name, e))?;
+                    let Some((last, _, _)) = page.last() else {
+                        break;
+                    };
+                    after = Some(*last);
+                    for (idx, file, raw) in page {
+                        let entry = work.entry(&file).map_err(|e| work_failed(name, e))?;
+                        let unchanged =
+                            entry
+                                .as_deref()
+                                .and_then(stored::parse_file)
+                                .is_some_and(|e| {
+                                    FileEntry::stat(&folder.path(&raw))
+                                        .is_ok_and(|(size, mtime)| !e.differs(size, mtime))
+                                });
+                        if !unchanged {
+                            work.set_todo(idx, true).map_err(|e| work_failed(name, e))?;
+                            any = true;
+                        }
                     }
                 }
-                if work.is_empty() && !files.is_empty() {
+                work.flush().map_err(|e| work_failed(name, e))?;
+                if !any && work.file_count() > 0 {
                     // Every file was applied: a quiet night, nothing read.
                     return Ok(None);
                 }
-                Mode::FromState { registry, work }
+                Mode::FromState
+            } else {
+                Mode::Rebuild { prior: false }
             }
-        },
+        }
     };
-    if !matches!(mode, Mode::FromState { .. })
+    if !matches!(mode, Mode::FromState)
         && let Some(c) = &since
-        && !files.iter().any(|(_, name)| name.as_str() > c.as_str())
+        && !work.last_name().is_some_and(|last| last > c.as_str())
     {
         return Ok(None);
     }
-    if files.is_empty() {
+    if work.file_count() == 0 {
         // An empty folder is a quiet night for an incremental run; a full run has nothing
         // to compare with and fails.
         if since.is_none() && (cx.full || cx.source.mode == SourceMode::Full) {
@@ -240,44 +302,80 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
         Some(st) => st.pseudonymiser.clone(),
         // No store: the work index's pairs are keyed with a random key of this run.
         None => MasterKey::from_secret("run", &rand::random::<[u8; 32]>())
-            .map_err(|e| format!("source {}: {e}", cx.source.name))?
+            .map_err(|e| format!("source {name}: {e}"))?
             .pseudonymiser(KeyPurpose::Index),
     };
-    let mut stream = IwmoStream::new(cx.source, files, since, cx.cancel.clone(), pair_keys);
+    let mut stream = IwmoStream::new(cx.source, folder, work, since, cx.cancel.clone(), pair_keys);
     stream.store = cx.state.clone().map(|st| (st, mode));
-    stream.total = stream.pass1().iter().filter_map(|&f| stream.size(f)).sum();
+    let mut after = None;
+    loop {
+        let page = stream.pass1_page(after).map_err(|e| e.to_string())?;
+        let Some((last, _, _)) = page.last() else {
+            break;
+        };
+        after = Some(*last);
+        for (_, _, raw) in &page {
+            stream.total += std::fs::metadata(stream.folder.path(raw)).map_or(0, |m| m.len());
+        }
+    }
     Ok(Some(Opened {
         stream: Box::new(stream),
     }))
 }
 
-/// The message files of a folder (or the one file), in name order.
-fn list(path: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+/// Why the folder could not be listed.
+enum Listing {
+    Io(String),
+    Work(rusqlite::Error),
+}
+
+/// Lists the message files of a folder (or the one file) into the work index, numbered in
+/// name order.
+fn list(path: &Path, work: &mut WorkIndex) -> Result<Folder, Listing> {
     let shown = path.display();
-    let mut files: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map_err(|e| format!("cannot list {shown}: {e}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "xml"))
-            .collect()
+    let folder = if path.is_dir() {
+        for e in
+            std::fs::read_dir(path).map_err(|e| Listing::Io(format!("cannot list {shown}: {e}")))?
+        {
+            let Ok(e) = e else {
+                continue;
+            };
+            let p = e.path();
+            if !(p.is_file() && p.extension().is_some_and(|x| x == "xml")) {
+                continue;
+            }
+            let os = e.file_name();
+            let name = os.to_string_lossy();
+            #[cfg(unix)]
+            let raw = {
+                use std::os::unix::ffi::OsStrExt;
+                os.as_bytes().to_vec()
+            };
+            #[cfg(not(unix))]
+            let raw = name.as_bytes().to_vec();
+            work.list(&name, &raw).map_err(Listing::Work)?;
+        }
+        Folder {
+            path: path.to_path_buf(),
+            is_dir: true,
+        }
     } else if path.is_file() {
-        vec![path.to_path_buf()]
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        work.list(&name, name.as_bytes()).map_err(Listing::Work)?;
+        Folder {
+            path: path.to_path_buf(),
+            is_dir: false,
+        }
     } else {
-        return Err(format!(
+        return Err(Listing::Io(format!(
             "iWmo message folder {shown} does not exist; create it or fix `location`"
-        ));
+        )));
     };
-    files.sort();
-    Ok(files
-        .into_iter()
-        .map(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (p, name)
-        })
-        .collect())
+    work.number_files().map_err(Listing::Work)?;
+    Ok(folder)
 }
 
 /// The order messages are applied in.
@@ -296,7 +394,8 @@ struct SortKey {
 
 /// A message to apply: in a file of the folder (as read), or from the stored state.
 enum Item {
-    File(usize, Result<Message, MessageError>),
+    /// The file, whether it is new to this run, and its message as read.
+    File(PathBuf, bool, Result<Message, MessageError>),
     Stored(Box<Message>),
 }
 
@@ -343,14 +442,16 @@ pub struct IwmoStream {
     source: String,
     /// Only messages of this municipality are applied (`[source.iwmo] municipality`).
     municipality: Option<String>,
-    files: Vec<(PathBuf, String)>,
+    /// Where the files are; their names are in the work index.
+    folder: Folder,
     since: Option<String>,
     limits: MessageLimits,
     cancel: Arc<AtomicBool>,
     prepared: bool,
     queue: VecDeque<RecordResult>,
-    /// The run's work index (pass 1), until every pair was applied.
-    work: Option<WorkIndex>,
+    /// The run's work index: the files, the applied files' entries, and (pass 1) a row
+    /// per message to read.
+    work: WorkIndex,
     /// The pairs read from the work index and not applied yet, and their stored logs.
     batch: VecDeque<(Vec<u8>, Vec<work::Row>)>,
     batch_logs: HashMap<Vec<u8>, Vec<Logged>>,
@@ -374,7 +475,8 @@ pub struct IwmoStream {
 impl IwmoStream {
     fn new(
         source: &SourceConfig,
-        files: Vec<(PathBuf, String)>,
+        folder: Folder,
+        work: WorkIndex,
         since: Option<String>,
         cancel: Arc<AtomicBool>,
         pair_keys: Pseudonymiser,
@@ -382,7 +484,7 @@ impl IwmoStream {
         IwmoStream {
             source: source.name.clone(),
             municipality: source.iwmo.as_ref().and_then(|i| i.municipality.clone()),
-            files,
+            folder,
             since,
             limits: MessageLimits {
                 max_bytes: source.limits.max_record_bytes,
@@ -393,7 +495,7 @@ impl IwmoStream {
             cancel,
             prepared: false,
             queue: VecDeque::new(),
-            work: None,
+            work,
             batch: VecDeque::new(),
             batch_logs: HashMap::new(),
             pair_keys,
@@ -408,14 +510,23 @@ impl IwmoStream {
         }
     }
 
-    fn is_new(&self, file: usize) -> bool {
-        if let Some((_, Mode::FromState { work, .. })) = &self.store {
-            return work.contains(&file);
+    /// Whether the file is new to this run (its messages are delivered).
+    fn is_new(&self, file: usize, name: &str) -> Result<bool, DeliveryError> {
+        if let Some((_, Mode::FromState)) = &self.store {
+            return self.work.is_todo(file).map_err(|e| self.work_error(e));
         }
-        match (&self.since, self.files.get(file)) {
-            (None, _) => true,
-            (Some(c), Some((_, name))) => name.as_str() > c.as_str(),
-            (Some(_), None) => false,
+        Ok(match &self.since {
+            None => true,
+            Some(c) => name > c.as_str(),
+        })
+    }
+
+    /// The name and path of file `file`.
+    fn file(&self, file: usize) -> Result<(String, PathBuf), DeliveryError> {
+        match self.work.file(file) {
+            Ok(Some((name, raw))) => Ok((name, self.folder.path(&raw))),
+            Ok(None) => Err(self.work_error(rusqlite::Error::QueryReturnedNoRows)),
+            Err(e) => Err(self.work_error(e)),
         }
     }
 
@@ -427,12 +538,8 @@ impl IwmoStream {
         }
     }
 
-    fn delivery_error(&self, file: usize, e: MessageError) -> DeliveryError {
-        let location = self
-            .files
-            .get(file)
-            .map(|(p, _)| p.display().to_string())
-            .unwrap_or_default();
+    fn delivery_error(&self, path: &Path, e: MessageError) -> DeliveryError {
+        let location = path.display().to_string();
         match e {
             MessageError::Truncated(message) => DeliveryError::Truncated { location, message },
             MessageError::Limit(message) => DeliveryError::Limit {
@@ -462,16 +569,17 @@ impl IwmoStream {
     /// quarantined (new files only; old files were reported by their own run).
     fn problem(
         &mut self,
-        file: usize,
+        new: bool,
+        path: &Path,
         record_id: String,
         e: MessageError,
     ) -> Result<(), DeliveryError> {
-        if !self.is_new(file) {
-            debug!(file, "Skipping an old message that could not be applied.");
+        if !new {
+            debug!("Skipping an old message that could not be applied.");
             return Ok(());
         }
         if e.breaks_delivery() {
-            return Err(self.delivery_error(file, e));
+            return Err(self.delivery_error(path, e));
         }
         let field = match &e {
             MessageError::Invalid { element, .. } => Some(element.clone()),
@@ -487,8 +595,7 @@ impl IwmoStream {
         Ok(())
     }
 
-    fn open_file(&self, file: usize) -> Result<BufReader<File>, DeliveryError> {
-        let (path, _) = &self.files[file];
+    fn open_file(&self, path: &Path) -> Result<BufReader<File>, DeliveryError> {
         File::open(path)
             .map(|f| BufReader::with_capacity(16 * 1024, f))
             .map_err(|e| DeliveryError::Io {
@@ -507,18 +614,16 @@ impl IwmoStream {
         Ok(())
     }
 
-    /// The files pass 1 reads: all of them, or (store-backed state) those not yet applied.
-    fn pass1(&self) -> Vec<usize> {
-        match &self.store {
-            Some((_, Mode::FromState { work, .. })) => work.iter().copied().collect(),
-            _ => (0..self.files.len()).collect(),
-        }
-    }
-
-    fn size(&self, file: usize) -> Option<u64> {
-        std::fs::metadata(&self.files.get(file)?.0)
-            .ok()
-            .map(|m| m.len())
+    /// The next page of the files pass 1 reads (index, name, name's bytes) after file
+    /// `after`: all of them, or (store-backed state) those not yet applied.
+    fn pass1_page(
+        &self,
+        after: Option<usize>,
+    ) -> Result<Vec<(usize, String, Vec<u8>)>, DeliveryError> {
+        let todo_only = matches!(self.store, Some((_, Mode::FromState)));
+        self.work
+            .files_after(after, ENTRIES_PER_PAGE, todo_only)
+            .map_err(|e| self.work_error(e))
     }
 
     fn store_error(&self, e: impl std::fmt::Display) -> DeliveryError {
@@ -534,34 +639,45 @@ impl IwmoStream {
         let mut changes = self.first_changes();
         self.check_changed(&mut changes)?;
         self.stage_some(changes, true)?;
-        let mut work = WorkIndex::new().map_err(|e| self.work_error(e))?;
-        for file in self.pass1() {
-            self.check_cancel()?;
-            let name = self.files[file].1.clone();
-            self.bytes += self.size(file).unwrap_or(0);
-            self.files_read += 1;
-            match read_envelope(self.open_file(file)?, &self.limits) {
-                Ok((h, bsn)) => {
-                    let pair = match bsn.as_deref().map(Bsn::parse) {
-                        Some(Ok(b)) => stored::pair_key(
-                            h.provider(),
-                            self.pair_keys.pseudonymise(&b).as_bytes(),
-                        ),
-                        // No valid BSN: the message is a pair of its own (it never reaches
-                        // the state).
-                        _ => {
-                            let mut k = vec![1u8];
-                            k.extend_from_slice(&(file as u64).to_be_bytes());
-                            k
-                        }
-                    };
-                    work.add(&pair, &h, file).map_err(|e| self.work_error(e))?;
+        let mut after = None;
+        loop {
+            let page = self.pass1_page(after)?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (file, name, raw) in page {
+                self.check_cancel()?;
+                let path = self.folder.path(&raw);
+                self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+                self.files_read += 1;
+                match read_envelope(self.open_file(&path)?, &self.limits) {
+                    Ok((h, bsn)) => {
+                        let pair = match bsn.as_deref().map(Bsn::parse) {
+                            Some(Ok(b)) => stored::pair_key(
+                                h.provider(),
+                                self.pair_keys.pseudonymise(&b).as_bytes(),
+                            ),
+                            // No valid BSN: the message is a pair of its own (it never
+                            // reaches the state).
+                            _ => {
+                                let mut k = vec![1u8];
+                                k.extend_from_slice(&(file as u64).to_be_bytes());
+                                k
+                            }
+                        };
+                        let added = self.work.add(&pair, &h, file);
+                        added.map_err(|e| self.work_error(e))?;
+                    }
+                    Err(e) => {
+                        let new = self.is_new(file, &name)?;
+                        self.problem(new, &path, format!("file:{name}"), e)?;
+                    }
                 }
-                Err(e) => self.problem(file, format!("file:{name}"), e)?,
             }
         }
-        work.seal().map_err(|e| self.work_error(e))?;
-        self.work = Some(work);
+        let sealed = self.work.seal();
+        sealed.map_err(|e| self.work_error(e))?;
         Ok(())
     }
 
@@ -575,10 +691,7 @@ impl IwmoStream {
     /// Applies the messages of the next pair; `false` when every pair was applied.
     fn next_pair(&mut self) -> Result<bool, DeliveryError> {
         if self.batch.is_empty() {
-            let Some(work) = self.work.as_mut() else {
-                return Ok(false);
-            };
-            let next = work.next_pairs(PAIRS_PER_BATCH);
+            let next = self.work.next_pairs(PAIRS_PER_BATCH);
             let next = next.map_err(|e| self.work_error(e))?;
             if next.is_empty() {
                 return Ok(false);
@@ -606,19 +719,25 @@ impl IwmoStream {
         let from_state = matches!(self.store, Some((_, Mode::FromState { .. })));
         // An old message of a pair without new message cannot change what this run
         // delivers (in incremental runs; a full run applies everything).
-        if stateless && self.since.is_some() && !rows.iter().any(|r| self.is_new(r.file)) {
+        let mut files = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (name, path) = self.file(row.file)?;
+            let new = self.is_new(row.file, &name)?;
+            files.push((row, name, path, new));
+        }
+        if stateless && self.since.is_some() && !files.iter().any(|f| f.3) {
             return Ok(());
         }
-        let mut order: Vec<(SortKey, Item)> = Vec::with_capacity(rows.len());
+        let mut order: Vec<(SortKey, Item)> = Vec::with_capacity(files.len());
         let mut bsn: Option<String> = None;
-        for row in rows {
+        for (row, name, path, new) in files {
             self.check_cancel()?;
-            let key = SortKey::from_row(&row, self.files[row.file].1.clone());
-            let read = read_message(self.open_file(row.file)?, &self.limits);
+            let key = SortKey::from_row(&row, name);
+            let read = read_message(self.open_file(&path)?, &self.limits);
             if let (Ok(m), None) = (&read, &bsn) {
                 bsn = Some(m.client.bsn.clone());
             }
-            order.push((key, Item::File(row.file, read)));
+            order.push((key, Item::File(path, new, read)));
         }
         // A full run under the same key: the pair's log as stored, to tell messages purged
         // by retention; an incremental run: the stored messages, replayed.
@@ -646,12 +765,12 @@ impl IwmoStream {
         for (key, item) in order {
             self.check_cancel()?;
             let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
-            let (m, new, file_index) = match item {
+            let (m, new, from_file) = match item {
                 Item::Stored(m) => (*m, false, None),
-                Item::File(file, read) => match read {
-                    Ok(m) => (m, self.is_new(file), Some(file)),
+                Item::File(path, new, read) => match read {
+                    Ok(m) => (m, new, Some(path)),
                     Err(e) => {
-                        self.problem(file, record_id, e)?;
+                        self.problem(new, &path, record_id, e)?;
                         continue;
                     }
                 },
@@ -686,8 +805,8 @@ impl IwmoStream {
                 }
                 continue;
             }
-            if let Some(file) = file_index
-                && self.applied_before(file)
+            if let Some(path) = &from_file
+                && self.applied_before(&key.name, path)?
                 && !prior
                     .as_ref()
                     .is_some_and(|log| log.iter().any(|l| l.header == m.header && l.body == m.body))
@@ -757,14 +876,15 @@ impl IwmoStream {
         };
         // A `ToewijzingNummer` of the provider that another client's messages in this run
         // used first: reported with the assignment that reused it, not delivered.
-        if let (Some(work), Some(bsn)) = (&self.work, &bsn) {
+        if let Some(bsn) = &bsn {
             let mut pair_id = bsn.as_bytes().to_vec();
             if let Ok(b) = Bsn::parse(bsn) {
                 pair_id = self.pair_keys.pseudonymise(&b).as_bytes().to_vec();
             }
             let mut lost = Vec::new();
             for k in state.keys() {
-                if !work
+                if !self
+                    .work
                     .claim(&k.0, k.1, &pair_id)
                     .map_err(|e| self.work_error(e))?
                 {
@@ -808,7 +928,6 @@ impl IwmoStream {
             purged_not_reapplied = self.purged,
             "iWmo messages read."
         );
-        self.work = None;
         self.stage_files()?;
         self.stage_some(Vec::new(), true)
     }
@@ -927,6 +1046,6 @@ impl RecordStream for IwmoStream {
         if !self.finished {
             return None;
         }
-        self.files.last().map(|(_, name)| name.clone())
+        self.work.last_name().map(str::to_owned)
     }
 }

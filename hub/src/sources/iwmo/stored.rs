@@ -139,37 +139,47 @@ impl IwmoStream {
         &mut self,
         changes: &mut Vec<StateChange>,
     ) -> Result<(), DeliveryError> {
-        let Some((_, Mode::FromState { registry, work })) = &self.store else {
+        let Some((_, Mode::FromState)) = &self.store else {
             return Ok(());
         };
-        let known: Vec<(usize, FileEntry)> = work
-            .iter()
-            .filter_map(|&f| Some((f, registry.get(&self.files[f].1)?.clone())))
-            .collect();
-        for (file, before) in known {
-            let (path, name) = self.files[file].clone();
-            let mut now =
-                FileEntry::read(&path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
-                    location: path.display().to_string(),
-                    message: e.to_string(),
+        let mut after = None;
+        loop {
+            let page = self.pass1_page(after)?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (file, name, raw) in page {
+                let stored = self.work.entry(&name).map_err(|e| self.work_error(e))?;
+                let Some(before) = stored.as_deref().and_then(parse_file) else {
+                    continue;
+                };
+                let path = self.folder.path(&raw);
+                let mut now = FileEntry::read(&path, self.limits.max_bytes).map_err(|e| {
+                    DeliveryError::Io {
+                        location: path.display().to_string(),
+                        message: e.to_string(),
+                    }
                 })?;
-            self.bytes += now.size;
-            self.files_read += 1;
-            if now.sha256 != before.sha256 {
-                let position = self.next_position();
-                self.queue.push_back(Err(RecordError {
-                    record_id: Some(format!("file:{name}")),
-                    position,
-                    field: None,
-                    reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
-                }));
-            }
-            now.changed = before.changed || now.sha256 != before.sha256;
-            changes.push(now.change(&name));
-            if let Some((_, Mode::FromState { work, .. })) = &mut self.store {
-                work.remove(&file);
+                self.bytes += now.size;
+                self.files_read += 1;
+                if now.sha256 != before.sha256 {
+                    let position = self.next_position();
+                    self.queue.push_back(Err(RecordError {
+                        record_id: Some(format!("file:{name}")),
+                        position,
+                        field: None,
+                        reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
+                    }));
+                }
+                now.changed = before.changed || now.sha256 != before.sha256;
+                changes.push(now.change(&name));
+                let done = self.work.set_todo(file, false);
+                done.map_err(|e| self.work_error(e))?;
             }
         }
+        let flushed = self.work.flush();
+        flushed.map_err(|e| self.work_error(e))?;
         Ok(())
     }
 
@@ -181,7 +191,7 @@ impl IwmoStream {
         pairs: impl Iterator<Item = &'a Vec<u8>>,
     ) -> Result<HashMap<Vec<u8>, Vec<Logged>>, DeliveryError> {
         let st = match &self.store {
-            Some((st, Mode::FromState { .. } | Mode::Rebuild { prior: Some(_) })) => st,
+            Some((st, Mode::FromState | Mode::Rebuild { prior: true })) => st,
             _ => return Ok(HashMap::new()),
         };
         let keys: Vec<Vec<u8>> = pairs.cloned().collect();
@@ -204,30 +214,22 @@ impl IwmoStream {
     /// is not applied again, so a full run publishes what incremental runs would: messages
     /// of files new to the state are applied, a new message of a purged pair starts a fresh
     /// log.
-    pub(super) fn applied_before(&self, file: usize) -> bool {
-        let Some((
-            _,
-            Mode::Rebuild {
-                prior: Some(registry),
-            },
-        )) = &self.store
-        else {
-            return false;
+    pub(super) fn applied_before(&self, name: &str, path: &Path) -> Result<bool, DeliveryError> {
+        let Some((_, Mode::Rebuild { prior: true })) = &self.store else {
+            return Ok(false);
         };
-        let Some((path, name)) = self.files.get(file) else {
-            return false;
-        };
-        let Some(entry) = registry.get(name) else {
-            return false;
+        let stored = self.work.entry(name).map_err(|e| self.work_error(e))?;
+        let Some(entry) = stored.as_deref().and_then(parse_file) else {
+            return Ok(false);
         };
         if entry.changed {
-            return false;
+            return Ok(false);
         }
-        match FileEntry::stat(path) {
+        Ok(match FileEntry::stat(path) {
             Ok((size, mtime)) if !entry.differs(size, mtime) => true,
             _ => FileEntry::read(path, self.limits.max_bytes)
                 .is_ok_and(|now| now.sha256 == entry.sha256),
-        }
+        })
     }
 
     /// Store-backed state: the changes a run begins with (a full run replaces the state).
@@ -268,16 +270,24 @@ impl IwmoStream {
         if self.store.is_none() {
             return Ok(());
         }
-        for file in self.pass1() {
-            self.check_cancel()?;
-            let (path, name) = &self.files[file];
-            let entry =
-                FileEntry::read(path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
-                    location: path.display().to_string(),
-                    message: e.to_string(),
+        let mut after = None;
+        loop {
+            let page = self.pass1_page(after)?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (_, name, raw) in page {
+                self.check_cancel()?;
+                let path = self.folder.path(&raw);
+                let entry = FileEntry::read(&path, self.limits.max_bytes).map_err(|e| {
+                    DeliveryError::Io {
+                        location: path.display().to_string(),
+                        message: e.to_string(),
+                    }
                 })?;
-            let change = entry.change(name);
-            self.stage_some(vec![change], false)?;
+                self.stage_some(vec![entry.change(&name)], false)?;
+            }
         }
         Ok(())
     }

@@ -30,6 +30,10 @@ pub(super) struct WorkIndex {
     last: Option<Vec<u8>>,
     /// Rows inserted in the open transaction.
     pending: usize,
+    /// Files listed.
+    files: usize,
+    /// The last file name.
+    last_name: Option<String>,
 }
 
 fn kind_code(k: MessageKind) -> i64 {
@@ -69,6 +73,14 @@ impl WorkIndex {
                  sender TEXT NOT NULL,
                  file INTEGER NOT NULL
              );
+             CREATE TABLE listing (name TEXT PRIMARY KEY, raw BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE file (
+                 idx INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 raw BLOB NOT NULL,
+                 todo INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE TABLE registry (name TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID;
              CREATE TABLE claim (
                  provider TEXT NOT NULL,
                  number TEXT NOT NULL,
@@ -80,14 +92,158 @@ impl WorkIndex {
             conn,
             last: None,
             pending: 0,
+            files: 0,
+            last_name: None,
         })
+    }
+
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        if self.pending == 0 {
+            self.conn.execute_batch("BEGIN")?;
+        }
+        self.pending += 1;
+        if self.pending >= TXN_ROWS {
+            self.conn.execute_batch("COMMIT; BEGIN")?;
+            self.pending = 1;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        if self.pending > 0 {
+            self.conn.execute_batch("COMMIT")?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// Lists a file of the folder (any order; a name listed twice counts once): its name
+    /// as text and as the system's bytes.
+    pub(super) fn list(&mut self, name: &str, raw: &[u8]) -> rusqlite::Result<()> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO listing (name, raw) VALUES (?1, ?2)")?
+            .execute(params![name, raw])?;
+        Ok(())
+    }
+
+    /// Ends the listing: numbers the files in name order, from 0.
+    pub(super) fn number_files(&mut self) -> rusqlite::Result<()> {
+        self.commit()?;
+        self.conn.execute_batch(
+            "INSERT INTO file (idx, name, raw)
+             SELECT row_number() OVER (ORDER BY name) - 1, name, raw FROM listing ORDER BY name;
+             DELETE FROM listing;",
+        )?;
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM file", [], |r| r.get(0))?;
+        self.files = usize::try_from(n).unwrap_or(0);
+        self.last_name = self
+            .conn
+            .query_row("SELECT name FROM file ORDER BY idx DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(())
+    }
+
+    /// Number of files in the folder.
+    pub(super) fn file_count(&self) -> usize {
+        self.files
+    }
+
+    /// The last file name in name order.
+    pub(super) fn last_name(&self) -> Option<&str> {
+        self.last_name.as_deref()
+    }
+
+    /// The name of file `idx`, as text and as the system's bytes.
+    pub(super) fn file(&self, idx: usize) -> rusqlite::Result<Option<(String, Vec<u8>)>> {
+        self.conn
+            .prepare_cached("SELECT name, raw FROM file WHERE idx = ?1")?
+            .query_row([i64::try_from(idx).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+    }
+
+    /// Up to `limit` files with an index after `after` (all files, or those marked to do),
+    /// with their names.
+    pub(super) fn files_after(
+        &self,
+        after: Option<usize>,
+        limit: usize,
+        todo_only: bool,
+    ) -> rusqlite::Result<Vec<(usize, String, Vec<u8>)>> {
+        let after = after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        let mut st = self.conn.prepare_cached(
+            "SELECT idx, name, raw FROM file WHERE idx > ?1 AND (?2 = 0 OR todo = 1)
+             ORDER BY idx LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![
+                after,
+                i64::from(todo_only),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?)),
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (idx, name, raw) = r?;
+            out.push((usize::try_from(idx).unwrap_or(usize::MAX), name, raw));
+        }
+        Ok(out)
+    }
+
+    /// Marks file `idx` to do (or done).
+    pub(super) fn set_todo(&mut self, idx: usize, todo: bool) -> rusqlite::Result<()> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("UPDATE file SET todo = ?2 WHERE idx = ?1")?
+            .execute(params![
+                i64::try_from(idx).unwrap_or(i64::MAX),
+                i64::from(todo)
+            ])?;
+        Ok(())
+    }
+
+    /// Whether file `idx` is marked to do.
+    pub(super) fn is_todo(&self, idx: usize) -> rusqlite::Result<bool> {
+        let todo: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT todo FROM file WHERE idx = ?1")?
+            .query_row([i64::try_from(idx).unwrap_or(i64::MAX)], |r| r.get(0))
+            .optional()?;
+        Ok(todo == Some(1))
+    }
+
+    /// Records the stored entry (as stored) of an applied file.
+    pub(super) fn add_entry(&mut self, name: &[u8], entry: &[u8]) -> rusqlite::Result<()> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO registry (name, entry) VALUES (?1, ?2)")?
+            .execute(params![String::from_utf8_lossy(name), entry])?;
+        Ok(())
+    }
+
+    /// Commits what was recorded (entries, marks).
+    pub(super) fn flush(&mut self) -> rusqlite::Result<()> {
+        self.commit()
+    }
+
+    /// The stored entry of an applied file (as stored).
+    pub(super) fn entry(&self, name: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached("SELECT entry FROM registry WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()
     }
 
     /// Adds the message of `file` with this header to `pair`.
     pub(super) fn add(&mut self, pair: &[u8], h: &Header, file: usize) -> rusqlite::Result<()> {
-        if self.pending == 0 {
-            self.conn.execute_batch("BEGIN")?;
-        }
+        self.begin()?;
         self.conn
             .prepare_cached(
                 "INSERT INTO msg (pair, day, kind, id, sender, file) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -100,20 +256,12 @@ impl WorkIndex {
                 h.sender,
                 i64::try_from(file).unwrap_or(i64::MAX),
             ])?;
-        self.pending += 1;
-        if self.pending >= TXN_ROWS {
-            self.conn.execute_batch("COMMIT")?;
-            self.pending = 0;
-        }
         Ok(())
     }
 
     /// Ends the inserts: indexes the rows by pair.
     pub(super) fn seal(&mut self) -> rusqlite::Result<()> {
-        if self.pending > 0 {
-            self.conn.execute_batch("COMMIT")?;
-            self.pending = 0;
-        }
+        self.commit()?;
         self.conn
             .execute_batch("CREATE INDEX msg_pair ON msg (pair, file)")
     }
