@@ -108,8 +108,8 @@ enum Mode {
     FromState,
 }
 
-/// Stored entries read from the store at a time.
-const ENTRIES_PER_PAGE: usize = 1000;
+/// Stored entries (and files) read at a time (tiny in tests, so that they cross pages).
+const ENTRIES_PER_PAGE: usize = if cfg!(test) { 3 } else { 1000 };
 
 /// Copies the applied files of the stored state into the work index, when it was made with
 /// the current index key (`false`: it was not).
@@ -399,11 +399,12 @@ enum Item {
     Stored(Box<Message>),
 }
 
-/// Pairs read from the work index at a time (their stored logs are read together).
-const PAIRS_PER_BATCH: usize = 256;
+/// Pairs read from the work index at a time (their stored logs are read together; tiny in
+/// tests, so that they cross batches).
+const PAIRS_PER_BATCH: usize = if cfg!(test) { 2 } else { 256 };
 
-/// State changes staged at a time.
-const CHANGES_PER_STAGE: usize = 1000;
+/// State changes staged at a time (tiny in tests).
+const CHANGES_PER_STAGE: usize = if cfg!(test) { 3 } else { 1000 };
 
 impl SortKey {
     fn new(h: &Header, name: String, file: usize) -> Self {
