@@ -1,14 +1,21 @@
-//! The run's work index: one small row per message to read (pair key, the fields of its
-//! place in the order of application, file index) in a temporary SQLite database on disk, so
-//! that a run holds the messages of a few (provider, client) pairs at a time instead of the
-//! whole archive's.
+//! The run's work index, a temporary SQLite database on disk, so that a run holds the
+//! messages of a few (provider, client) pairs at a time instead of the whole archive's:
 //!
-//! The database is SQLite's private temporary database (opened with an empty file name):
-//! its file is deleted when the run ends (or fails), it has no journal and is never synced,
-//! and its page cache is bounded (`cache_size`). It never holds a BSN: the pair key is the
-//! provider's AGB code and the client's pseudonym under the index key ([`super::stored`]'s
-//! pair key; a preview without store uses a random key of its own), or, for a message
-//! without valid BSN, a key of its own file.
+//! | table | rows |
+//! |---|---|
+//! | `file` | the folder's files in name order (index, name), marked when a run reads them |
+//! | `registry` | the applied files' entries of the stored state, as stored |
+//! | `msg` | one per message to read: pair key, the fields of its place in the order of application, file index |
+//! | `claim` | per provider and `ToewijzingNummer`, the pair that made it first in this run |
+//!
+//! The database is SQLite's private temporary database (opened with an empty file name, so
+//! its file is in the system's temporary folder: `SQLITE_TMPDIR` or `TMPDIR`, else
+//! `/var/tmp` or `/tmp`): its file is deleted when the run ends (or fails), it has no journal
+//! and is never synced, and its page cache is bounded (`cache_size`, 4 MB). It takes a few
+//! hundred bytes per message file. It never holds a BSN: the pair key is the provider's AGB
+//! code and the client's pseudonym under the index key ([`super::stored`]'s pair key; a
+//! preview without store uses a random key of its own), or, for a message without valid
+//! BSN, a key of its own file.
 
 use matchpoint_connectors::iwmo::{Header, MessageKind};
 use rusqlite::{Connection, OptionalExtension, params};
