@@ -535,15 +535,6 @@ impl IwmoStream {
         })
     }
 
-    /// The name and path of file `file`.
-    fn file(&self, file: usize) -> Result<(String, PathBuf), DeliveryError> {
-        match self.work.file(file) {
-            Ok(Some((name, raw))) => Ok((name, self.folder.path(&raw))),
-            Ok(None) => Err(self.work_error(rusqlite::Error::QueryReturnedNoRows)),
-            Err(e) => Err(self.work_error(e)),
-        }
-    }
-
     fn next_position(&mut self) -> RecordPosition {
         self.index += 1;
         RecordPosition {
@@ -734,9 +725,15 @@ impl IwmoStream {
         // An old message of a pair without new message cannot change what this run
         // delivers (in incremental runs; a full run applies everything).
         let mut files = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (name, path) = self.file(row.file)?;
-            let new = self.is_new(row.file, &name)?;
+        let from_todo = matches!(self.store, Some((_, Mode::FromState)));
+        for mut row in rows {
+            let name = std::mem::take(&mut row.name);
+            let path = self.folder.path(&row.raw);
+            let new = match &self.since {
+                _ if from_todo => row.todo,
+                None => true,
+                Some(c) => name.as_str() > c.as_str(),
+            };
             files.push((row, name, path, new));
         }
         if stateless && self.since.is_some() && !files.iter().any(|f| f.3) {

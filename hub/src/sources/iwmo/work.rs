@@ -28,6 +28,11 @@ pub(super) struct Row {
     pub id: String,
     pub sender: String,
     pub file: usize,
+    /// The file's name, as text and as the system's bytes.
+    pub name: String,
+    pub raw: Vec<u8>,
+    /// The file is marked to do (see [`WorkIndex::set_todo`]).
+    pub todo: bool,
 }
 
 /// The run's work index.
@@ -165,16 +170,6 @@ impl WorkIndex {
         self.last_name.as_deref()
     }
 
-    /// The name of file `idx`, as text and as the system's bytes.
-    pub(super) fn file(&self, idx: usize) -> rusqlite::Result<Option<(String, Vec<u8>)>> {
-        self.conn
-            .prepare_cached("SELECT name, raw FROM file WHERE idx = ?1")?
-            .query_row([i64::try_from(idx).unwrap_or(i64::MAX)], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-    }
-
     /// Up to `limit` files with an index after `after` (all files, or those marked to do),
     /// with their names.
     pub(super) fn files_after(
@@ -292,8 +287,9 @@ impl WorkIndex {
             return Ok(Vec::new());
         };
         let mut st = self.conn.prepare_cached(
-            "SELECT pair, day, kind, id, sender, file FROM msg
-             WHERE pair > ?1 AND pair <= ?2 ORDER BY pair, file",
+            "SELECT m.pair, m.day, m.kind, m.id, m.sender, m.file, f.name, f.raw, f.todo
+             FROM msg m JOIN file f ON f.idx = m.file
+             WHERE m.pair > ?1 AND m.pair <= ?2 ORDER BY m.pair, m.file",
         )?;
         let mut rows = st.query(params![after, bound])?;
         let mut out: Vec<(Vec<u8>, Vec<Row>)> = Vec::new();
@@ -315,6 +311,9 @@ impl WorkIndex {
                 id: r.get(3)?,
                 sender: r.get(4)?,
                 file,
+                name: r.get(6)?,
+                raw: r.get(7)?,
+                todo: r.get::<_, i64>(8)? == 1,
             };
             match out.last_mut() {
                 Some((p, rows)) if *p == pair => rows.push(row),
