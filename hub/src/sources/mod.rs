@@ -52,6 +52,19 @@ impl SourceState {
             .block_on(self.store.source_state(source, kind, keys))
     }
 
+    /// At most `limit` published entries of `kind` of `source` with a key after `after`, in
+    /// key order.
+    pub fn read_page(
+        &self,
+        source: &str,
+        kind: &str,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<StateEntries, StoreError> {
+        self.runtime
+            .block_on(self.store.source_state_page(source, kind, after, limit))
+    }
+
     /// Stages changes, published with the run.
     pub fn stage(&self, changes: Vec<StateChange>) -> Result<(), StoreError> {
         self.runtime

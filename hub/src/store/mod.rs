@@ -655,6 +655,18 @@ impl Store {
     ) -> Result<StateEntries, StoreError> {
         dispatch!(self, s => s.source_state(source, kind, keys).await)
     }
+
+    /// At most `limit` published state entries of `kind` of a source with a key after
+    /// `after` (all when `None`), in key order: reads a large state a page at a time.
+    pub async fn source_state_page(
+        &self,
+        source: &str,
+        kind: &str,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<StateEntries, StoreError> {
+        dispatch!(self, s => s.source_state_page(source, kind, after, limit).await)
+    }
 }
 
 /// Source leases and schedule history (`lease_sqlite.rs`, `lease_postgres.rs`).

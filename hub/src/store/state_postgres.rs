@@ -129,6 +129,27 @@ impl PgStore {
         tx.commit().await.map_err(e(op))
     }
 
+    pub(super) async fn source_state_page(
+        &self,
+        source: &str,
+        kind: &str,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<StateEntries, StoreError> {
+        sqlx::query_as(
+            "SELECT key, value FROM source_state
+             WHERE source = $1 AND kind = $2 AND ($3::bytea IS NULL OR key > $3)
+             ORDER BY key LIMIT $4",
+        )
+        .bind(source)
+        .bind(kind)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await
+        .map_err(e("read state"))
+    }
+
     pub(super) async fn source_state(
         &self,
         source: &str,

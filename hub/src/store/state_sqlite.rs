@@ -117,6 +117,38 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn source_state_page(
+        &self,
+        source: &str,
+        kind: &str,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<StateEntries, StoreError> {
+        let (source, kind) = (source.to_owned(), kind.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let op = "read state";
+        self.with_conn(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT key, value FROM source_state
+                     WHERE source = ?1 AND kind = ?2 AND (?3 IS NULL OR key > ?3)
+                     ORDER BY key LIMIT ?4",
+                )
+                .map_err(e(op))?;
+            let rows = st
+                .query_map(params![source, kind, after, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(e(op))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r.map_err(e(op))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub(super) async fn source_state(
         &self,
         source: &str,

@@ -14,17 +14,16 @@
 //! the whole folder is read. Changes are staged with the run and published in the same
 //! transaction as its involvements.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use matchpoint_connectors::iwmo::{Body, Client, Header, Message};
 use matchpoint_connectors::{DeliveryError, RecordError};
-use matchpoint_schemas::Bsn;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Item, IwmoStream, Mode, SortKey, SourceState};
+use super::{CHANGES_PER_STAGE, Item, IwmoStream, Mode, SortKey};
 use crate::store::StateChange;
 
 /// State kinds.
@@ -131,12 +130,6 @@ pub fn parse_file(value: &[u8]) -> Option<FileEntry> {
     serde_json::from_slice(value).ok()
 }
 
-/// Per file its pair when applied before, and the stored logs of those pairs.
-pub(super) type PriorLogs = (
-    Vec<Option<(String, String)>>,
-    HashMap<(String, String), Vec<Logged>>,
-);
-
 /// The parts of a run that use the stored state.
 impl IwmoStream {
     /// Store-backed state: files already applied whose size or time changed are hashed; an
@@ -146,176 +139,176 @@ impl IwmoStream {
         &mut self,
         changes: &mut Vec<StateChange>,
     ) -> Result<(), DeliveryError> {
-        let Some((_, Mode::FromState { registry, work })) = &self.store else {
+        let Some((_, Mode::FromState)) = &self.store else {
             return Ok(());
         };
-        let known: Vec<(usize, FileEntry)> = work
-            .iter()
-            .filter_map(|&f| Some((f, registry.get(&self.files[f].1)?.clone())))
-            .collect();
-        for (file, before) in known {
-            let (path, name) = self.files[file].clone();
-            let mut now =
-                FileEntry::read(&path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
-                    location: path.display().to_string(),
-                    message: e.to_string(),
+        let mut after = None;
+        loop {
+            let page = self.pass1_page(after)?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (file, name, raw) in page {
+                let stored = self.work.entry(&name).map_err(|e| self.work_error(e))?;
+                let Some(before) = stored.as_deref().and_then(parse_file) else {
+                    continue;
+                };
+                let path = self.folder.path(&raw);
+                let mut now = FileEntry::read(&path, self.limits.max_bytes).map_err(|e| {
+                    DeliveryError::Io {
+                        location: path.display().to_string(),
+                        message: e.to_string(),
+                    }
                 })?;
-            self.bytes += now.size;
-            self.files_read += 1;
-            if now.sha256 != before.sha256 {
-                let position = self.next_position();
-                self.queue.push_back(Err(RecordError {
-                    record_id: Some(format!("file:{name}")),
-                    position,
-                    field: None,
-                    reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
-                }));
+                self.bytes += now.size;
+                self.files_read += 1;
+                if now.sha256 != before.sha256 {
+                    let position = self.next_position();
+                    self.queue.push_back(Err(RecordError {
+                        record_id: Some(format!("file:{name}")),
+                        position,
+                        field: None,
+                        reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
+                    }));
+                }
+                now.changed = before.changed || now.sha256 != before.sha256;
+                changes.push(now.change(&name));
+                let done = self.work.set_todo(file, false);
+                done.map_err(|e| self.work_error(e))?;
             }
-            now.changed = before.changed || now.sha256 != before.sha256;
-            changes.push(now.change(&name));
-            if let Some((_, Mode::FromState { work, .. })) = &mut self.store {
-                work.remove(&file);
+        }
+        let flushed = self.work.flush();
+        flushed.map_err(|e| self.work_error(e))?;
+        Ok(())
+    }
+
+    /// Store-backed state: the stored logs of these pairs (work index keys), when the run
+    /// uses them (an incremental run replays them; a full run under the same index key
+    /// tells by them which messages retention purged). Pairs without log are left out.
+    pub(super) fn stored_logs<'a>(
+        &self,
+        pairs: impl Iterator<Item = &'a Vec<u8>>,
+    ) -> Result<HashMap<Vec<u8>, Vec<Logged>>, DeliveryError> {
+        let st = match &self.store {
+            Some((st, Mode::FromState | Mode::Rebuild { prior: true })) => st,
+            _ => return Ok(HashMap::new()),
+        };
+        let keys: Vec<Vec<u8>> = pairs.cloned().collect();
+        let rows = st
+            .read(&self.source, PAIR, Some(keys))
+            .map_err(|e| self.store_error(e))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for (k, v) in rows {
+            let log = parse_log(&v).ok_or_else(|| {
+                self.store_error("a stored message log cannot be read; run --full")
+            })?;
+            out.insert(k, log);
+        }
+        Ok(out)
+    }
+
+    /// A full run under the same index key: whether the stored state applied this file
+    /// (same size and time, or same hash, and not changed since). A message of such a file
+    /// that its pair's log no longer holds was purged by retention (`crate::retention`) and
+    /// is not applied again, so a full run publishes what incremental runs would: messages
+    /// of files new to the state are applied, a new message of a purged pair starts a fresh
+    /// log.
+    pub(super) fn applied_before(&self, name: &str, path: &Path) -> Result<bool, DeliveryError> {
+        let Some((_, Mode::Rebuild { prior: true })) = &self.store else {
+            return Ok(false);
+        };
+        let stored = self.work.entry(name).map_err(|e| self.work_error(e))?;
+        let Some(entry) = stored.as_deref().and_then(parse_file) else {
+            return Ok(false);
+        };
+        if entry.changed {
+            return Ok(false);
+        }
+        Ok(match FileEntry::stat(path) {
+            Ok((size, mtime)) if !entry.differs(size, mtime) => true,
+            _ => FileEntry::read(path, self.limits.max_bytes)
+                .is_ok_and(|now| now.sha256 == entry.sha256),
+        })
+    }
+
+    /// Store-backed state: the changes a run begins with (a full run replaces the state).
+    pub(super) fn first_changes(&self) -> Vec<StateChange> {
+        let Some((st, Mode::Rebuild { .. })) = &self.store else {
+            return Vec::new();
+        };
+        vec![
+            StateChange::replace_all(),
+            StateChange {
+                kind: META.into(),
+                key: KEY_ID.to_vec(),
+                value: Some(st.pseudonymiser.key_id().as_str().as_bytes().to_vec()),
+            },
+        ]
+    }
+
+    /// Store-backed state: queues changes, staged with the run a batch at a time (all that
+    /// are queued when `flush`).
+    pub(super) fn stage_some(
+        &mut self,
+        changes: Vec<StateChange>,
+        flush: bool,
+    ) -> Result<(), DeliveryError> {
+        let Some((st, _)) = &self.store else {
+            return Ok(());
+        };
+        self.pending.extend(changes);
+        if self.pending.is_empty() || (!flush && self.pending.len() < CHANGES_PER_STAGE) {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        st.stage(batch).map_err(|e| self.store_error(e))
+    }
+
+    /// Store-backed state: stages the entries (size, time, hash) of the files read.
+    pub(super) fn stage_files(&mut self) -> Result<(), DeliveryError> {
+        if self.store.is_none() {
+            return Ok(());
+        }
+        let mut after = None;
+        loop {
+            let page = self.pass1_page(after)?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (_, name, raw) in page {
+                self.check_cancel()?;
+                let path = self.folder.path(&raw);
+                let entry = FileEntry::read(&path, self.limits.max_bytes).map_err(|e| {
+                    DeliveryError::Io {
+                        location: path.display().to_string(),
+                        message: e.to_string(),
+                    }
+                })?;
+                self.stage_some(vec![entry.change(&name)], false)?;
             }
         }
         Ok(())
     }
+}
 
-    /// Store-backed state: the logs of the pairs new messages concern, as messages with the
-    /// pair's client (BSN only; see [`stored`]).
-    pub(super) fn stored_messages(
-        &self,
-        pairs: &HashSet<(String, String)>,
-    ) -> Result<Vec<(SortKey, Item)>, DeliveryError> {
-        let Some((st, Mode::FromState { .. })) = &self.store else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for ((_, bsn), log) in self.read_logs(st, pairs)? {
-            for l in log {
-                let key = SortKey::new(&l.header, l.file.clone(), usize::MAX);
-                let m = Message {
-                    header: l.header,
-                    client: Client {
-                        bsn: bsn.clone(),
-                        birth_date: chrono::NaiveDate::MIN,
-                        // The birth date is not stored: the new message's is used.
-                        birth_date_use: Some("3".into()),
-                    },
-                    body: l.body,
-                };
-                out.push((key, Item::Stored(Box::new(m))));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The stored logs of these pairs (pairs without a stored log are left out).
-    fn read_logs(
-        &self,
-        st: &SourceState,
-        pairs: &HashSet<(String, String)>,
-    ) -> Result<HashMap<(String, String), Vec<Logged>>, DeliveryError> {
-        let mut by_key: HashMap<Vec<u8>, (String, String)> = HashMap::new();
-        for (provider, bsn) in pairs {
-            if let Ok(b) = Bsn::parse(bsn) {
-                let p = st.pseudonymiser.pseudonymise(&b);
-                by_key.insert(
-                    pair_key(provider, p.as_bytes()),
-                    (provider.clone(), bsn.clone()),
-                );
-            }
-        }
-        let rows = st
-            .read(&self.source, PAIR, Some(by_key.keys().cloned().collect()))
-            .map_err(|e| self.store_error(e))?;
-        let mut out = HashMap::new();
-        for (k, v) in rows {
-            let Some(pair) = by_key.remove(&k) else {
-                continue;
+/// A pair's stored log as messages with the pair's client (BSN only; see [`stored`]).
+pub(super) fn stored_messages(log: Vec<Logged>, bsn: &str) -> Vec<(SortKey, Item)> {
+    log.into_iter()
+        .map(|l| {
+            let key = SortKey::new(&l.header, l.file.clone(), usize::MAX);
+            let m = Message {
+                header: l.header,
+                client: Client {
+                    bsn: bsn.to_owned(),
+                    birth_date: chrono::NaiveDate::MIN,
+                    // The birth date is not stored: the new message's is used.
+                    birth_date_use: Some("3".into()),
+                },
+                body: l.body,
             };
-            let log = parse_log(&v).ok_or_else(|| {
-                self.store_error("a stored message log cannot be read; run --full")
-            })?;
-            out.insert(pair, log);
-        }
-        Ok(out)
-    }
-
-    /// A full run under the same index key: per file, its pair when the stored state
-    /// applied the file (same size and time, or same hash, and not changed since), and the
-    /// stored logs of those pairs. A message of such a file that its pair's log no longer
-    /// holds was purged by retention (`crate::retention`) and is not applied again, so a
-    /// full run publishes what incremental runs would: messages of files new to the state
-    /// are applied, a new message of a purged pair starts a fresh log.
-    pub(super) fn prior_logs(
-        &self,
-        envelopes: &[Option<(String, String)>],
-    ) -> Result<PriorLogs, DeliveryError> {
-        let Some((
-            st,
-            Mode::Rebuild {
-                prior: Some(registry),
-            },
-        )) = &self.store
-        else {
-            return Ok((Vec::new(), HashMap::new()));
-        };
-        let mut applied = vec![None; self.files.len()];
-        for (file, (path, name)) in self.files.iter().enumerate() {
-            let (Some(entry), Some(Some(pair))) = (registry.get(name), envelopes.get(file)) else {
-                continue;
-            };
-            if entry.changed {
-                continue;
-            }
-            let same = match FileEntry::stat(path) {
-                Ok((size, mtime)) if !entry.differs(size, mtime) => true,
-                _ => FileEntry::read(path, self.limits.max_bytes)
-                    .is_ok_and(|now| now.sha256 == entry.sha256),
-            };
-            if same {
-                applied[file] = Some(pair.clone());
-            }
-        }
-        let pairs: HashSet<(String, String)> = applied.iter().flatten().cloned().collect();
-        let logs = self.read_logs(st, &pairs)?;
-        Ok((applied, logs))
-    }
-
-    /// Store-backed state: what this run changes, staged with the run.
-    pub(super) fn stage_state(
-        &mut self,
-        mut changes: Vec<StateChange>,
-    ) -> Result<(), DeliveryError> {
-        let Some((st, mode)) = &self.store else {
-            return Ok(());
-        };
-        let rebuild = matches!(mode, Mode::Rebuild { .. });
-        let mut all = Vec::new();
-        if rebuild {
-            all.push(StateChange::replace_all());
-            all.push(StateChange {
-                kind: META.into(),
-                key: KEY_ID.to_vec(),
-                value: Some(st.pseudonymiser.key_id().as_str().as_bytes().to_vec()),
-            });
-        }
-        for file in self.pass1() {
-            let (path, name) = &self.files[file];
-            let entry =
-                FileEntry::read(path, self.limits.max_bytes).map_err(|e| DeliveryError::Io {
-                    location: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            all.push(entry.change(name));
-        }
-        all.append(&mut changes);
-        for ((provider, bsn), log) in std::mem::take(&mut self.logs) {
-            if let Ok(b) = Bsn::parse(&bsn) {
-                let p = st.pseudonymiser.pseudonymise(&b);
-                all.push(pair_change(pair_key(&provider, p.as_bytes()), &log));
-            }
-        }
-        st.stage(all).map_err(|e| self.store_error(e))
-    }
+            (key, Item::Stored(Box::new(m)))
+        })
+        .collect()
 }

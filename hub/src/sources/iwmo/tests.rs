@@ -745,6 +745,44 @@ fn a_bsn_failing_the_elfproef_is_quarantined_and_never_applied() {
 }
 
 #[test]
+fn an_assignment_number_reused_for_another_client_is_delivered_once_and_reported() {
+    // Pairs are applied one by one: the number is noticed across pairs through the run's
+    // work index, and the other client's assignment is reported, not delivered as well.
+    let mut h = Harness::new();
+    h.put(
+        "001.xml",
+        &a301(
+            "T1",
+            day(3, 1),
+            BSN,
+            vec![assigned(1, "02", day(3, 1), None)],
+        ),
+    );
+    h.put(
+        "002.xml",
+        &a301(
+            "T2",
+            day(3, 2),
+            OTHER_BSN,
+            vec![assigned(1, "02", day(3, 2), None)],
+        ),
+    );
+    let out = h.run_ok();
+    assert_eq!(out.records.len(), 1, "{:?}", out.records.keys());
+    assert!(out.records.contains_key(&format!("{THUIS}-1")));
+    assert_eq!(out.rejects.len(), 1, "{:?}", out.rejects);
+    let (id, code, reason) = &out.rejects[0];
+    assert_eq!(code, "malformed");
+    assert!(
+        reason.contains("already used for another client"),
+        "{reason}"
+    );
+    let id = id.as_deref().unwrap_or_default();
+    assert!(id == "WMO301:0363:T1#1" || id == "WMO301:0363:T2#1", "{id}");
+    assert!(!reason.contains(BSN) && !reason.contains(OTHER_BSN));
+}
+
+#[test]
 fn shelter_categories_are_sensitive() {
     let mut h = Harness::new();
     let opvang = msg(
