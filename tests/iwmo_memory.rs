@@ -7,10 +7,9 @@
 //! it measures. SQLite's own page caches are allocated by SQLite, not through Rust's
 //! allocator, and are bounded by their `cache_size` anyway.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use chrono::NaiveDate;
 use matchpoint_hub::config::Config;
@@ -21,51 +20,11 @@ use matchpoint_hub::store::{RunMode, RunStatus, Store};
 use matchpoint_hub::sync::{Progress, SyncContext, sync_source};
 use matchpoint_schemas::{KeyPurpose, MasterKey, Registry};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-fn add(delta: isize) {
-    let now = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is passed on to the system allocator unchanged; the counters are
-// atomics, so counting never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            add(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        add(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 const KB: isize = 1024;
 
@@ -112,8 +71,7 @@ mapping = "mappings/wmo.toml"
         batch_size: 500,
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = counting::start();
     let first = rt
         .block_on(sync_source(
             &ctx,
@@ -123,14 +81,13 @@ mapping = "mappings/wmo.toml"
         ))
         .expect("first sync");
     assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
-    let first_peak = PEAK.load(Ordering::Relaxed) - before;
+    let first_peak = counting::peak_since(before);
 
     // The re-sync's delivery, measured on its own: the connector and its store state.
     let run = rt
         .block_on(store.begin_run("wmo", RunMode::Full))
         .expect("run");
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = counting::start();
     let cx = OpenContext {
         source: &source,
         cursor: None,
@@ -151,7 +108,7 @@ mapping = "mappings/wmo.toml"
         }
     }
     drop(opened);
-    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let peak = counting::peak_since(before);
     Measured {
         messages: summary.messages,
         records,

@@ -11,56 +11,13 @@
 //! at once, as before issue 3's streaming) the large build peaks at about 36 MB against
 //! 2 MB, and the last assertion fails.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use matchpoint_hub::sandbox::supplier_db::{Generation, SupplierDb, SupplierOptions};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-fn add(delta: isize) {
-    let now = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is passed on to the system allocator unchanged; the counters are
-// atomics, so counting never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            add(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        add(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 const KB: isize = 1024;
 const MB: isize = 1024 * KB;
@@ -89,8 +46,7 @@ fn build(persons: u64, batch_rows: usize) -> Build {
         .enable_all()
         .build()
         .expect("runtime");
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = counting::start();
     let (first, next) = runtime.block_on(async {
         let (mut db, first) = SupplierDb::create(&url, &opts).await.expect("create");
         let next = db.advance().await.expect("advance");
@@ -100,7 +56,7 @@ fn build(persons: u64, batch_rows: usize) -> Build {
         db.close().await.expect("close");
         (first, next)
     });
-    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let peak = counting::peak_since(before);
     Build { first, next, peak }
 }
 
