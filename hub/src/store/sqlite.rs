@@ -1108,7 +1108,7 @@ fn publish(
     } else {
         tx.execute(
             &format!(
-                "UPDATE involvements SET
+                "UPDATE OR IGNORE involvements SET
                    person = s.person, key_id = s.key_id,
                    organisation_code = s.organisation_code, organisation_name = s.organisation_name,
                    team = s.team, life_domain = s.life_domain, goal = s.goal,
@@ -1142,7 +1142,7 @@ fn publish(
         };
         tx.execute(
             &format!(
-                "INSERT INTO involvements (source, source_record_id, person, key_id,
+                "INSERT OR IGNORE INTO involvements (source, source_record_id, person, key_id,
                    organisation_code, organisation_name, team, life_domain, goal,
                    contact_name, contact_role, contact_phone, contact_email,
                    start_date, end_date, status, coordinator, sensitive, purge_after,
@@ -1159,6 +1159,21 @@ fn publish(
         )
         .map_err(e("publish inserts"))? as u64
     };
+    // `OR IGNORE` above: a statement that may abort half-way makes SQLite keep a statement
+    // journal of every page it changes (for a first import, a temporary file as large as the
+    // new rows). Nothing can be ignored in fact — staging holds each record id once, the
+    // insert takes new ids only and the columns have the index's constraints — and this
+    // check makes sure: anything skipped fails the publication, which rolls back.
+    if inserted + updated != to_apply {
+        return Err(StoreError::RunState {
+            run,
+            status: "incomplete".into(),
+            what: format!(
+                "{to_apply} staged records were new or changed but {inserted} were inserted \
+                 and {updated} updated (the index refused the others); nothing was published"
+            ),
+        });
+    }
     timer.lap("inserted");
     failpoint::hit("publish:inserted");
 

@@ -1163,6 +1163,70 @@ async fn publish_that_fails_midway_leaves_the_previous_state_intact() {
     .await;
 }
 
+/// The SQLite store inserts and updates with `OR IGNORE` (no statement journal); a row the
+/// index would skip fails the publication instead of going missing — on a source's first
+/// publication and on a later one.
+#[tokio::test]
+async fn a_record_the_sqlite_index_would_skip_fails_the_publication() {
+    on_every_backend(async |b| {
+        let Kind::Sqlite { .. } = b.target.kind else {
+            return;
+        };
+        let s = &b.store;
+        b.target
+            .exec(
+                "CREATE TRIGGER skip BEFORE INSERT ON involvements
+                 WHEN NEW.goal = 'skip' BEGIN SELECT RAISE(IGNORE); END;",
+            )
+            .await;
+        let mut rs = records(SRC, 0..10);
+        rs[3].goal = Some("skip".into());
+        let run = s.begin_run(SRC, RunMode::Full).await.expect("begin");
+        s.stage(run, rs.clone(), Vec::new()).await.expect("stage");
+        let err = s
+            .complete_run(run, full(10))
+            .await
+            .expect_err("skipped row");
+        assert!(
+            err.to_string()
+                .contains("10 staged records were new or changed but 9 were inserted"),
+            "{err}"
+        );
+        assert!(s.involvements(SRC).await.expect("read").is_empty());
+        assert_eq!(s.run(run).await.expect("run").status, RunStatus::Running);
+        b.target.exec("DROP TRIGGER skip").await;
+        let rec = s.complete_run(run, full(10)).await.expect("complete");
+        assert_eq!(rec.counts.inserted, 10);
+
+        // A later publication: one changed record, one new record the trigger skips.
+        let before = s.involvements(SRC).await.expect("read");
+        b.target
+            .exec(
+                "CREATE TRIGGER skip BEFORE INSERT ON involvements
+                 WHEN NEW.goal = 'skip' BEGIN SELECT RAISE(IGNORE); END;",
+            )
+            .await;
+        let mut next = rs.clone();
+        next[0] = changed(next[0].clone());
+        let mut new = record(SRC, 10);
+        new.goal = Some("skip".into());
+        next.push(new);
+        let run = s.begin_run(SRC, RunMode::Full).await.expect("begin");
+        s.stage(run, next, Vec::new()).await.expect("stage");
+        let err = s
+            .complete_run(run, full(11))
+            .await
+            .expect_err("skipped row");
+        assert!(
+            err.to_string()
+                .contains("2 staged records were new or changed but 0 were inserted and 1 updated"),
+            "{err}"
+        );
+        assert_eq!(s.involvements(SRC).await.expect("read"), before);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn publication_is_invisible_to_readers_until_it_commits() {
     // Only PostgreSQL lets the test hold a publish at a known point from outside: a row lock
