@@ -176,9 +176,9 @@ fn safe_code(code: &str) -> String {
     }
 }
 
-/// `Type/id` of a reference (relative, absolute or versioned), or `None` for contained
-/// (`#id`) or unusable references.
-fn reference_key(reference: &str) -> Option<String> {
+/// `(Type, id)` of a reference (relative, absolute or versioned), or `None` for contained
+/// (`#id`) or unusable references. Neither part contains a `/`.
+fn reference_key(reference: &str) -> Option<(&str, &str)> {
     let r = reference.split('?').next().unwrap_or(reference);
     let r = match r.find("/_history/") {
         Some(i) => &r[..i],
@@ -190,25 +190,25 @@ fn reference_key(reference: &str) -> Option<String> {
     if id.is_empty() || ty.is_empty() || !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
         return None;
     }
-    Some(format!("{ty}/{id}"))
+    Some((ty, id))
 }
 
-fn resource_key(resource: &Node<'_>) -> Option<String> {
+fn resource_key<'v>(resource: &'v Node<'v>) -> Option<(&'v str, &'v str)> {
     let ty = str_at(resource, &["resourceType"])?;
     let id = str_at(resource, &["id"])?;
-    Some(format!("{ty}/{id}"))
+    Some((ty, id))
 }
 
-/// The resources of one page, by `Type/id`.
+/// The resources of one page, by `(Type, id)` (borrowed from the page: no key is copied).
 struct Included<'v> {
-    by_key: HashMap<String, &'v Node<'v>>,
-    related_by_patient: HashMap<String, Vec<&'v Node<'v>>>,
+    by_key: HashMap<(&'v str, &'v str), &'v Node<'v>>,
+    related_by_patient: HashMap<(&'v str, &'v str), Vec<&'v Node<'v>>>,
 }
 
 impl<'v> Included<'v> {
-    fn resolve(&self, reference: Option<&str>, ty: &str) -> Option<&'v Node<'v>> {
+    fn resolve(&self, reference: Option<&'v str>, ty: &str) -> Option<&'v Node<'v>> {
         let key = reference_key(reference?)?;
-        if !key.starts_with(ty) || key.as_bytes().get(ty.len()) != Some(&b'/') {
+        if key.0 != ty {
             return None;
         }
         self.by_key.get(&key).copied()
@@ -227,7 +227,7 @@ fn contained<'v>(owner: &'v Node<'v>, reference: Option<&str>, ty: &str) -> Opti
 fn resolve_in<'v>(
     inc: &Included<'v>,
     owner: &'v Node<'v>,
-    reference: Option<&str>,
+    reference: Option<&'v str>,
     ty: &str,
 ) -> Option<&'v Node<'v>> {
     contained(owner, reference, ty).or_else(|| inc.resolve(reference, ty))
@@ -379,7 +379,7 @@ pub fn decode_bundle(
     let snapshot = str_at(&root, &["meta", "lastUpdated"]).and_then(Instant::parse);
 
     let mut included = Included {
-        by_key: HashMap::new(),
+        by_key: HashMap::with_capacity(entries.len()),
         related_by_patient: HashMap::new(),
     };
     let mut warnings = Vec::new();
