@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// One JSON value, borrowing from the text it was read from.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +36,11 @@ pub enum Node<'a> {
 impl<'a> Node<'a> {
     /// Parses a whole document (trailing whitespace only), like `serde_json::from_slice`.
     pub fn parse(text: &'a [u8]) -> Result<Node<'a>, serde_json::Error> {
-        serde_json::from_slice(text)
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let mut scratch = Scratch::default();
+        let node = NodeSeed(&mut scratch).deserialize(&mut de)?;
+        de.end()?;
+        Ok(node)
     }
 
     /// The member `key` of an object (its last occurrence); `None` for anything else.
@@ -110,15 +114,35 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for Node<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NodeVisitor)
+/// Members and elements of the objects and arrays being read, as one stack each: a
+/// finished object or array takes its own off the top into a vector of exactly its size, so
+/// each costs one allocation instead of one per doubling.
+struct Scratch<'de> {
+    members: Vec<(Cow<'de, str>, Node<'de>)>,
+    items: Vec<Node<'de>>,
+}
+
+impl Default for Scratch<'_> {
+    fn default() -> Self {
+        Scratch {
+            members: Vec::with_capacity(64),
+            items: Vec::with_capacity(64),
+        }
     }
 }
 
-struct NodeVisitor;
+/// Reads one value with the shared [`Scratch`].
+struct NodeSeed<'s, 'de>(&'s mut Scratch<'de>);
 
-impl<'de> Visitor<'de> for NodeVisitor {
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, 'de> {
+    type Value = Node<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
     type Value = Node<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -162,19 +186,20 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
+        let start = self.0.items.len();
+        while let Some(item) = seq.next_element_seed(NodeSeed(self.0))? {
+            self.0.items.push(item);
         }
-        Ok(Node::Array(items))
+        Ok(Node::Array(self.0.items.drain(start..).collect()))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+        let start = self.0.members.len();
         while let Some(Key(k)) = map.next_key()? {
-            members.push((k, map.next_value()?));
+            let v = map.next_value_seed(NodeSeed(self.0))?;
+            self.0.members.push((k, v));
         }
-        Ok(Node::Object(members))
+        Ok(Node::Object(self.0.members.drain(start..).collect()))
     }
 }
 

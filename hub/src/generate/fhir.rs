@@ -3,6 +3,11 @@
 //! `CareTeam`, `Practitioner` and `RelatedPerson` resources, the way the simulated okc-5
 //! server (`crate::sandbox::fhir`) serves them and `deploy/mappings/okc-5.toml` maps them.
 //!
+//! Each resource comes twice: as a `serde_json::Value` (`episode`, `patient`, …: the
+//! readable reference) and as a typed struct (`episode_out`, `patient_out`, …) that the
+//! sandbox serializes straight into the page, with the same bytes (a test checks every
+//! resource of a feed).
+//!
 //! Resource ids never carry a BSN: patients and practitioners get ids derived from a keyed
 //! hash (the sandbox seed is the key), episodes the feed's record id.
 
