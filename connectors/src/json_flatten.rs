@@ -9,6 +9,11 @@
 //!
 //! Nesting deeper than `max_depth` is an error (the record goes to quarantine), so is a
 //! record with more than `max_fields` values.
+//!
+//! Objects are flattened in the order of their member names (the order a
+//! `serde_json::Value` keeps). [`flatten`] works on a `Value`; the REST/JSON decoder also
+//! flattens canonical records straight from the parser (`RecordSeed`), which gives the
+//! same result without building the tree.
 
 use matchpoint_schemas::RawGroup;
 use serde_json::Value;
@@ -172,6 +177,236 @@ pub fn flatten(value: &Value, limits: FlattenLimits) -> Result<Flat, FlattenErro
     let mut flat = Flat::default();
     w.walk("", value, 0, &mut flat.fields, Some(&mut flat.groups))?;
     Ok(flat)
+}
+
+/// One record read by [`RecordSeed`].
+#[derive(Debug)]
+pub(crate) enum Streamed {
+    /// An object, flattened, with its id member (`id_field`) when that is a string or a
+    /// number.
+    Object { flat: Flat, id: Option<String> },
+    /// Anything but an object.
+    NotAnObject,
+}
+
+/// The reason the streaming flattener hands a page back to the `Value` path: never shown.
+const NOT_CANONICAL: &str = "not canonical";
+
+/// Flattens one record straight from the deserializer, without a `Value` tree, with the
+/// result [`flatten`] gives, provided every object it streams through lists its members in
+/// strictly ascending order (how a `serde_json::Value` iterates them, and how serde-based
+/// servers such as the sandbox write them) and no limit is hit. Otherwise it fails, and the
+/// caller decodes the page through [`flatten`] instead, so such records keep their exact
+/// result. Arrays are read into a small `Value` and flattened by the same walker as
+/// [`flatten`] (whether an array is a group depends on all its elements).
+pub(crate) struct RecordSeed<'a> {
+    /// Limits of one record.
+    pub limits: FlattenLimits,
+    /// Top-level member holding the record id.
+    pub id_field: &'a str,
+}
+
+struct Stream<'a> {
+    walker: Walker,
+    id_field: &'a str,
+    path: String,
+    flat: Flat,
+    id: Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = Streamed;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Streamed, D::Error> {
+        d.deserialize_any(RecordVisitor(self))
+    }
+}
+
+struct RecordVisitor<'a>(RecordSeed<'a>);
+
+impl<'de> serde::de::Visitor<'de> for RecordVisitor<'_> {
+    type Value = Streamed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a record")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Streamed, A::Error> {
+        let mut st = Stream {
+            walker: Walker {
+                limits: self.0.limits,
+                count: 0,
+            },
+            id_field: self.0.id_field,
+            path: String::new(),
+            flat: Flat::default(),
+            id: None,
+        };
+        st.object(map, 0)?;
+        Ok(Streamed::Object {
+            flat: st.flat,
+            id: st.id,
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Streamed, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Streamed::NotAnObject)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Streamed, E> {
+        Ok(Streamed::NotAnObject)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Streamed, E> {
+        Ok(Streamed::NotAnObject)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Streamed, E> {
+        Ok(Streamed::NotAnObject)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Streamed, E> {
+        Ok(Streamed::NotAnObject)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Streamed, E> {
+        Ok(Streamed::NotAnObject)
+    }
+
+    fn visit_unit<E>(self) -> Result<Streamed, E> {
+        Ok(Streamed::NotAnObject)
+    }
+}
+
+impl Stream<'_> {
+    /// The members of an object at `depth` (its path is `self.path`).
+    fn object<'de, A: serde::de::MapAccess<'de>>(
+        &mut self,
+        mut map: A,
+        depth: usize,
+    ) -> Result<(), A::Error> {
+        use serde::de::Error;
+        if depth > self.walker.limits.max_depth {
+            return Err(A::Error::custom(NOT_CANONICAL));
+        }
+        let mut prev: Option<String> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if prev.as_ref().is_some_and(|p| key.as_str() <= p.as_str()) {
+                return Err(A::Error::custom(NOT_CANONICAL));
+            }
+            let len = self.path.len();
+            if len > 0 {
+                self.path.push('.');
+            }
+            self.path.push_str(&key);
+            let is_id = depth == 0 && key == self.id_field;
+            map.next_value_seed(MemberSeed {
+                st: self,
+                depth: depth + 1,
+                is_id,
+            })?;
+            self.path.truncate(len);
+            prev = Some(key);
+        }
+        Ok(())
+    }
+
+    fn scalar<E: serde::de::Error>(
+        &mut self,
+        depth: usize,
+        is_id: bool,
+        value: String,
+    ) -> Result<(), E> {
+        if depth > self.walker.limits.max_depth {
+            return Err(E::custom(NOT_CANONICAL));
+        }
+        if is_id {
+            self.id = Some(value.clone());
+        }
+        self.walker
+            .push(&mut self.flat.fields, self.path.clone(), value)
+            .map_err(|_| E::custom(NOT_CANONICAL))
+    }
+}
+
+struct MemberSeed<'s, 'a> {
+    st: &'s mut Stream<'a>,
+    depth: usize,
+    is_id: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for MemberSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MemberSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.st.object(map, self.depth)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        use serde::de::{Deserialize, Error};
+        let items = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        let Stream {
+            walker, path, flat, ..
+        } = self.st;
+        walker
+            .walk(
+                path,
+                &items,
+                self.depth,
+                &mut flat.fields,
+                Some(&mut flat.groups),
+            )
+            .map_err(|_| A::Error::custom(NOT_CANONICAL))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.st.scalar(self.depth, self.is_id, v.to_owned())
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
+        self.st.scalar(self.depth, self.is_id, v)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        // A boolean is never an id.
+        self.st.scalar(self.depth, false, v.to_string())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.st.scalar(self.depth, self.is_id, v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.st.scalar(self.depth, self.is_id, v.to_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        // As `Value` keeps it (JSON has no NaN or infinity).
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.st.scalar(self.depth, self.is_id, n.to_string()),
+            None => self.visit_unit(),
+        }
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        if self.depth > self.st.walker.limits.max_depth {
+            return Err(E::custom(NOT_CANONICAL));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

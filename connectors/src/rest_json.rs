@@ -7,20 +7,27 @@
 //! groups). The run's cursor is the largest `updated_at` seen, so the next incremental run
 //! asks only for what changed since.
 //!
-//! The body is read through a size cap and decoded straight from the stream; a body that
-//! ends early (short of its `Content-Length`, or JSON cut off at the end) is a truncated
-//! delivery; other invalid JSON or a page without `items` is a malformed delivery; an item
-//! that is not an object or lacks its id goes to quarantine.
+//! The body is read through a size cap (`paging.max_page_bytes`) into one buffer, reused
+//! from page to page, and decoded from there. A page whose objects list their members in
+//! ascending order (canonical JSON, as serde-based servers and the sandbox write it) is
+//! flattened record by record straight from the parser
+//! ([`crate::json_flatten::RecordSeed`]); any other page, and any page with a problem, is
+//! decoded through a `serde_json::Value` tree with the same result (a property test checks
+//! that both give the same records, errors and cursor). A body that ends early (short of
+//! its `Content-Length`, or JSON cut off at the end) is a truncated delivery; other invalid
+//! JSON or a page without `items` is a malformed delivery; an item that is not an object or
+//! lacks its id goes to quarantine.
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 
 use matchpoint_schemas::{RawRecord, RecordPosition};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, LINK};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::http::{HttpClient, body_error};
-use crate::json_flatten::{FlattenLimits, flatten};
+use crate::json_flatten::{Flat, FlattenError, FlattenLimits, RecordSeed, Streamed, flatten};
 use crate::paged::{FetchError, Page, PageRequest, PagedConnector};
 use crate::{DeliveryError, RecordError, RecordResult};
 
@@ -74,7 +81,12 @@ pub struct RestJsonDecoder {
     records: u64,
     offset: u64,
     cursor: Option<String>,
+    /// The body of the page being decoded, kept for the next.
+    buf: Vec<u8>,
 }
+
+/// Largest page buffer kept from one page to the next.
+const KEEP_BUFFER: usize = 4 << 20;
 
 /// One decoded page.
 #[derive(Debug, Default)]
@@ -89,20 +101,6 @@ pub struct DecodedPage {
     pub bytes: u64,
 }
 
-/// A reader that counts what it hands out.
-struct Counting<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-}
-
 impl RestJsonDecoder {
     /// A decoder for one delivery from `location` (named in messages).
     pub fn new(format: RestJsonFormat, location: &str) -> Self {
@@ -112,6 +110,7 @@ impl RestJsonDecoder {
             records: 0,
             offset: 0,
             cursor: None,
+            buf: Vec::new(),
         }
     }
 
@@ -130,21 +129,126 @@ impl RestJsonDecoder {
     }
 
     /// Decodes one page from `input`; `link` is the `Link: rel="next"` target, if any.
+    ///
+    /// The body is read into the decoder's buffer (reused from page to page; the input is
+    /// size-capped by the caller) and decoded from there: streaming, record by record, into
+    /// flat fields ([`crate::json_flatten::RecordSeed`]) when the page is canonical JSON
+    /// (members of every object in ascending order, as serde-based servers write them);
+    /// otherwise, and for every page with a problem, through a `serde_json::Value` tree,
+    /// which gives the same records and the exact error.
     pub fn decode<R: Read>(
         &mut self,
         input: R,
         link: Option<String>,
     ) -> Result<DecodedPage, DeliveryError> {
-        let mut reader = Counting { inner: input, n: 0 };
-        let parsed: Result<Value, serde_json::Error> =
-            serde_json::from_reader(BufReader::with_capacity(64 * 1024, &mut reader));
-        let bytes = reader.n;
-        let value = match parsed {
-            Ok(v) => v,
-            Err(e) if e.is_io() => {
-                let io = std::io::Error::other(e.to_string());
-                return Err(body_error(&self.location, &io));
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut input = input;
+        let read = input.read_to_end(&mut buf);
+        let result = match read {
+            Err(e) => Err(body_error(&self.location, &e)),
+            Ok(_) => match self.decode_fast(&buf, link.clone()) {
+                Some(page) => page,
+                None => self.decode_value(&buf, link),
+            },
+        };
+        // A page's buffer is kept for the next one, unless it was unusually large.
+        if buf.capacity() <= KEEP_BUFFER {
+            self.buf = buf;
+        }
+        result
+    }
+
+    /// The streaming path: `None` when the page is not canonical or has any problem (the
+    /// caller decodes it through a `Value` tree then).
+    fn decode_fast(
+        &mut self,
+        body: &[u8],
+        link: Option<String>,
+    ) -> Option<Result<DecodedPage, DeliveryError>> {
+        let f = &self.format;
+        let names = [&f.items_field, &f.total_field, &f.next_field];
+        if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+            return None;
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let page = PageSeed {
+            format: &self.format,
+        }
+        .deserialize(&mut de)
+        .ok()?;
+        de.end().ok()?;
+        let items = page.items?;
+        let (total, next) = match self.page_links(page.total.as_ref(), page.next.as_ref(), link) {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut records = Vec::with_capacity(items.len());
+        for item in items {
+            self.records += 1;
+            let position = RecordPosition {
+                index: self.records,
+                byte_offset: self.offset,
+            };
+            records.push(match item {
+                Streamed::NotAnObject => Err(RecordError {
+                    record_id: None,
+                    position,
+                    field: None,
+                    reason: FlattenError::NotAnObject.to_string(),
+                }),
+                Streamed::Object { flat, id } => {
+                    self.record(flat, id.filter(|s| !s.is_empty()), position)
+                }
+            });
+        }
+        let bytes = body.len() as u64;
+        self.offset += bytes;
+        Some(Ok(DecodedPage {
+            records,
+            next,
+            total,
+            bytes,
+        }))
+    }
+
+    /// `total` and `next` of a page (`link`: the `Link` header's next target).
+    fn page_links(
+        &self,
+        total: Option<&Value>,
+        next: Option<&Value>,
+        link: Option<String>,
+    ) -> Result<(Option<u64>, Option<String>), DeliveryError> {
+        let total = match total {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                self.malformed(format!(
+                    "`{}` is not a non-negative integer",
+                    self.format.total_field
+                ))
+            })?),
+        };
+        let next = match next {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            None | Some(Value::Null) | Some(Value::String(_)) => link,
+            Some(_) => {
+                return Err(
+                    self.malformed(format!("`{}` is not a URL string", self.format.next_field))
+                );
             }
+        };
+        Ok((total, next))
+    }
+
+    /// The `Value` path (see [`RestJsonDecoder::decode`]).
+    fn decode_value(
+        &mut self,
+        body: &[u8],
+        link: Option<String>,
+    ) -> Result<DecodedPage, DeliveryError> {
+        let bytes = body.len() as u64;
+        let value = match serde_json::from_slice::<Value>(body) {
+            Ok(v) => v,
             Err(e) if e.is_eof() => {
                 return Err(DeliveryError::Truncated {
                     location: self.location.clone(),
@@ -171,24 +275,11 @@ impl RestJsonDecoder {
                 self.format.items_field
             )));
         };
-        let total = match page.get(&self.format.total_field) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
-                self.malformed(format!(
-                    "`{}` is not a non-negative integer",
-                    self.format.total_field
-                ))
-            })?),
-        };
-        let next = match page.get(&self.format.next_field) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            None | Some(Value::Null) | Some(Value::String(_)) => link,
-            Some(_) => {
-                return Err(
-                    self.malformed(format!("`{}` is not a URL string", self.format.next_field))
-                );
-            }
-        };
+        let (total, next) = self.page_links(
+            page.get(&self.format.total_field),
+            page.get(&self.format.next_field),
+            link,
+        )?;
         let mut records = Vec::with_capacity(items.len());
         for item in &items {
             self.records += 1;
@@ -222,6 +313,11 @@ impl RestJsonDecoder {
             field: None,
             reason: e.to_string(),
         })?;
+        self.record(flat, id, position)
+    }
+
+    /// A flattened record with its id (`None`: missing); moves the cursor.
+    fn record(&mut self, flat: Flat, id: Option<String>, position: RecordPosition) -> RecordResult {
         let Some(id) = id else {
             return Err(RecordError {
                 record_id: None,
@@ -241,6 +337,99 @@ impl RestJsonDecoder {
             fields: flat.fields,
             groups: flat.groups,
         })
+    }
+}
+
+/// A page as the streaming path reads it: the records, and `total` and `next` as given.
+struct FastPage {
+    items: Option<Vec<Streamed>>,
+    total: Option<Value>,
+    next: Option<Value>,
+}
+
+/// Reads a page object for [`RestJsonDecoder::decode_fast`]; fails (to the `Value` path)
+/// on anything unusual, e.g. a member given twice.
+struct PageSeed<'f> {
+    format: &'f RestJsonFormat,
+}
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
+    type Value = FastPage;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<FastPage, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageSeed<'_> {
+    type Value = FastPage;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a page object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FastPage, A::Error> {
+        use serde::de::Error;
+        let f = self.format;
+        let mut page = FastPage {
+            items: None,
+            total: None,
+            next: None,
+        };
+        let twice = || A::Error::custom("a page member given twice");
+        while let Some(key) = map.next_key::<String>()? {
+            if key == f.items_field {
+                if page.items.is_some() {
+                    return Err(twice());
+                }
+                page.items = Some(map.next_value_seed(ItemsSeed { format: f })?);
+            } else if key == f.total_field {
+                if page.total.is_some() {
+                    return Err(twice());
+                }
+                page.total = Some(map.next_value()?);
+            } else if key == f.next_field {
+                if page.next.is_some() {
+                    return Err(twice());
+                }
+                page.next = Some(map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// The `items` array, record by record.
+struct ItemsSeed<'f> {
+    format: &'f RestJsonFormat,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = Vec<Streamed>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Streamed>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = Vec<Streamed>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Streamed>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(RecordSeed {
+            limits: self.format.flatten,
+            id_field: &self.format.id_field,
+        })? {
+            items.push(item);
+        }
+        Ok(items)
     }
 }
 
@@ -439,6 +628,181 @@ mod tests {
         #[test]
         fn every_cut_of_a_page_fails(cut in 0usize..PAGE.len()) {
             prop_assert!(decoder().decode(&PAGE.as_bytes()[..cut], None).is_err());
+        }
+    }
+
+    /// Both paths of one page: the result of [`RestJsonDecoder::decode`] and of the
+    /// `Value` path alone, each from a fresh decoder.
+    fn both(format: &RestJsonFormat, body: &[u8]) -> (String, String) {
+        let mut d = RestJsonDecoder::new(format.clone(), "test");
+        let fast = format!("{:?} {:?}", d.decode(body, None), d.cursor());
+        let mut d = RestJsonDecoder::new(format.clone(), "test");
+        let slow = format!("{:?} {:?}", d.decode_value(body, None), d.cursor());
+        (fast, slow)
+    }
+
+    /// JSON values whose objects come with members in any order, repeated or not.
+    fn arb_json() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (-1e6f64..1e6).prop_map(|f| format!("{f:.3}")),
+            "[a-z0-9 .]{0,6}".prop_map(|s| format!("{s:?}")),
+            Just("\"a\\u00e9\\n\"".to_owned()),
+        ];
+        leaf.prop_recursive(5, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(("(id|updated_at|[a-c.]{1,3})", inner), 0..5).prop_map(
+                    |members| {
+                        let m: Vec<String> =
+                            members.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+                        format!("{{{}}}", m.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+
+    /// JSON values whose objects list their members in ascending order, once each.
+    fn arb_canonical() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (-1e6f64..1e6).prop_map(|f| format!("{f:e}")),
+            "[a-z0-9 .]{0,6}".prop_map(|s| format!("{s:?}")),
+            Just("\"a\\u00e9\\n\"".to_owned()),
+        ];
+        leaf.prop_recursive(5, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::btree_map("(id|updated_at|[a-c.]{1,3})", inner, 0..5).prop_map(
+                    |members| {
+                        let m: Vec<String> =
+                            members.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+                        format!("{{{}}}", m.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+
+    /// Records of the shape the sandbox writes: canonical (members sorted), so decoded by
+    /// the streaming path.
+    fn canonical_record() -> impl Strategy<Value = String> {
+        (
+            "[A-Z0-9]{0,4}",
+            prop::option::of("[0-9:T-]{4,10}"),
+            prop::collection::vec(("[0-9]{9}", "(parent|child)"), 0..3),
+            any::<bool>(),
+            prop::option::of(any::<u32>()),
+        )
+            .prop_map(|(id, updated, relations, flag, n)| {
+                let rel: Vec<String> = relations
+                    .iter()
+                    .map(|(b, k)| format!(r#"{{"bsn":"{b}","kind":"{k}"}}"#))
+                    .collect();
+                let mut m = vec![
+                    r#""client":{"bsn":"123456782","name":"A \"B\""}"#.to_owned(),
+                    format!(r#""coordinator":{flag}"#),
+                ];
+                match n {
+                    Some(n) => m.push(format!(r#""id":{n}"#)),
+                    None => m.push(format!(r#""id":"{id}""#)),
+                }
+                m.push(format!(r#""relations":[{}]"#, rel.join(",")));
+                m.push(r#""tags":["a",1,null]"#.to_owned());
+                if let Some(u) = updated {
+                    m.push(format!(r#""updated_at":"{u}""#));
+                }
+                format!("{{{}}}", m.join(","))
+            })
+    }
+
+    proptest! {
+        /// The streaming path gives exactly what the `Value` path gives, on any page: the
+        /// same records, errors, positions, links, totals and cursor.
+        #[test]
+        fn the_streaming_path_equals_the_value_path(
+            items in prop::collection::vec(prop_oneof![arb_json(), canonical_record()], 0..6),
+            total in prop::option::of(0u64..9),
+            next in prop::option::of("[a-z/?=]{0,8}"),
+            depth in 1usize..6,
+            fields in 1usize..40,
+        ) {
+            let mut members = vec![format!(r#""items":[{}]"#, items.join(","))];
+            if let Some(n) = next {
+                members.push(format!(r#""next":"{n}""#));
+            }
+            if let Some(t) = total {
+                members.push(format!(r#""total":{t}"#));
+            }
+            let page = format!("{{{}}}", members.join(","));
+            let format = RestJsonFormat {
+                flatten: FlattenLimits { max_depth: depth, max_fields: fields },
+                ..RestJsonFormat::default()
+            };
+            let (fast, slow) = both(&format, page.as_bytes());
+            prop_assert_eq!(fast, slow, "{}", page);
+        }
+    }
+
+    proptest! {
+        /// Canonical pages of any records: the streaming path takes most of them (all but
+        /// those over a limit) and gives what the `Value` path gives.
+        #[test]
+        fn canonical_pages_stream_with_the_value_result(
+            items in prop::collection::vec(prop_oneof![arb_canonical(), canonical_record()], 0..6),
+            depth in 2usize..8,
+        ) {
+            let page = format!(r#"{{"items":[{}],"total":{}}}"#, items.join(","), items.len());
+            let format = RestJsonFormat {
+                flatten: FlattenLimits { max_depth: depth, max_fields: 60 },
+                ..RestJsonFormat::default()
+            };
+            let mut d = RestJsonDecoder::new(format.clone(), "test");
+            let streamed = d.decode_fast(page.as_bytes(), None);
+            let cursor = format!("{:?}", d.cursor());
+            let mut d = RestJsonDecoder::new(format.clone(), "test");
+            let slow = d.decode_value(page.as_bytes(), None);
+            if let Some(fast) = streamed {
+                prop_assert_eq!(format!("{fast:?} {cursor}"), format!("{slow:?} {:?}", d.cursor()));
+            } else {
+                // Only a record over a limit sends a canonical page to the `Value` path.
+                let quarantined = slow.expect("page").records.iter().any(|r| {
+                    r.as_ref().is_err_and(|e| e.reason.contains("deeper") || e.reason.contains("more than"))
+                });
+                prop_assert!(quarantined, "{}", page);
+            }
+        }
+    }
+
+    /// The sandbox's pages take the streaming path; pages that are not canonical JSON (or
+    /// not pages) take the `Value` path, with the same result.
+    #[test]
+    fn canonical_pages_stream_and_the_others_decode_the_same() {
+        let canonical = r#"{"items":[{"client":{"bsn":"123456782"},"id":"A1","relations":[{"bsn":"111222333","kind":"parent"}],"updated_at":"2026-11-02T02:00:00Z"},"x"],"next":"/n","total":2}"#;
+        let mut d = decoder();
+        assert!(
+            d.decode_fast(canonical.as_bytes(), None).is_some(),
+            "a canonical page streams"
+        );
+        let (fast, slow) = both(&RestJsonFormat::default(), canonical.as_bytes());
+        assert_eq!(fast, slow);
+        for other in [
+            PAGE,
+            r#"{"items":[{"id":"A","id":"B"}]}"#,
+            r#"{"items":[{"b":1,"a":{"y":1,"x":2}}],"items":[]}"#,
+            r#"{"items":[{"id":"A","a":1,"a.b":2}]} trailing"#,
+        ] {
+            assert!(d.decode_fast(other.as_bytes(), None).is_none(), "{other}");
+            let (fast, slow) = both(&RestJsonFormat::default(), other.as_bytes());
+            assert_eq!(fast, slow, "{other}");
         }
     }
 

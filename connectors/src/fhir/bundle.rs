@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, FixedOffset};
 use matchpoint_schemas::{RawGroup, RawRecord, RecordPosition};
-use serde_json::Value;
 
+use super::node::Node;
 use crate::{RecordError, RecordResult};
 
 /// The naming system of the Dutch citizen service number in `Patient.identifier` and
@@ -117,23 +117,21 @@ impl std::fmt::Display for BundleError {
     }
 }
 
-fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
+fn str_at<'v>(v: &'v Node<'v>, path: &[&str]) -> Option<&'v str> {
     let mut cur = v;
     for key in path {
-        cur = cur.get(*key)?;
+        cur = cur.get(key)?;
     }
     cur.as_str()
 }
 
-fn array<'v>(v: &'v Value, key: &str) -> &'v [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
+fn array<'v>(v: &'v Node<'v>, key: &str) -> &'v [Node<'v>] {
+    v.get(key).and_then(Node::as_array).unwrap_or(&[])
 }
 
 /// Summarises an `OperationOutcome` resource: `severity code [details]` per issue, no
 /// diagnostics text.
-pub fn outcome_summary(outcome: &Value) -> String {
+pub fn outcome_summary(outcome: &Node<'_>) -> String {
     let issues: Vec<String> = array(outcome, "issue")
         .iter()
         .take(5)
@@ -178,9 +176,9 @@ fn safe_code(code: &str) -> String {
     }
 }
 
-/// `Type/id` of a reference (relative, absolute or versioned), or `None` for contained
-/// (`#id`) or unusable references.
-fn reference_key(reference: &str) -> Option<String> {
+/// `(Type, id)` of a reference (relative, absolute or versioned), or `None` for contained
+/// (`#id`) or unusable references. Neither part contains a `/`.
+fn reference_key(reference: &str) -> Option<(&str, &str)> {
     let r = reference.split('?').next().unwrap_or(reference);
     let r = match r.find("/_history/") {
         Some(i) => &r[..i],
@@ -192,25 +190,25 @@ fn reference_key(reference: &str) -> Option<String> {
     if id.is_empty() || ty.is_empty() || !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
         return None;
     }
-    Some(format!("{ty}/{id}"))
+    Some((ty, id))
 }
 
-fn resource_key(resource: &Value) -> Option<String> {
+fn resource_key<'v>(resource: &'v Node<'v>) -> Option<(&'v str, &'v str)> {
     let ty = str_at(resource, &["resourceType"])?;
     let id = str_at(resource, &["id"])?;
-    Some(format!("{ty}/{id}"))
+    Some((ty, id))
 }
 
-/// The resources of one page, by `Type/id`.
+/// The resources of one page, by `(Type, id)` (borrowed from the page: no key is copied).
 struct Included<'v> {
-    by_key: HashMap<String, &'v Value>,
-    related_by_patient: HashMap<String, Vec<&'v Value>>,
+    by_key: HashMap<(&'v str, &'v str), &'v Node<'v>>,
+    related_by_patient: HashMap<(&'v str, &'v str), Vec<&'v Node<'v>>>,
 }
 
 impl<'v> Included<'v> {
-    fn resolve(&self, reference: Option<&str>, ty: &str) -> Option<&'v Value> {
+    fn resolve(&self, reference: Option<&'v str>, ty: &str) -> Option<&'v Node<'v>> {
         let key = reference_key(reference?)?;
-        if !key.starts_with(ty) || key.as_bytes().get(ty.len()) != Some(&b'/') {
+        if key.0 != ty {
             return None;
         }
         self.by_key.get(&key).copied()
@@ -218,7 +216,7 @@ impl<'v> Included<'v> {
 }
 
 /// A resource contained in `owner`, by a local reference `#id`.
-fn contained<'v>(owner: &'v Value, reference: Option<&str>, ty: &str) -> Option<&'v Value> {
+fn contained<'v>(owner: &'v Node<'v>, reference: Option<&str>, ty: &str) -> Option<&'v Node<'v>> {
     let id = reference?.strip_prefix('#')?;
     array(owner, "contained")
         .iter()
@@ -228,14 +226,14 @@ fn contained<'v>(owner: &'v Value, reference: Option<&str>, ty: &str) -> Option<
 /// A referenced resource: contained in `owner` (`#id`), else included in the page.
 fn resolve_in<'v>(
     inc: &Included<'v>,
-    owner: &'v Value,
-    reference: Option<&str>,
+    owner: &'v Node<'v>,
+    reference: Option<&'v str>,
     ty: &str,
-) -> Option<&'v Value> {
+) -> Option<&'v Node<'v>> {
     contained(owner, reference, ty).or_else(|| inc.resolve(reference, ty))
 }
 
-fn human_name(resource: &Value) -> Option<String> {
+fn human_name(resource: &Node<'_>) -> Option<String> {
     let names = array(resource, "name");
     let name = names
         .iter()
@@ -246,7 +244,7 @@ fn human_name(resource: &Value) -> Option<String> {
     }
     let mut parts: Vec<&str> = array(name, "given")
         .iter()
-        .filter_map(Value::as_str)
+        .filter_map(Node::as_str)
         .collect();
     if let Some(family) = str_at(name, &["family"]) {
         parts.push(family);
@@ -260,14 +258,14 @@ fn human_name(resource: &Value) -> Option<String> {
     (!joined.is_empty()).then_some(joined)
 }
 
-fn telecom<'v>(resource: &'v Value, system: &str) -> Option<&'v str> {
+fn telecom<'v>(resource: &'v Node<'v>, system: &str) -> Option<&'v str> {
     array(resource, "telecom")
         .iter()
         .find(|t| str_at(t, &["system"]) == Some(system))
         .and_then(|t| str_at(t, &["value"]))
 }
 
-fn identifier<'v>(resource: &'v Value, system: Option<&str>) -> Option<&'v str> {
+fn identifier<'v>(resource: &'v Node<'v>, system: Option<&str>) -> Option<&'v str> {
     let ids = array(resource, "identifier");
     match system {
         Some(sys) => ids
@@ -278,7 +276,7 @@ fn identifier<'v>(resource: &'v Value, system: Option<&str>) -> Option<&'v str> 
     }
 }
 
-fn concept_text(concept: &Value) -> Option<&str> {
+fn concept_text<'v>(concept: &'v Node<'v>) -> Option<&'v str> {
     str_at(concept, &["text"]).or_else(|| {
         array(concept, "coding")
             .iter()
@@ -317,7 +315,7 @@ pub fn decode_bundle(
     byte_offset: u64,
     options: &DecodeOptions,
 ) -> Result<DecodedBundle, BundleError> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| {
+    let root = Node::parse(body).map_err(|e| {
         if e.is_eof() && !body.iter().all(u8::is_ascii_whitespace) {
             return BundleError::Truncated;
         }
@@ -352,8 +350,8 @@ pub fn decode_bundle(
         None => return Err(BundleError::Malformed("Bundle.type is missing".into())),
     }
     let entries = match root.get("entry") {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(a)) => a.as_slice(),
+        None | Some(Node::Null) => &[][..],
+        Some(Node::Array(a)) => a.as_slice(),
         Some(_) => {
             return Err(BundleError::Malformed(
                 "Bundle.entry is not an array".into(),
@@ -364,7 +362,7 @@ pub fn decode_bundle(
         return Err(BundleError::TooManyEntries(options.max_entries));
     }
     let total = match root.get("total") {
-        None | Some(Value::Null) => None,
+        None | Some(Node::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
             BundleError::Malformed("Bundle.total is not a non-negative integer".into())
         })?),
@@ -381,7 +379,7 @@ pub fn decode_bundle(
     let snapshot = str_at(&root, &["meta", "lastUpdated"]).and_then(Instant::parse);
 
     let mut included = Included {
-        by_key: HashMap::new(),
+        by_key: HashMap::with_capacity(entries.len()),
         related_by_patient: HashMap::new(),
     };
     let mut warnings = Vec::new();
@@ -453,7 +451,7 @@ fn reject(
 
 /// One `EpisodeOfCare` with what it references, as a raw record.
 fn episode(
-    eoc: &Value,
+    eoc: &Node<'_>,
     inc: &Included<'_>,
     position: RecordPosition,
     options: &DecodeOptions,
@@ -602,7 +600,7 @@ fn episode(
         && let Some(related) = inc.related_by_patient.get(&key)
     {
         for rp in related {
-            if rp.get("active") == Some(&Value::Bool(false)) {
+            if rp.get("active") == Some(&Node::Bool(false)) {
                 continue;
             }
             let mut fields = Vec::new();

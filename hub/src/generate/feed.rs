@@ -28,10 +28,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::{Days, NaiveDate};
+use chrono::{Datelike, Days, NaiveDate};
 use matchpoint_schemas::Registry;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Serialize, Serializer};
 
 use super::ORGANISATIONS_TOML;
 use super::catalogue::{Catalogue, area_team};
@@ -76,6 +77,38 @@ pub struct FeedRecord {
     pub born: u32,
     /// The generation that last touched it (set by [`Feed::at`]).
     pub touched: u32,
+}
+
+/// A date serialized as `%Y-%m-%d` writes it (`2024-01-05`), without parsing a format
+/// string per value: the renderers of the simulated upstreams write many of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ymd(pub NaiveDate);
+
+impl Serialize for Ymd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (y, m, d) = (self.0.year(), self.0.month(), self.0.day());
+        let Ok(y) = u32::try_from(y) else {
+            return s.collect_str(&self.0.format("%Y-%m-%d"));
+        };
+        if y > 9999 {
+            return s.collect_str(&self.0.format("%Y-%m-%d"));
+        }
+        let digit = |n: u32| b'0' + (n % 10) as u8;
+        let buf = [
+            digit(y / 1000),
+            digit(y / 100),
+            digit(y / 10),
+            digit(y),
+            b'-',
+            digit(m / 10),
+            digit(m),
+            b'-',
+            digit(d / 10),
+            digit(d),
+        ];
+        // ASCII digits and dashes only, so always UTF-8.
+        s.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
+    }
 }
 
 /// What happens to a record in one generation.

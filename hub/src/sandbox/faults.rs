@@ -259,6 +259,8 @@ impl axum::serve::Listener for FaultyListener {
                 drop(stream);
                 continue;
             }
+            // Answers go out at once, not held back waiting for the client's ACK.
+            let _ = stream.set_nodelay(true);
             return (stream, addr);
         }
     }

@@ -33,9 +33,10 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::Upstream;
+use super::{Stamps, Upstream};
 use crate::generate::fhir as render;
 
 /// The service base path (the source's `location` is the server URL + this).
@@ -230,79 +231,189 @@ async fn search(
     // Counts the page as served.
     let slice = up.page(s.since.as_deref(), s.after.as_deref(), s.count);
     let page = slice.records.as_slice();
+    let stamps = Stamps::of(&up.feed, page);
+    let malformed = up.malformed_draw();
 
-    let mut entries = Vec::with_capacity(page.len() * 6);
-    let mut seen: HashSet<String> = HashSet::new();
     let root = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(|h| format!("http://{h}"))
         .unwrap_or_default();
-    let full_url = |r: &Value| {
-        format!(
-            "{root}{PATH}/{}/{}",
-            r["resourceType"].as_str().unwrap_or_default(),
-            r["id"].as_str().unwrap_or_default()
-        )
+    let entry = |ty: &str, id: &str, resource, mode| Entry {
+        full_url: format!("{root}{PATH}/{ty}/{id}"),
+        resource,
+        search: SearchMode { mode },
     };
+    let mut entries = Vec::with_capacity(page.len() * 6);
     for r in page {
-        let updated = up.feed.timestamp(r.touched);
-        let e = render::episode(key, r, &updated, up.malformed(&r.id));
-        entries
-            .push(json!({ "fullUrl": full_url(&e), "resource": e, "search": { "mode": "match" } }));
+        let e = render::episode_out(key, r, stamps.get(r.touched), malformed.is(&r.id));
+        entries.push(entry(
+            "EpisodeOfCare",
+            &r.id,
+            Resource::Episode(Box::new(e)),
+            "match",
+        ));
     }
-    let mut include = |resource: Value, entries: &mut Vec<Value>| {
-        let k = format!(
-            "{}/{}",
-            resource["resourceType"].as_str().unwrap_or_default(),
-            resource["id"].as_str().unwrap_or_default()
-        );
-        if seen.insert(k) {
-            entries.push(
-                json!({ "fullUrl": full_url(&resource), "resource": resource,
-                "search": { "mode": "include" } }),
-            );
-        }
-    };
+    // Included resources once per page, in the order of their first mention; the key is
+    // known before the resource is rendered.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut first = |ty: &str, id: &str| seen.insert(format!("{ty}/{id}"));
     for r in page {
-        let updated = up.feed.timestamp(r.touched);
+        let updated = stamps.get(r.touched);
         if s.patient {
-            include(render::patient(key, r, &updated), &mut entries);
+            let patient = render::patient_id(key, &r.bsn);
+            if first("Patient", &patient) {
+                let p = render::patient_out(key, r, updated);
+                entries.push(entry(
+                    "Patient",
+                    &patient,
+                    Resource::Patient(Box::new(p)),
+                    "include",
+                ));
+            }
             if s.related {
-                for rp in render::related_persons(key, r, &updated) {
-                    include(rp, &mut entries);
+                for (bsn, kind) in &r.relations {
+                    let id = render::related_person_id(&patient, &render::patient_id(key, bsn));
+                    if first("RelatedPerson", &id) {
+                        let full_url = format!("{root}{PATH}/RelatedPerson/{id}");
+                        let rp = render::related_person_out(&patient, id, bsn, kind, updated);
+                        entries.push(Entry {
+                            full_url,
+                            resource: Resource::RelatedPerson(Box::new(rp)),
+                            search: SearchMode { mode: "include" },
+                        });
+                    }
                 }
             }
         }
         if s.organization {
-            include(render::organization(&r.org), &mut entries);
+            let id = render::organization_id(&r.org);
+            if first("Organization", &id) {
+                let o = render::organization_out(&r.org);
+                entries.push(entry(
+                    "Organization",
+                    &id,
+                    Resource::Organization(Box::new(o)),
+                    "include",
+                ));
+            }
         }
         if s.team {
-            include(render::care_team(key, r, &updated), &mut entries);
+            let id = render::care_team_id(&r.id);
+            if first("CareTeam", &id) {
+                let t = render::care_team_out(key, r, updated);
+                entries.push(entry(
+                    "CareTeam",
+                    &id,
+                    Resource::CareTeam(Box::new(t)),
+                    "include",
+                ));
+            }
         }
         if ((s.care_manager && r.coordinator) || (s.team && s.participant))
-            && let Some(p) = render::practitioner(key, r)
+            && let Some((_, _, _, email)) = &r.contact
         {
-            include(p, &mut entries);
+            let id = render::practitioner_id(key, email);
+            if first("Practitioner", &id)
+                && let Some(p) = render::practitioner_out(key, r)
+            {
+                entries.push(entry(
+                    "Practitioner",
+                    &id,
+                    Resource::Practitioner(Box::new(p)),
+                    "include",
+                ));
+            }
         }
     }
-    let mut links =
-        vec![json!({ "relation": "self", "url": url(&root, &s.repeat, s.after.as_deref()) })];
+    let mut links = vec![Link {
+        relation: "self",
+        url: url(&root, &s.repeat, s.after.as_deref()),
+    }];
     if slice.more
         && let Some(last) = page.last()
     {
-        links.push(json!({ "relation": "next", "url": url(&root, &s.repeat, Some(&last.id)) }));
+        links.push(Link {
+            relation: "next",
+            url: url(&root, &s.repeat, Some(&last.id)),
+        });
     }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": format!("okc5-g{generation}-{}", s.after.as_deref().unwrap_or("first")),
-        "meta": { "lastUpdated": up.feed.timestamp(generation) },
-        "type": "searchset",
-        "total": slice.total,
-        "link": links,
-        "entry": entries,
-    });
-    fhir_json(StatusCode::OK, &bundle)
+    let updated = up.feed.timestamp(generation);
+    let bundle = BundleOut {
+        entry: entries,
+        id: format!(
+            "okc5-g{generation}-{}",
+            s.after.as_deref().unwrap_or("first")
+        ),
+        link: links,
+        meta: render::Meta {
+            last_updated: &updated,
+        },
+        resource_type: "Bundle",
+        total: slice.total,
+        ty: "searchset",
+    };
+    match serde_json::to_vec(&bundle) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/fhir+json; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => outcome(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            None,
+            &format!("cannot write the Bundle: {e}"),
+        ),
+    }
+}
+
+// The searchset Bundle as written: members in the order a `serde_json::Value` object
+// writes them (sorted), the same bytes as rendering `Value`s (a test checks it).
+
+/// One resource of a Bundle.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Resource<'a> {
+    Episode(Box<render::EpisodeOut<'a>>),
+    Patient(Box<render::PatientOut<'a>>),
+    RelatedPerson(Box<render::RelatedPersonOut<'a>>),
+    Organization(Box<render::OrganizationOut<'a>>),
+    CareTeam(Box<render::CareTeamOut<'a>>),
+    Practitioner(Box<render::PractitionerOut<'a>>),
+}
+
+#[derive(Serialize)]
+struct SearchMode {
+    mode: &'static str,
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    resource: Resource<'a>,
+    search: SearchMode,
+}
+
+#[derive(Serialize)]
+struct Link {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+struct BundleOut<'a> {
+    entry: Vec<Entry<'a>>,
+    id: String,
+    link: Vec<Link>,
+    meta: render::Meta<'a>,
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    total: usize,
+    #[serde(rename = "type")]
+    ty: &'static str,
 }
 
 async fn metadata() -> Response {

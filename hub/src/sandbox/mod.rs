@@ -116,6 +116,52 @@ const MAX_LOG: usize = 100_000;
 /// The size of one delivery: (generation, since generation, records).
 type Total = (u32, Option<u32>, usize);
 
+/// The `malformed` fault of one moment ([`Upstream::malformed_draw`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MalformedDraw {
+    share: f64,
+    seed: u64,
+    generation: u32,
+}
+
+impl MalformedDraw {
+    /// Whether record `id` is rendered malformed.
+    pub fn is(&self, id: &str) -> bool {
+        if self.share <= 0.0 {
+            return false;
+        }
+        let h = id.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        });
+        faults::draw(self.seed ^ h, u64::from(self.generation)) < self.share
+    }
+}
+
+/// The `updated_at` timestamps of the generations one page's records were last touched
+/// in, each formatted once per page rather than once per record.
+pub struct Stamps(Vec<(u32, String)>);
+
+impl Stamps {
+    /// The timestamps `records` need.
+    pub fn of(feed: &Feed, records: &[FeedRecord]) -> Self {
+        let mut v: Vec<(u32, String)> = Vec::new();
+        for r in records {
+            if !v.iter().any(|(g, _)| *g == r.touched) {
+                v.push((r.touched, feed.timestamp(r.touched)));
+            }
+        }
+        Stamps(v)
+    }
+
+    /// The timestamp of generation `g` (one of the records' own).
+    pub fn get(&self, g: u32) -> &str {
+        self.0
+            .iter()
+            .find(|(x, _)| *x == g)
+            .map_or("", |(_, t)| t.as_str())
+    }
+}
+
 /// One page of records an upstream serves.
 pub struct PageSlice {
     /// Records of the whole delivery.
@@ -205,14 +251,17 @@ impl Upstream {
     /// Whether record `id` is rendered malformed (the `malformed` fault); stable per record
     /// and generation, so a retried page is the same page.
     pub fn malformed(&self, id: &str) -> bool {
-        let share = self.faults().malformed;
-        if share <= 0.0 {
-            return false;
+        self.malformed_draw().is(id)
+    }
+
+    /// The `malformed` fault as it stands now, to decide for every record of a page with
+    /// one look at the fault spec (see [`Upstream::malformed`]).
+    pub fn malformed_draw(&self) -> MalformedDraw {
+        MalformedDraw {
+            share: self.faults.read().map(|f| f.malformed).unwrap_or_default(),
+            seed: self.seed,
+            generation: self.generation(),
         }
-        let h = id.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
-        });
-        faults::draw(self.seed ^ h, u64::from(self.generation())) < share
     }
 
     /// Whether deliveries are empty now (the `empty` fault).
