@@ -12,8 +12,8 @@
 //!
 //! Objects are flattened in the order of their member names (the order a
 //! `serde_json::Value` keeps). [`flatten`] works on a `Value`; the REST/JSON decoder also
-//! flattens canonical records straight from the parser (`RecordSeed`), which gives the
-//! same result without building the tree.
+//! flattens records straight from the parser (`RecordSeed`), with members in any order,
+//! which gives the same result without building the tree.
 
 use matchpoint_schemas::RawGroup;
 use serde_json::Value;
@@ -190,20 +190,47 @@ pub(crate) enum Streamed {
 }
 
 /// The reason the streaming flattener hands a page back to the `Value` path: never shown.
-const NOT_CANONICAL: &str = "not canonical";
+const FALLBACK: &str = "take the Value path";
 
 /// Flattens one record straight from the deserializer, without a `Value` tree, with the
-/// result [`flatten`] gives, provided every object it streams through lists its members in
-/// strictly ascending order (how a `serde_json::Value` iterates them, and how serde-based
-/// servers such as the sandbox write them) and no limit is hit. Otherwise it fails, and the
-/// caller decodes the page through [`flatten`] instead, so such records keep their exact
-/// result. Arrays are read into a small `Value` and flattened by the same walker as
-/// [`flatten`] (whether an array is a group depends on all its elements).
+/// result [`flatten`] gives, whatever order the members of its objects come in: each
+/// object's members are flattened as they come, and when they did not come in ascending
+/// order, the fields (and groups) they gave are put in the order of their names, which is
+/// how a `serde_json::Value` (a sorted map) iterates them. A member name given twice in one
+/// object (`Value` keeps the last) or a limit hit makes it fail, and the caller decodes the
+/// page through [`flatten`] instead, so such records keep their exact result. Arrays are
+/// read into a small `Value` and flattened by the same walker as [`flatten`] (whether an
+/// array is a group depends on all its elements).
 pub(crate) struct RecordSeed<'a> {
     /// Limits of one record.
     pub limits: FlattenLimits,
     /// Top-level member holding the record id.
     pub id_field: &'a str,
+    /// Buffers reused from record to record (one per page).
+    pub scratch: &'a mut Scratch,
+}
+
+/// Buffers of [`RecordSeed`], kept from one record to the next so that ordering the
+/// members of an object allocates nothing once they have grown.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// The names of the members of the objects being read, back to back.
+    keys: String,
+    /// The members of the objects being read, the innermost object's last.
+    members: Vec<Member>,
+    /// Fields of an object being put in order.
+    fields: Vec<(String, String)>,
+    /// Groups of an object being put in order.
+    groups: Vec<RawGroup>,
+}
+
+/// One member of an object being read: its name (in [`Scratch::keys`]) and the fields and
+/// groups its value gave.
+#[derive(Debug, Clone)]
+struct Member {
+    key: std::ops::Range<usize>,
+    fields: std::ops::Range<usize>,
+    groups: std::ops::Range<usize>,
 }
 
 struct Stream<'a> {
@@ -212,6 +239,7 @@ struct Stream<'a> {
     path: String,
     flat: Flat,
     id: Option<String>,
+    scratch: &'a mut Scratch,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for RecordSeed<'_> {
@@ -232,15 +260,20 @@ impl<'de> serde::de::Visitor<'de> for RecordVisitor<'_> {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Streamed, A::Error> {
+        let RecordSeed {
+            limits,
+            id_field,
+            scratch,
+        } = self.0;
+        scratch.keys.clear();
+        scratch.members.clear();
         let mut st = Stream {
-            walker: Walker {
-                limits: self.0.limits,
-                count: 0,
-            },
-            id_field: self.0.id_field,
+            walker: Walker { limits, count: 0 },
+            id_field,
             path: String::new(),
             flat: Flat::default(),
             id: None,
+            scratch,
         };
         st.object(map, 0)?;
         Ok(Streamed::Object {
@@ -279,8 +312,32 @@ impl<'de> serde::de::Visitor<'de> for RecordVisitor<'_> {
     }
 }
 
+/// A member name, appended to a path as it is read (no `String` per name).
+struct KeySeed<'p>(&'p mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push_str(v);
+        Ok(())
+    }
+}
+
 impl Stream<'_> {
-    /// The members of an object at `depth` (its path is `self.path`).
+    /// The members of an object at `depth` (its path is `self.path`), in any order.
     fn object<'de, A: serde::de::MapAccess<'de>>(
         &mut self,
         mut map: A,
@@ -288,18 +345,39 @@ impl Stream<'_> {
     ) -> Result<(), A::Error> {
         use serde::de::Error;
         if depth > self.walker.limits.max_depth {
-            return Err(A::Error::custom(NOT_CANONICAL));
+            return Err(A::Error::custom(FALLBACK));
         }
-        let mut prev: Option<String> = None;
-        while let Some(key) = map.next_key::<String>()? {
-            if prev.as_ref().is_some_and(|p| key.as_str() <= p.as_str()) {
-                return Err(A::Error::custom(NOT_CANONICAL));
-            }
+        let base = self.scratch.members.len();
+        let keys_base = self.scratch.keys.len();
+        let mut ascending = true;
+        loop {
             let len = self.path.len();
             if len > 0 {
                 self.path.push('.');
             }
-            self.path.push_str(&key);
+            let name = self.path.len();
+            if map.next_key_seed(KeySeed(&mut self.path))?.is_none() {
+                self.path.truncate(len);
+                break;
+            }
+            let key = &self.path[name..];
+            let sc = &mut *self.scratch;
+            if ascending
+                && sc.members.len() > base
+                && let Some(prev) = sc.members.last()
+                && key <= &sc.keys[prev.key.clone()]
+            {
+                ascending = false;
+            }
+            let k = sc.keys.len();
+            sc.keys.push_str(key);
+            let (f, g) = (self.flat.fields.len(), self.flat.groups.len());
+            sc.members.push(Member {
+                key: k..sc.keys.len(),
+                fields: f..f,
+                groups: g..g,
+            });
+            let at = sc.members.len() - 1;
             let is_id = depth == 0 && key == self.id_field;
             map.next_value_seed(MemberSeed {
                 st: self,
@@ -307,9 +385,68 @@ impl Stream<'_> {
                 is_id,
             })?;
             self.path.truncate(len);
-            prev = Some(key);
+            // Nested objects have taken their members off the stack again.
+            let m = &mut self.scratch.members[at];
+            m.fields.end = self.flat.fields.len();
+            m.groups.end = self.flat.groups.len();
         }
+        if !ascending && !self.in_order(base) {
+            return Err(A::Error::custom(FALLBACK));
+        }
+        self.scratch.members.truncate(base);
+        self.scratch.keys.truncate(keys_base);
         Ok(())
+    }
+
+    /// Puts the fields and groups of the members `base..` of the object just read (all at
+    /// the end of `self.flat`) in the order of their names; `false` when a name is given
+    /// twice.
+    fn in_order(&mut self, base: usize) -> bool {
+        let Scratch {
+            keys,
+            members,
+            fields,
+            groups,
+        } = &mut *self.scratch;
+        let members = &mut members[base..];
+        let Some(first) = members.first() else {
+            return true;
+        };
+        let (f0, g0) = (first.fields.start, first.groups.start);
+        members.sort_unstable_by(|a, b| keys[a.key.clone()].cmp(&keys[b.key.clone()]));
+        if members
+            .windows(2)
+            .any(|w| keys[w[0].key.clone()] == keys[w[1].key.clone()])
+        {
+            return false;
+        }
+        let flat = &mut self.flat;
+        fields.clear();
+        fields.extend(flat.fields.drain(f0..));
+        for m in members.iter() {
+            flat.fields.extend(
+                fields[m.fields.start - f0..m.fields.end - f0]
+                    .iter_mut()
+                    .map(std::mem::take),
+            );
+        }
+        fields.clear();
+        if flat.groups.len() > g0 {
+            groups.clear();
+            groups.extend(flat.groups.drain(g0..));
+            for m in members.iter() {
+                flat.groups.extend(
+                    groups[m.groups.start - g0..m.groups.end - g0]
+                        .iter_mut()
+                        .map(|g| RawGroup {
+                            path: std::mem::take(&mut g.path),
+                            fields: std::mem::take(&mut g.fields),
+                        }),
+                );
+            }
+            groups.clear();
+        }
+        true
     }
 
     fn scalar<E: serde::de::Error>(
@@ -319,14 +456,14 @@ impl Stream<'_> {
         value: String,
     ) -> Result<(), E> {
         if depth > self.walker.limits.max_depth {
-            return Err(E::custom(NOT_CANONICAL));
+            return Err(E::custom(FALLBACK));
         }
         if is_id {
             self.id = Some(value.clone());
         }
         self.walker
             .push(&mut self.flat.fields, self.path.clone(), value)
-            .map_err(|_| E::custom(NOT_CANONICAL))
+            .map_err(|_| E::custom(FALLBACK))
     }
 }
 
@@ -369,7 +506,7 @@ impl<'de> serde::de::Visitor<'de> for MemberSeed<'_, '_> {
                 &mut flat.fields,
                 Some(&mut flat.groups),
             )
-            .map_err(|_| A::Error::custom(NOT_CANONICAL))
+            .map_err(|_| A::Error::custom(FALLBACK))
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
@@ -403,7 +540,7 @@ impl<'de> serde::de::Visitor<'de> for MemberSeed<'_, '_> {
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
         if self.depth > self.st.walker.limits.max_depth {
-            return Err(E::custom(NOT_CANONICAL));
+            return Err(E::custom(FALLBACK));
         }
         Ok(())
     }

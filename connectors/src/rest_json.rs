@@ -8,12 +8,14 @@
 //! asks only for what changed since.
 //!
 //! The body is read through a size cap (`paging.max_page_bytes`) into one buffer, reused
-//! from page to page, and decoded from there. A page whose objects list their members in
-//! ascending order (canonical JSON, as serde-based servers and the sandbox write it) is
-//! flattened record by record straight from the parser
-//! ([`crate::json_flatten::RecordSeed`]); any other page, and any page with a problem, is
-//! decoded through a `serde_json::Value` tree with the same result (a property test checks
-//! that both give the same records, errors and cursor). A body that ends early (short of
+//! from page to page, and decoded from there. A page is flattened record by record
+//! straight from the parser ([`crate::json_flatten::RecordSeed`]), whatever order its
+//! objects list their members in (servers differ: serde structs keep declaration order,
+//! Jackson, .NET and Python dicts mostly insertion order); the fields come out in the order
+//! of the member names, as from a `serde_json::Value`. A page with a member name given
+//! twice in one object, a record over a limit, or any other problem is decoded through a
+//! `Value` tree instead, with the same result (property tests check that both give the same
+//! records, errors, positions, links, totals and cursor). A body that ends early (short of
 //! its `Content-Length`, or JSON cut off at the end) is a truncated delivery; other invalid
 //! JSON or a page without `items` is a malformed delivery; an item that is not an object or
 //! lacks its id goes to quarantine.
@@ -27,7 +29,9 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::http::{HttpClient, body_error};
-use crate::json_flatten::{Flat, FlattenError, FlattenLimits, RecordSeed, Streamed, flatten};
+use crate::json_flatten::{
+    Flat, FlattenError, FlattenLimits, RecordSeed, Scratch, Streamed, flatten,
+};
 use crate::paged::{FetchError, Page, PageRequest, PagedConnector};
 use crate::{DeliveryError, RecordError, RecordResult};
 
@@ -132,10 +136,10 @@ impl RestJsonDecoder {
     ///
     /// The body is read into the decoder's buffer (reused from page to page; the input is
     /// size-capped by the caller) and decoded from there: streaming, record by record, into
-    /// flat fields ([`crate::json_flatten::RecordSeed`]) when the page is canonical JSON
-    /// (members of every object in ascending order, as serde-based servers write them);
-    /// otherwise, and for every page with a problem, through a `serde_json::Value` tree,
-    /// which gives the same records and the exact error.
+    /// flat fields ([`crate::json_flatten::RecordSeed`]), with members in any order; when
+    /// an object names a member twice, a record is over a limit, or the page has any other
+    /// problem, through a `serde_json::Value` tree, which gives the same records and the
+    /// exact error.
     pub fn decode<R: Read>(
         &mut self,
         input: R,
@@ -159,8 +163,9 @@ impl RestJsonDecoder {
         result
     }
 
-    /// The streaming path: `None` when the page is not canonical or has any problem (the
-    /// caller decodes it through a `Value` tree then).
+    /// The streaming path: `None` when an object of the page names a member twice, a
+    /// record is over a limit, or the page has any other problem (the caller decodes it
+    /// through a `Value` tree then).
     fn decode_fast(
         &mut self,
         body: &[u8],
@@ -423,9 +428,11 @@ impl<'de> Visitor<'de> for ItemsSeed<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Streamed>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        let mut scratch = Scratch::default();
         while let Some(item) = seq.next_element_seed(RecordSeed {
             limits: self.format.flatten,
             id_field: &self.format.id_field,
+            scratch: &mut scratch,
         })? {
             items.push(item);
         }
@@ -666,8 +673,9 @@ mod tests {
         })
     }
 
-    /// JSON values whose objects list their members in ascending order, once each.
-    fn arb_canonical() -> impl Strategy<Value = String> {
+    /// JSON values whose objects list each member once, in ascending order or (`shuffle`)
+    /// in any order.
+    fn arb_unique(shuffle: bool) -> impl Strategy<Value = String> {
         let leaf = prop_oneof![
             Just("null".to_owned()),
             any::<bool>().prop_map(|b| b.to_string()),
@@ -677,24 +685,31 @@ mod tests {
             "[a-z0-9 .]{0,6}".prop_map(|s| format!("{s:?}")),
             Just("\"a\\u00e9\\n\"".to_owned()),
         ];
-        leaf.prop_recursive(5, 48, 5, |inner| {
+        leaf.prop_recursive(5, 48, 5, move |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4)
                     .prop_map(|v| format!("[{}]", v.join(","))),
-                prop::collection::btree_map("(id|updated_at|[a-c.]{1,3})", inner, 0..5).prop_map(
-                    |members| {
-                        let m: Vec<String> =
-                            members.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+                prop::collection::btree_map("(id|updated_at|[a-c.]{1,3}|\\u{e9}|B)", inner, 0..5)
+                    .prop_map(|members| {
+                        members
+                            .iter()
+                            .map(|(k, v)| format!("{k:?}:{v}"))
+                            .collect::<Vec<_>>()
+                    })
+                    .prop_shuffle()
+                    .prop_map(move |mut m| {
+                        if !shuffle {
+                            m.sort();
+                        }
                         format!("{{{}}}", m.join(","))
-                    }
-                ),
+                    }),
             ]
         })
     }
 
-    /// Records of the shape the sandbox writes: canonical (members sorted), so decoded by
-    /// the streaming path.
-    fn canonical_record() -> impl Strategy<Value = String> {
+    /// Records of the shape the sandbox writes, members in ascending order (as the
+    /// sandbox's structs declare them) or (`shuffle`) in any order.
+    fn sandbox_record(shuffle: bool) -> impl Strategy<Value = String> {
         (
             "[A-Z0-9]{0,4}",
             prop::option::of("[0-9:T-]{4,10}"),
@@ -702,15 +717,19 @@ mod tests {
             any::<bool>(),
             prop::option::of(any::<u32>()),
         )
-            .prop_map(|(id, updated, relations, flag, n)| {
+            .prop_map(move |(id, updated, relations, flag, n)| {
                 let rel: Vec<String> = relations
                     .iter()
-                    .map(|(b, k)| format!(r#"{{"bsn":"{b}","kind":"{k}"}}"#))
+                    .map(|(b, k)| match shuffle && flag {
+                        true => format!(r#"{{"kind":"{k}","bsn":"{b}"}}"#),
+                        false => format!(r#"{{"bsn":"{b}","kind":"{k}"}}"#),
+                    })
                     .collect();
-                let mut m = vec![
-                    r#""client":{"bsn":"123456782","name":"A \"B\""}"#.to_owned(),
-                    format!(r#""coordinator":{flag}"#),
-                ];
+                let client = match shuffle {
+                    true => r#""client":{"name":"A \"B\"","bsn":"123456782"}"#,
+                    false => r#""client":{"bsn":"123456782","name":"A \"B\""}"#,
+                };
+                let mut m = vec![client.to_owned(), format!(r#""coordinator":{flag}"#)];
                 match n {
                     Some(n) => m.push(format!(r#""id":{n}"#)),
                     None => m.push(format!(r#""id":"{id}""#)),
@@ -719,6 +738,13 @@ mod tests {
                 m.push(r#""tags":["a",1,null]"#.to_owned());
                 if let Some(u) = updated {
                     m.push(format!(r#""updated_at":"{u}""#));
+                }
+                m
+            })
+            .prop_shuffle()
+            .prop_map(move |mut m| {
+                if !shuffle {
+                    m.sort();
                 }
                 format!("{{{}}}", m.join(","))
             })
@@ -729,7 +755,10 @@ mod tests {
         /// same records, errors, positions, links, totals and cursor.
         #[test]
         fn the_streaming_path_equals_the_value_path(
-            items in prop::collection::vec(prop_oneof![arb_json(), canonical_record()], 0..6),
+            items in prop::collection::vec(
+                prop_oneof![arb_json(), sandbox_record(false), sandbox_record(true)],
+                0..6,
+            ),
             total in prop::option::of(0u64..9),
             next in prop::option::of("[a-z/?=]{0,8}"),
             depth in 1usize..6,
@@ -753,28 +782,54 @@ mod tests {
     }
 
     proptest! {
-        /// Canonical pages of any records: the streaming path takes most of them (all but
-        /// those over a limit) and gives what the `Value` path gives.
+        /// Pages whose objects name each member once, in ascending or any order (the page's
+        /// own members too): the streaming path takes all of them but those with a record
+        /// over a limit, and gives what the `Value` path gives (records, errors, positions,
+        /// links, totals and cursor).
         #[test]
-        fn canonical_pages_stream_with_the_value_result(
-            items in prop::collection::vec(prop_oneof![arb_canonical(), canonical_record()], 0..6),
+        fn pages_in_any_member_order_stream_with_the_value_result(
+            items in prop::collection::vec(
+                prop_oneof![
+                    arb_unique(false),
+                    arb_unique(true),
+                    sandbox_record(false),
+                    sandbox_record(true),
+                ],
+                0..6,
+            ),
+            next in prop::option::of("[a-z/?=]{1,8}"),
+            link in prop::option::of(Just("/l".to_owned())),
             depth in 2usize..8,
+            page_members in Just(vec![0usize, 1, 2]).prop_shuffle(),
         ) {
-            let page = format!(r#"{{"items":[{}],"total":{}}}"#, items.join(","), items.len());
+            let page_members: Vec<String> = page_members
+                .iter()
+                .map(|m| match m {
+                    0 => format!(r#""items":[{}]"#, items.join(",")),
+                    1 => format!(r#""total":{}"#, items.len()),
+                    _ => match &next {
+                        Some(n) => format!(r#""next":"{n}""#),
+                        None => r#""next":null"#.to_owned(),
+                    },
+                })
+                .collect();
+            let page = format!("{{{}}}", page_members.join(","));
             let format = RestJsonFormat {
                 flatten: FlattenLimits { max_depth: depth, max_fields: 60 },
                 ..RestJsonFormat::default()
             };
+            // Two pages through one decoder, so positions and the cursor carry over.
             let mut d = RestJsonDecoder::new(format.clone(), "test");
-            let streamed = d.decode_fast(page.as_bytes(), None);
+            let streamed: Vec<_> = (0..2).map(|_| d.decode_fast(page.as_bytes(), link.clone())).collect();
             let cursor = format!("{:?}", d.cursor());
             let mut d = RestJsonDecoder::new(format.clone(), "test");
-            let slow = d.decode_value(page.as_bytes(), None);
-            if let Some(fast) = streamed {
+            let slow: Vec<_> = (0..2).map(|_| d.decode_value(page.as_bytes(), link.clone())).collect();
+            if streamed.iter().all(Option::is_some) {
+                let fast: Vec<_> = streamed.into_iter().flatten().collect();
                 prop_assert_eq!(format!("{fast:?} {cursor}"), format!("{slow:?} {:?}", d.cursor()));
             } else {
-                // Only a record over a limit sends a canonical page to the `Value` path.
-                let quarantined = slow.expect("page").records.iter().any(|r| {
+                // Only a record over a limit sends such a page to the `Value` path.
+                let quarantined = slow[0].as_ref().expect("page").records.iter().any(|r| {
                     r.as_ref().is_err_and(|e| e.reason.contains("deeper") || e.reason.contains("more than"))
                 });
                 prop_assert!(quarantined, "{}", page);
@@ -782,21 +837,84 @@ mod tests {
         }
     }
 
-    /// The sandbox's pages take the streaming path; pages that are not canonical JSON (or
-    /// not pages) take the `Value` path, with the same result.
+    proptest! {
+        /// A member named twice in one object, at any depth and in any order, sends the page
+        /// to the `Value` path (which keeps the last), so the result is the `Value` one.
+        #[test]
+        fn a_member_named_twice_takes_the_value_path(
+            record in arb_unique(true),
+            key in "(id|updated_at|[a-c]{1,2})",
+            first in "[a-z0-9]{0,3}",
+            second in prop_oneof!["[a-z0-9]{0,3}".prop_map(|s| format!("{s:?}")), arb_unique(true)],
+            nested in any::<bool>(),
+            at in any::<prop::sample::Index>(),
+        ) {
+            let mut members = [
+                format!("{key:?}:{first:?}"),
+                format!("{key:?}:{second}"),
+                format!(r#""other":{record}"#),
+            ];
+            let i = at.index(members.len());
+            members.swap(0, i);
+            let object = format!("{{{}}}", members.join(","));
+            let item = match nested {
+                true => format!(r#"{{"id":"A","zz":{object}}}"#),
+                false => object,
+            };
+            let page = format!(r#"{{"items":[{{"id":"B"}},{item}],"total":2}}"#);
+            prop_assert!(decoder().decode_fast(page.as_bytes(), None).is_none(), "{}", page);
+            let (fast, slow) = both(&RestJsonFormat::default(), page.as_bytes());
+            prop_assert_eq!(fast, slow, "{}", page);
+        }
+    }
+
+    /// Pages take the streaming path whatever order their objects list their members in;
+    /// pages with a member named twice in one object (or not pages) take the `Value` path,
+    /// with the same result.
     #[test]
-    fn canonical_pages_stream_and_the_others_decode_the_same() {
-        let canonical = r#"{"items":[{"client":{"bsn":"123456782"},"id":"A1","relations":[{"bsn":"111222333","kind":"parent"}],"updated_at":"2026-11-02T02:00:00Z"},"x"],"next":"/n","total":2}"#;
+    fn pages_stream_in_any_member_order_and_the_others_decode_the_same() {
+        let sorted = r#"{"items":[{"client":{"bsn":"123456782"},"id":"A1","relations":[{"bsn":"111222333","kind":"parent"}],"updated_at":"2026-11-02T02:00:00Z"},"x"],"next":"/n","total":2}"#;
+        // Members in declaration or insertion order, as Jackson, .NET or Python write them,
+        // with groups and nested objects that must come out in the order of their names.
+        let unsorted = r#"{"total":2,"items":[{"updated_at":"2026-11-02T02:00:00Z","id":"A1","relations":[{"kind":"parent","bsn":"111222333"}],"zorg":{"teams":[{"t":"2"}],"period":{"start":"2026","end":null},"codes":[{"c":"1"}]},"client":{"name":"P","bsn":"123456782","address":{"zip":"1234AB","city":"X"}},"tags":["b","a"]},"x",{"b":1,"a":2,"id":3,"":4,"B":5,"\u00e9":6,"a.b":7}],"next":"/n"}"#;
+        for page in [sorted, unsorted, PAGE] {
+            let mut d = decoder();
+            assert!(
+                d.decode_fast(page.as_bytes(), None).is_some(),
+                "the page streams: {page}"
+            );
+            let (fast, slow) = both(&RestJsonFormat::default(), page.as_bytes());
+            assert_eq!(fast, slow, "{page}");
+        }
         let mut d = decoder();
-        assert!(
-            d.decode_fast(canonical.as_bytes(), None).is_some(),
-            "a canonical page streams"
+        let Some(Ok(p)) = d.decode_fast(unsorted.as_bytes(), None) else {
+            panic!("the unsorted page streams");
+        };
+        let r = p.records[0].as_ref().expect("record");
+        let paths: Vec<&str> = r.fields.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "client.address.city",
+                "client.address.zip",
+                "client.bsn",
+                "client.name",
+                "id",
+                "tags",
+                "tags",
+                "updated_at",
+                "zorg.period.start",
+            ]
         );
-        let (fast, slow) = both(&RestJsonFormat::default(), canonical.as_bytes());
-        assert_eq!(fast, slow);
+        let groups: Vec<&str> = r.groups.iter().map(|g| g.path.as_str()).collect();
+        assert_eq!(groups, ["relations", "zorg.codes", "zorg.teams"]);
+        assert_eq!(r.groups[0].fields[0].0, "bsn");
+        let mut d = decoder();
         for other in [
-            PAGE,
             r#"{"items":[{"id":"A","id":"B"}]}"#,
+            r#"{"items":[{"id":"B","a":1,"id":"A"}]}"#,
+            r#"{"items":[{"id":"A","c":{"y":2,"x":1,"y":3}}]}"#,
+            r#"{"items":[{"id":"A","n":null,"n":null}]}"#,
             r#"{"items":[{"b":1,"a":{"y":1,"x":2}}],"items":[]}"#,
             r#"{"items":[{"id":"A","a":1,"a.b":2}]} trailing"#,
         ] {
