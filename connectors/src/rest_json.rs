@@ -868,6 +868,48 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Objects with many members in any order, maybe with one name given twice:
+        /// streamed with the `Value` result, or (a name twice) decoded through `Value`.
+        #[test]
+        fn large_objects_in_any_order_stream_with_the_value_result(
+            members in prop::collection::btree_map(
+                "[a-z]{1,3}",
+                prop_oneof![
+                    "[a-z0-9]{0,3}".prop_map(|s| format!("{s:?}")),
+                    arb_unique(true),
+                    Just(r#"[{"k":"1","b":"2"},{"b":"3"}]"#.to_owned()),
+                ],
+                20..80,
+            )
+            .prop_map(|m| m.into_iter().map(|(k, v)| format!("{k:?}:{v}")).collect::<Vec<_>>())
+            .prop_shuffle(),
+            twice in prop::option::of(any::<prop::sample::Index>()),
+            nested in any::<bool>(),
+        ) {
+            let mut members = members;
+            if let Some(i) = twice {
+                let i = i.index(members.len());
+                let key = members[i].split(':').next().unwrap_or_default().to_owned();
+                members.push(format!("{key}:\"again\""));
+            }
+            let object = format!("{{{}}}", members.join(","));
+            let item = match nested {
+                true => format!(r#"{{"zz":{object},"id":"A"}}"#),
+                false => object,
+            };
+            let page = format!(r#"{{"items":[{item}],"total":1}}"#);
+            let format = RestJsonFormat {
+                flatten: FlattenLimits { max_depth: 16, max_fields: 100_000 },
+                ..RestJsonFormat::default()
+            };
+            let mut d = RestJsonDecoder::new(format.clone(), "test");
+            prop_assert_eq!(d.decode_fast(page.as_bytes(), None).is_none(), twice.is_some(), "{}", page);
+            let (fast, slow) = both(&format, page.as_bytes());
+            prop_assert_eq!(fast, slow, "{}", page);
+        }
+    }
+
     /// Pages take the streaming path whatever order their objects list their members in;
     /// pages with a member named twice in one object (or not pages) take the `Value` path,
     /// with the same result.
