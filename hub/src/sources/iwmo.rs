@@ -80,7 +80,7 @@ pub mod stored;
 mod tests;
 mod work;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -157,6 +157,14 @@ fn load_registry(st: &SourceState, source: &str, work: &mut WorkIndex) -> Result
     }
     work.flush().map_err(|e| work_failed(source, e))?;
     Ok(true)
+}
+
+/// Whether the stored state has the `number` entries ([`stored`]).
+fn has_numbers(st: &SourceState, source: &str) -> Result<bool, String> {
+    let meta = st
+        .read(source, stored::META, Some(vec![stored::NUMBERS.to_vec()]))
+        .map_err(|e| format!("source {source}: reading the iWmo state: {e}"))?;
+    Ok(!meta.is_empty())
 }
 
 fn work_failed(source: &str, e: rusqlite::Error) -> String {
@@ -257,7 +265,11 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
             prior: load_registry(st, name, &mut work)?,
         },
         Some(st) => {
-            if load_registry(st, name, &mut work)? {
+            let same_key = load_registry(st, name, &mut work)?;
+            if same_key && !has_numbers(st, name)? {
+                // A state stored before the `number` entries: rebuilt once.
+                Mode::Rebuild { prior: true }
+            } else if same_key {
                 let mut any = false;
                 let mut after = None;
                 loop {
@@ -412,6 +424,9 @@ enum Item {
     Stored(Box<Message>),
 }
 
+/// Why an assignment whose number another client has is not delivered.
+const REUSED: &str = "the assignment number is already used for another client by this provider (by a message earlier in the order of application)";
+
 /// Pairs read from the work index at a time (their stored logs are read together; tiny in
 /// tests, so that they cross batches).
 const PAIRS_PER_BATCH: usize = if cfg!(test) { 2 } else { 256 };
@@ -443,6 +458,33 @@ impl SortKey {
             file: r.file,
         }
     }
+}
+
+/// The place of a message in the order of application ([`SortKey`] without the file's
+/// index in the run) as bytes that compare in that order: the work index and the stored
+/// state order the uses of an assignment number by it.
+fn order_bytes(h: &Header, name: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + h.id.len() + h.sender.len() + name.len());
+    let day = chrono::Datelike::num_days_from_ce(&h.dagtekening);
+    b.extend_from_slice(&(day.cast_unsigned() ^ 0x8000_0000).to_be_bytes());
+    b.push(match h.kind {
+        MessageKind::Wmo301 => 1,
+        MessageKind::Wmo305 => 2,
+        MessageKind::Wmo307 => 3,
+    });
+    match numeric(&h.id) {
+        None => b.push(0),
+        Some(v) => {
+            b.push(1);
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+    // No text here holds a NUL (XML and file names cannot), so a NUL ends each one.
+    for text in [h.id.as_str(), h.sender.as_str(), name] {
+        b.extend_from_slice(text.as_bytes());
+        b.push(0);
+    }
+    b
 }
 
 fn numeric(id: &str) -> Option<u64> {
@@ -638,6 +680,23 @@ impl IwmoStream {
         }
     }
 
+    /// The assignment numbers a message makes when its pair is applied: the products of a
+    /// WMO301 with a valid BSN, of this source's municipality.
+    fn uses_of(&self, m: &Message) -> Vec<u64> {
+        let Body::Assignment(products) = &m.body else {
+            return Vec::new();
+        };
+        if Bsn::parse(&m.client.bsn).is_err()
+            || self
+                .municipality
+                .as_deref()
+                .is_some_and(|own| m.header.municipality() != own)
+        {
+            return Vec::new();
+        }
+        products.iter().map(|p| p.number).collect()
+    }
+
     /// Pass 1: reads the header and BSN of every file to read into the work index, keyed by
     /// (provider, client pseudonym) pair; stages the entries of changed files.
     fn start(&mut self) -> Result<(), DeliveryError> {
@@ -656,7 +715,20 @@ impl IwmoStream {
                 let path = self.folder.path(&raw);
                 self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
                 self.files_read += 1;
-                match read_envelope(self.open_file(&path)?, &self.limits) {
+                // The whole message, for the assignment numbers a WMO301 makes; a message
+                // that does not read whole is ordered by its envelope (its problem is
+                // reported when its pair is applied).
+                let (envelope, uses) = match read_message(self.open_file(&path)?, &self.limits) {
+                    Ok(m) => {
+                        let uses = self.uses_of(&m);
+                        (Ok((m.header, Some(m.client.bsn))), uses)
+                    }
+                    Err(_) => (
+                        read_envelope(self.open_file(&path)?, &self.limits),
+                        Vec::new(),
+                    ),
+                };
+                match envelope {
                     Ok((h, bsn)) => {
                         let pair = match bsn.as_deref().map(Bsn::parse) {
                             Some(Ok(b)) => stored::pair_key(
@@ -673,6 +745,13 @@ impl IwmoStream {
                         };
                         let added = self.work.add(&pair, &h, file);
                         added.map_err(|e| self.work_error(e))?;
+                        if !uses.is_empty() {
+                            let ord = order_bytes(&h, &name);
+                            for n in uses {
+                                let added = self.work.add_use(h.provider(), n, &ord, &pair, file);
+                                added.map_err(|e| self.work_error(e))?;
+                            }
+                        }
                     }
                     Err(e) => {
                         let new = self.is_new(file, &name)?;
@@ -708,7 +787,7 @@ impl IwmoStream {
             return Ok(false);
         };
         let stored = self.batch_logs.remove(&pair);
-        self.apply_pair(rows, stored)?;
+        self.apply_pair(&pair, rows, stored)?;
         Ok(true)
     }
 
@@ -717,6 +796,7 @@ impl IwmoStream {
     /// stages its log.
     fn apply_pair(
         &mut self,
+        pair_key: &[u8],
         rows: Vec<work::Row>,
         stored: Option<Vec<Logged>>,
     ) -> Result<(), DeliveryError> {
@@ -770,9 +850,13 @@ impl IwmoStream {
         // The provider and BSN of a new message: all their assignments are delivered, since
         // a late message can change how an older start or stop without number matched.
         let mut client: Option<(String, String)> = None;
-        // Who made each assignment: the record id of the product and whether it is new.
-        let mut made: HashMap<Key, (String, bool)> = HashMap::new();
+        // The products of new messages that made an assignment (record ids).
+        let mut made: Vec<(Key, String)> = Vec::new();
         let mut logged_pair: Option<(String, String)> = None;
+        // The assignment numbers the applied messages make, with their places in the order
+        // of application; and the stored uses of those from files (store-backed state).
+        let mut own: HashSet<(u64, Vec<u8>)> = HashSet::new();
+        let mut number_changes: Vec<StateChange> = Vec::new();
         for (key, item) in order {
             self.check_cancel()?;
             let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
@@ -833,6 +917,21 @@ impl IwmoStream {
                 }
                 client = Some(pair.clone());
             }
+            if let Body::Assignment(products) = &m.body {
+                let ord = order_bytes(&m.header, &key.name);
+                for (i, p) in products.iter().enumerate() {
+                    if from_file.is_some() && self.store.is_some() {
+                        number_changes.push(stored::number_change(
+                            m.header.provider(),
+                            p.number,
+                            &ord,
+                            pair_key,
+                            &format!("{record_id}#{}", i + 1),
+                        ));
+                    }
+                    own.insert((p.number, ord.clone()));
+                }
+            }
             if self.store.is_some() {
                 let entry = Logged {
                     file: key.name.clone(),
@@ -852,8 +951,8 @@ impl IwmoStream {
                 let product_id = format!("{record_id}#{}", i + 1);
                 match result {
                     Ok(k) => {
-                        if creates {
-                            made.entry(k.clone()).or_insert((product_id, new));
+                        if creates && new {
+                            made.push((k.clone(), product_id));
                         }
                         if new {
                             touched.insert(k);
@@ -885,32 +984,37 @@ impl IwmoStream {
             }
             touched.into_iter().collect()
         };
-        // A `ToewijzingNummer` of the provider that another client's messages in this run
-        // used first: reported with the assignment that reused it, not delivered.
-        if let Some(bsn) = &bsn {
-            let mut pair_id = bsn.as_bytes().to_vec();
-            if let Ok(b) = Bsn::parse(bsn) {
-                pair_id = self.pair_keys.pseudonymise(&b).as_bytes().to_vec();
-            }
+        // A `ToewijzingNummer` of the provider that another client's message earlier in the
+        // order of application made: reported with the assignment that reused it, not
+        // delivered. A new message that takes a number from the stored client that had it
+        // reports that client's assignment.
+        if bsn.is_some() {
             let mut lost = Vec::new();
-            for k in state.keys() {
-                if !self
-                    .work
-                    .claim(&k.0, k.1, &pair_id)
-                    .map_err(|e| self.work_error(e))?
-                {
+            let mut state_keys: Vec<&Key> = state.keys().collect();
+            state_keys.sort();
+            for k in state_keys {
+                let owner = self.owner(&k.0, k.1, pair_key, &own)?;
+                if owner.pair.as_deref().is_some_and(|p| p != pair_key) {
                     lost.push(k.clone());
+                } else if let Some(product_id) = owner.dispossessed {
+                    let position = self.next_position();
+                    self.queue.push_back(Err(RecordError {
+                        record_id: Some(product_id),
+                        position,
+                        field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
+                        reason: REUSED.into(),
+                    }));
                 }
             }
             for k in lost {
                 keys.retain(|x| *x != k);
-                if let Some((product_id, true)) = made.get(&k) {
+                for (_, product_id) in made.iter().filter(|(made, _)| *made == k) {
                     let position = self.next_position();
                     self.queue.push_back(Err(RecordError {
                         record_id: Some(product_id.clone()),
                         position,
                         field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
-                        reason: "the assignment number is already used for another client by this provider".into(),
+                        reason: REUSED.into(),
                     }));
                 }
             }
@@ -926,7 +1030,8 @@ impl IwmoStream {
         {
             let p = st.pseudonymiser.pseudonymise(&b);
             let change = pair_change(stored::pair_key(&provider, p.as_bytes()), &log);
-            self.stage_some(vec![change], false)?;
+            number_changes.push(change);
+            self.stage_some(number_changes, false)?;
         }
         Ok(())
     }

@@ -8,8 +8,8 @@ use matchpoint_connectors::iwmo::DeliveryStatus;
 use matchpoint_schemas::{MasterKey, Registry};
 
 use super::tests::{
-    BSN, Harness, OTHER_BSN, Op, THUIS, a301, assigned, day, e307, op_message, s305, started,
-    stopped,
+    BSN, Harness, OTHER_BSN, Op, REUSED_LATER, THUIS, a301, assigned, day, e307, op_message,
+    person, reuse_message, s305, started, stopped,
 };
 use crate::generate::ORGANISATIONS_TOML;
 use crate::store::{QuarantineFilter, RunRecord, RunStatus, Store};
@@ -529,5 +529,114 @@ async fn a_new_index_key_rebuilds_the_state_from_the_folder() {
         );
         drop((k2, store));
         db.drop_database().await;
+    }
+}
+
+/// The client (pseudonym) of the published assignment 1 of the home-care provider.
+async fn owner(store: &Store) -> Option<String> {
+    store
+        .involvements("wmo")
+        .await
+        .expect("involvements")
+        .into_iter()
+        .find(|s| s.source_record_id == format!("{THUIS}-1"))
+        .map(|s| s.person)
+}
+
+/// The record ids a run quarantined (each for an assignment number used for another
+/// client).
+async fn reused(store: &Store, run: &RunRecord) -> Vec<String> {
+    let q = store
+        .quarantine(&QuarantineFilter {
+            source: Some("wmo".into()),
+            run: Some(run.id),
+            include_resolved: true,
+            limit: 10,
+        })
+        .await
+        .expect("quarantine");
+    q.into_iter()
+        .map(|e| {
+            assert!(
+                e.reason.contains("already used for another client"),
+                "{}",
+                e.reason
+            );
+            e.source_record_id.unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_message_on_every_store() {
+    // Pairs are applied in the order of their pseudonyms: the clients swap places, so that
+    // one of the two orders puts the later message's pair first.
+    for (early, late) in [(BSN, OTHER_BSN), (OTHER_BSN, BSN)] {
+        // Both in one run (the later one in the file named first).
+        for db in testdb::targets("iwmo_reuse").await {
+            let store = Store::open(&db.url).await.expect("store");
+            let ctx = context(&store);
+            let h = Harness::new();
+            h.put("001.xml", &reuse_message(false, late));
+            h.put("002.xml", &reuse_message(true, early));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &run).await, [REUSED_LATER], "{}", db.name);
+        }
+        // The later one in a later run: reported, the number stays.
+        for db in testdb::targets("iwmo_reuse").await {
+            let store = Store::open(&db.url).await.expect("store");
+            let ctx = context(&store);
+            let h = Harness::new();
+            h.put("001.xml", &reuse_message(true, early));
+            sync(&ctx, &h).await;
+            h.put("002.xml", &reuse_message(false, late));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &run).await, [REUSED_LATER], "{}", db.name);
+            // A new message of the later client does not take it either.
+            h.put(
+                "003.xml",
+                &a301(
+                    "T10",
+                    day(3, 3),
+                    late,
+                    vec![
+                        assigned(1, "02", day(3, 3), None),
+                        assigned(2, "02", day(3, 3), None),
+                    ],
+                ),
+            );
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(
+                reused(&store, &run).await,
+                ["WMO301:0363:T10#1"],
+                "{}",
+                db.name
+            );
+        }
+        // The earlier one arrives late: it takes the number, and the assignment that had it
+        // is reported.
+        for db in testdb::targets("iwmo_reuse").await {
+            let store = Store::open(&db.url).await.expect("store");
+            let ctx = context(&store);
+            let h = Harness::new();
+            h.put("001.xml", &reuse_message(false, late));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(late)), "{}", db.name);
+            assert!(reused(&store, &run).await.is_empty(), "{}", db.name);
+            h.put("002.xml", &reuse_message(true, early));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &run).await, [REUSED_LATER], "{}", db.name);
+            // A full run agrees.
+            let full = sync_source(&ctx, &h.source, true, Arc::new(Progress::default()))
+                .await
+                .expect("sync");
+            assert_eq!(full.status, RunStatus::Succeeded, "{:?}", full.error);
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &full).await, [REUSED_LATER], "{}", db.name);
+        }
     }
 }

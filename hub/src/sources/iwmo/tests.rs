@@ -782,6 +782,87 @@ fn an_assignment_number_reused_for_another_client_is_delivered_once_and_reported
     assert!(!reason.contains(BSN) && !reason.contains(OTHER_BSN));
 }
 
+/// The client's index pseudonym under the test key (hex).
+pub(super) fn person(bsn: &str) -> String {
+    MasterKey::from_secret("k1", &[7u8; 32])
+        .expect("key")
+        .pseudonymiser(KeyPurpose::Index)
+        .pseudonymise(&Bsn::parse(bsn).expect("bsn"))
+        .to_hex()
+}
+
+/// The assignment of number 1 dated 1 March (`T1`, the earliest) or 2 March (`T9`).
+pub(super) fn reuse_message(earliest: bool, bsn: &str) -> OutMessage {
+    let (id, on) = if earliest {
+        ("T1", day(3, 1))
+    } else {
+        ("T9", day(3, 2))
+    };
+    a301(id, on, bsn, vec![assigned(1, "02", on, None)])
+}
+
+/// The record id of the later assignment's product, reported as reusing the number.
+pub(super) const REUSED_LATER: &str = "WMO301:0363:T9#1";
+
+#[test]
+fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_message() {
+    // Pairs are applied in the order of their pseudonyms (random here: a preview keys them
+    // with a key of its own): the clients swap places, so that pair order cannot decide.
+    for (early, late) in [(BSN, OTHER_BSN), (OTHER_BSN, BSN)] {
+        let owner = |out: &Outcome| {
+            out.records
+                .get(&format!("{THUIS}-1"))
+                .map(|i| i.person.to_hex())
+        };
+        let reported = |out: &Outcome| {
+            for (_, _, reason) in &out.rejects {
+                assert!(
+                    reason.contains("already used for another client"),
+                    "{reason}"
+                );
+                assert!(!reason.contains(BSN) && !reason.contains(OTHER_BSN));
+            }
+            out.rejects
+                .iter()
+                .map(|r| r.0.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+
+        // Both in one run (the later one in the file named first).
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(false, late));
+        h.put("002.xml", &reuse_message(true, early));
+        let out = h.run_ok();
+        assert_eq!(out.records.len(), 1, "{:?}", out.records.keys());
+        assert_eq!(owner(&out), Some(person(early)));
+        assert_eq!(reported(&out), [REUSED_LATER]);
+
+        // The later one in a later run: reported, nothing delivered.
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(true, early));
+        assert_eq!(owner(&h.run_ok()), Some(person(early)));
+        h.put("002.xml", &reuse_message(false, late));
+        let out = h.run_ok();
+        assert!(out.records.is_empty(), "{:?}", out.records.keys());
+        assert_eq!(reported(&out), [REUSED_LATER]);
+
+        // The earlier one arrives late: it takes the number.
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(false, late));
+        let out = h.run_ok();
+        assert_eq!(owner(&out), Some(person(late)));
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+        h.put("002.xml", &reuse_message(true, early));
+        let out = h.run_ok();
+        assert_eq!(out.records.len(), 1, "{:?}", out.records.keys());
+        assert_eq!(owner(&out), Some(person(early)));
+        // A full run agrees.
+        let (out, _) = h.read(true).expect("run").expect("something");
+        assert_eq!(owner(&out), Some(person(early)));
+        assert_eq!(reported(&out), [REUSED_LATER]);
+    }
+}
+
 #[test]
 fn shelter_categories_are_sensitive() {
     let mut h = Harness::new();
