@@ -747,8 +747,12 @@ impl IwmoStream {
                         added.map_err(|e| self.work_error(e))?;
                         if !uses.is_empty() {
                             let ord = order_bytes(&h, &name);
-                            for n in uses {
-                                let added = self.work.add_use(h.provider(), n, &ord, &pair, file);
+                            for (i, n) in uses.into_iter().enumerate() {
+                                let product =
+                                    format!("{}:{}:{}#{}", h.kind.name(), h.sender, h.id, i + 1);
+                                let added =
+                                    self.work
+                                        .add_use(h.provider(), n, &ord, &pair, file, &product);
                                 added.map_err(|e| self.work_error(e))?;
                             }
                         }

@@ -31,7 +31,7 @@ use matchpoint_connectors::{DeliveryError, RecordError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{CHANGES_PER_STAGE, Item, IwmoStream, Mode, SortKey, order_bytes};
+use super::{CHANGES_PER_STAGE, Item, IwmoStream, Mode, SortKey, order_bytes, work};
 use crate::store::StateChange;
 
 /// State kinds.
@@ -305,18 +305,19 @@ impl IwmoStream {
         Ok(false)
     }
 
-    /// The first message of this run in the order of application that makes `number` of
-    /// `provider` and is applied: its place and pair. `me` is the pair being applied, `own`
-    /// the numbers and places its applied messages make.
-    fn run_owner(
+    /// The first message of this run after place `after` in the order of application that
+    /// makes `number` of `provider` and is applied. `me` is the pair being applied, `own` the
+    /// numbers and places its applied messages make.
+    fn next_applied_use(
         &self,
         provider: &str,
         number: u64,
         me: &[u8],
         own: &HashSet<(u64, Vec<u8>)>,
-    ) -> Result<Option<Candidate>, DeliveryError> {
+        after: &[u8],
+    ) -> Result<Option<work::Use>, DeliveryError> {
         let purges = matches!(self.store, Some((_, Mode::Rebuild { prior: true })));
-        let mut after = Vec::new();
+        let mut after = after.to_vec();
         loop {
             let next = self.work.next_use(provider, number, &after);
             let Some(u) = next.map_err(|e| self.work_error(e))? else {
@@ -333,14 +334,44 @@ impl IwmoStream {
                 true
             };
             if applied {
-                return Ok(Some(Candidate {
-                    ord: u.ord,
-                    pair: u.pair,
-                    product: None,
-                }));
+                return Ok(Some(u));
             }
             after = u.ord;
         }
+    }
+
+    /// The first message of this run that makes `number` of `provider` and is applied. A
+    /// preview of new files also tells the product of the first old message that made it,
+    /// when a new message of another pair comes before it.
+    fn run_owner(
+        &self,
+        provider: &str,
+        number: u64,
+        me: &[u8],
+        own: &HashSet<(u64, Vec<u8>)>,
+    ) -> Result<Option<Candidate>, DeliveryError> {
+        let Some(first) = self.next_applied_use(provider, number, me, own, &[])? else {
+            return Ok(None);
+        };
+        let mut product = None;
+        if self.store.is_none()
+            && let Some(since) = &self.since
+            && first.name.as_str() > since.as_str()
+        {
+            let mut after = first.ord.clone();
+            while let Some(u) = self.next_applied_use(provider, number, me, own, &after)? {
+                if u.name.as_str() <= since.as_str() {
+                    product = (u.pair != first.pair).then_some(u.product);
+                    break;
+                }
+                after = u.ord;
+            }
+        }
+        Ok(Some(Candidate {
+            ord: first.ord,
+            pair: first.pair,
+            product,
+        }))
     }
 
     /// An incremental run: the first stored use of `number` of `provider` whose pair's log
@@ -418,7 +449,11 @@ impl IwmoStream {
         let stored = self.stored_owner(provider, number, me, own)?;
         Ok(match (run, stored) {
             (None, None) => Owner::default(),
-            (Some(c), None) | (None, Some(c)) => Owner {
+            (Some(c), None) => Owner {
+                pair: Some(c.pair),
+                dispossessed: c.product,
+            },
+            (None, Some(c)) => Owner {
                 pair: Some(c.pair),
                 dispossessed: None,
             },
@@ -502,7 +537,8 @@ impl IwmoStream {
 }
 
 /// A message that makes an assignment number: its place in the order of application, its
-/// pair, and (stored) its product's record id.
+/// pair, and the product that had the number before (see [`IwmoStream::owner`]): a stored
+/// use's own, or, in a preview of new files, an old message's of another pair.
 pub(super) struct Candidate {
     ord: Vec<u8>,
     pair: Vec<u8>,

@@ -846,7 +846,8 @@ fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_message() {
         assert!(out.records.is_empty(), "{:?}", out.records.keys());
         assert_eq!(reported(&out), [REUSED_LATER]);
 
-        // The earlier one arrives late: it takes the number.
+        // The earlier one arrives late: it takes the number, and the assignment that had it
+        // is reported.
         let mut h = Harness::new();
         h.put("001.xml", &reuse_message(false, late));
         let out = h.run_ok();
@@ -856,6 +857,7 @@ fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_message() {
         let out = h.run_ok();
         assert_eq!(out.records.len(), 1, "{:?}", out.records.keys());
         assert_eq!(owner(&out), Some(person(early)));
+        assert_eq!(reported(&out), [REUSED_LATER]);
         // A full run agrees.
         let (out, _) = h.read(true).expect("run").expect("something");
         assert_eq!(owner(&out), Some(person(early)));

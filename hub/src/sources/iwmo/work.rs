@@ -6,7 +6,7 @@
 //! | `file` | the folder's files in name order (index, name), marked when a run reads them |
 //! | `registry` | the applied files' entries of the stored state, as stored |
 //! | `msg` | one per message to read: pair key, the fields of its place in the order of application, file index |
-//! | `uses` | per `ToewijzingNummer` a WMO301 product of a message to read assigns: provider, number, the message's place in the order of application ([`super::order_bytes`]), pair, file index |
+//! | `uses` | per `ToewijzingNummer` a WMO301 product of a message to read assigns: provider, number, the message's place in the order of application ([`super::order_bytes`]), pair, file index, the product's record id |
 //!
 //! The database is SQLite's private temporary database (opened with an empty file name, so
 //! its file is in the system's temporary folder: `SQLITE_TMPDIR` or `TMPDIR`, else
@@ -98,7 +98,8 @@ impl WorkIndex {
                  number TEXT NOT NULL,
                  ord BLOB NOT NULL,
                  pair BLOB NOT NULL,
-                 file INTEGER NOT NULL
+                 file INTEGER NOT NULL,
+                 product TEXT NOT NULL
              );",
         )?;
         Ok(WorkIndex {
@@ -327,8 +328,8 @@ impl WorkIndex {
         Ok(out)
     }
 
-    /// Records that the message of `file` (of `pair`, at place `ord` in the order of
-    /// application) assigns `number` of `provider`.
+    /// Records that product `product` (record id) of the message of `file` (of `pair`, at
+    /// place `ord` in the order of application) assigns `number` of `provider`.
     pub(super) fn add_use(
         &mut self,
         provider: &str,
@@ -336,11 +337,13 @@ impl WorkIndex {
         ord: &[u8],
         pair: &[u8],
         file: usize,
+        product: &str,
     ) -> rusqlite::Result<()> {
         self.begin()?;
         self.conn
             .prepare_cached(
-                "INSERT INTO uses (provider, number, ord, pair, file) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO uses (provider, number, ord, pair, file, product)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 provider,
@@ -348,6 +351,7 @@ impl WorkIndex {
                 ord,
                 pair,
                 i64::try_from(file).unwrap_or(i64::MAX),
+                product,
             ])?;
         Ok(())
     }
@@ -362,7 +366,7 @@ impl WorkIndex {
     ) -> rusqlite::Result<Option<Use>> {
         self.conn
             .prepare_cached(
-                "SELECT u.ord, u.pair, f.name, f.raw FROM uses u JOIN file f ON f.idx = u.file
+                "SELECT u.ord, u.pair, f.name, f.raw, u.product FROM uses u JOIN file f ON f.idx = u.file
                  WHERE u.provider = ?1 AND u.number = ?2 AND u.ord > ?3
                  ORDER BY u.ord LIMIT 1",
             )?
@@ -372,6 +376,7 @@ impl WorkIndex {
                     pair: r.get(1)?,
                     name: r.get(2)?,
                     raw: r.get(3)?,
+                    product: r.get(4)?,
                 })
             })
             .optional()
@@ -384,4 +389,6 @@ pub(super) struct Use {
     pub pair: Vec<u8>,
     pub name: String,
     pub raw: Vec<u8>,
+    /// The product's record id.
+    pub product: String,
 }
