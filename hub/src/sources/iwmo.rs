@@ -921,18 +921,9 @@ impl IwmoStream {
                 }
                 client = Some(pair.clone());
             }
+            let ord = order_bytes(&m.header, &key.name);
             if let Body::Assignment(products) = &m.body {
-                let ord = order_bytes(&m.header, &key.name);
-                for (i, p) in products.iter().enumerate() {
-                    if from_file.is_some() && self.store.is_some() {
-                        number_changes.push(stored::number_change(
-                            m.header.provider(),
-                            p.number,
-                            &ord,
-                            pair_key,
-                            &format!("{record_id}#{}", i + 1),
-                        ));
-                    }
+                for p in products {
                     own.insert((p.number, ord.clone()));
                 }
             }
@@ -946,6 +937,18 @@ impl IwmoStream {
                     .iter()
                     .any(|l| l.header == entry.header && l.body == entry.body)
                 {
+                    // The numbers a WMO301 from a file makes, for the lookups of later runs.
+                    if let (Body::Assignment(products), Some(_)) = (&m.body, &from_file) {
+                        for (i, p) in products.iter().enumerate() {
+                            number_changes.push(stored::number_change(
+                                m.header.provider(),
+                                p.number,
+                                &ord,
+                                pair_key,
+                                &format!("{record_id}#{}", i + 1),
+                            ));
+                        }
+                    }
                     log.push(entry);
                 }
                 logged_pair = Some(pair);

@@ -582,6 +582,9 @@ async fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_messag
             let run = sync(&ctx, &h).await;
             assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
             assert_eq!(reused(&store, &run).await, [REUSED_LATER], "{}", db.name);
+            drop(ctx);
+            drop(store);
+            db.drop_database().await;
         }
         // The later one in a later run: reported, the number stays.
         for db in testdb::targets("iwmo_reuse").await {
@@ -615,6 +618,9 @@ async fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_messag
                 "{}",
                 db.name
             );
+            drop(ctx);
+            drop(store);
+            db.drop_database().await;
         }
         // The earlier one arrives late: it takes the number, and the assignment that had it
         // is reported.
@@ -637,6 +643,50 @@ async fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_messag
             assert_eq!(full.status, RunStatus::Succeeded, "{:?}", full.error);
             assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
             assert_eq!(reused(&store, &full).await, [REUSED_LATER], "{}", db.name);
+            drop(ctx);
+            drop(store);
+            db.drop_database().await;
         }
     }
+}
+
+#[tokio::test]
+async fn a_state_stored_without_assignment_number_entries_is_rebuilt_once() {
+    // The SQLite store, edited as a state of an older version: no `number` entries.
+    let db = testdb::targets("iwmo_numbers")
+        .await
+        .into_iter()
+        .find(|db| !db.is_pg())
+        .expect("sqlite");
+    let crate::testdb::Kind::Sqlite { path, .. } = &db.kind else {
+        panic!("sqlite");
+    };
+    let store = Store::open(&db.url).await.expect("store");
+    let ctx = context(&store);
+    let h = Harness::new();
+    h.put("001.xml", &reuse_message(true, BSN));
+    sync(&ctx, &h).await;
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let removed = conn
+        .execute(
+            "DELETE FROM source_state WHERE kind = 'number' OR (kind = 'meta' AND key = X'6e756d62657273')",
+            [],
+        )
+        .expect("edit");
+    assert_eq!(removed, 2);
+    drop(conn);
+    // The next run reads the folder again and finds the number taken by the earlier message.
+    h.put("002.xml", &reuse_message(false, OTHER_BSN));
+    let (run, bytes) = sync_counted(&ctx, &h).await;
+    assert_eq!(bytes, size(&h, "001.xml") + size(&h, "002.xml"));
+    assert_eq!(owner(&store).await, Some(person(BSN)));
+    assert_eq!(reused(&store, &run).await, [REUSED_LATER]);
+    // Then incrementally again.
+    let mut again = reuse_message(false, OTHER_BSN);
+    again.header.id = "T11".into();
+    h.put("003.xml", &again);
+    let (run, bytes) = sync_counted(&ctx, &h).await;
+    assert_eq!(bytes, size(&h, "003.xml"));
+    assert_eq!(owner(&store).await, Some(person(BSN)));
+    assert_eq!(reused(&store, &run).await, ["WMO301:0363:T11#1"]);
 }

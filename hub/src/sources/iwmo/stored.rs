@@ -283,7 +283,9 @@ impl IwmoStream {
         })
     }
 
-    /// Whether the stored log of `pair` holds a WMO301 at place `ord` that makes `number`.
+    /// Whether the stored log of `pair` holds a WMO301 at place `ord` that makes `number`
+    /// (the same header: a copy of a logged message in another file counts, as when the pair
+    /// is applied).
     fn log_holds(&self, pair: &[u8], number: u64, ord: &[u8]) -> Result<bool, DeliveryError> {
         let Some((st, _)) = &self.store else {
             return Ok(false);
@@ -297,7 +299,7 @@ impl IwmoStream {
             })?;
             if log.iter().any(|l| {
                 matches!(&l.body, Body::Assignment(ps) if ps.iter().any(|p| p.number == number))
-                    && order_bytes(&l.header, &l.file) == ord
+                    && ord.starts_with(header_part(&l.header).as_slice())
             }) {
                 return Ok(true);
             }
@@ -534,6 +536,14 @@ impl IwmoStream {
         }
         Ok(())
     }
+}
+
+/// The part of [`order_bytes`] that the header gives (all but the file name; it ends with
+/// the NUL after the sender, so no other header's part is a prefix of it).
+fn header_part(h: &Header) -> Vec<u8> {
+    let mut b = order_bytes(h, "");
+    b.pop();
+    b
 }
 
 /// A message that makes an assignment number: its place in the order of application, its
