@@ -944,8 +944,8 @@ impl IwmoStream {
                                 m.header.provider(),
                                 p.number,
                                 &ord,
+                                i + 1,
                                 pair_key,
-                                &format!("{record_id}#{}", i + 1),
                             ));
                         }
                     }

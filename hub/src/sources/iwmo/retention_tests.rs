@@ -255,9 +255,10 @@ async fn an_assignment_number_of_a_purged_pair_goes_to_the_next_client_on_every_
             .expect("retention");
         assert_eq!(done.message_logs, 1, "{}", db.name);
         assert!(pair_logs(&store).await.is_empty(), "{}", db.name);
+        // The log's assignment-number entries went with it.
+        assert_eq!(numbers(&store).await, 0, "{}", db.name);
 
-        // The provider gives number 1 to another client later: the purged use (its entry
-        // stays until a run meets it) no longer holds the number.
+        // The provider gives number 1 to another client later: it is that client's.
         h.put(
             "002.xml",
             &a301(
@@ -280,7 +281,6 @@ async fn an_assignment_number_of_a_purged_pair_goes_to_the_next_client_on_every_
             "{}",
             db.name
         );
-        // The stale entry was deleted; the new one is there.
         assert_eq!(numbers(&store).await, 1, "{}", db.name);
         drop(ctx);
         drop(store);

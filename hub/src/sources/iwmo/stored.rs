@@ -7,7 +7,7 @@
 //! | `file` | file name | [`FileEntry`]: size, modification time and SHA-256 of an applied file |
 //! | `meta` | `numbers` | `1`: the state has the `number` entries (a run of a state without them rebuilds it) |
 //! | `pair` | provider AGB code, `0`, client pseudonym | [`Logged`] messages of that provider for that client |
-//! | `number` | provider AGB code, `0`, `ToewijzingNummer` (8 bytes), the message's place in the order of application | [`NumberUse`]: the pair whose logged WMO301 made the number there, and its product's record id |
+//! | `number` | provider AGB code, `0`, `ToewijzingNummer` (8 bytes), the message's place in the order of application, the product's index (4 bytes) | the `pair` key whose logged WMO301 made the number there |
 //!
 //! A pair's log holds the header and products of every message applied to it, never the
 //! client (BSN, birth date): a run replays the log of each (provider, client) pair a new
@@ -18,15 +18,15 @@
 //!
 //! The `number` entries say, per assignment number of a provider, which logged messages made
 //! it, in the order of application, so that a run finds the stored client that has a number
-//! (the first entry whose pair's log still holds the message; retention purges logs, not
-//! these entries: a run deletes an entry it finds stale) with a lookup per number its new
-//! messages make, without reading other pairs' logs.
+//! (the first entry whose pair's log still holds the message) with a lookup per number of
+//! the pairs it applies, without reading other pairs' logs. Retention purges a pair's
+//! `number` entries with its log; a run deletes an entry it finds stale all the same.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
-use matchpoint_connectors::iwmo::{Body, Client, Header, Message};
+use matchpoint_connectors::iwmo::{Body, Client, Header, Message, MessageKind};
 use matchpoint_connectors::{DeliveryError, RecordError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -47,15 +47,6 @@ pub const NUMBER: &str = "number";
 /// The `meta` key that says the state has the `number` entries.
 pub const NUMBERS: &[u8] = b"numbers";
 
-/// A logged WMO301 product that made an assignment number: the `number` entry's value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NumberUse {
-    /// The pair key (provider, client pseudonym), hex.
-    pub pair: String,
-    /// The record id of the product (kind, sender, identification, product index).
-    pub product: String,
-}
-
 /// The start of the `number` keys of an assignment number of a provider.
 pub fn number_prefix(provider: &str, number: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(provider.len() + 9);
@@ -65,25 +56,48 @@ pub fn number_prefix(provider: &str, number: u64) -> Vec<u8> {
     k
 }
 
-/// The state change recording that the message at `ord` of `pair` made `number`.
+/// The state change recording that product `index` (from 1) of the message at `ord` of
+/// `pair` made `number`.
 pub fn number_change(
     provider: &str,
     number: u64,
     ord: &[u8],
+    index: usize,
     pair: &[u8],
-    product: &str,
 ) -> StateChange {
     let mut key = number_prefix(provider, number);
     key.extend_from_slice(ord);
-    let value = NumberUse {
-        pair: hex::encode(pair),
-        product: product.to_owned(),
-    };
+    key.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
     StateChange {
         kind: NUMBER.into(),
         key,
-        value: serde_json::to_vec(&value).ok(),
+        value: Some(pair.to_vec()),
     }
+}
+
+/// The place in the order of application and the product's record id of a `number` key
+/// (after its prefix); `None` when it cannot be read.
+fn parse_number_key(rest: &[u8]) -> Option<(Vec<u8>, String)> {
+    let split = rest.len().checked_sub(4)?;
+    let (ord, index) = rest.split_at(split);
+    let index = u32::from_be_bytes(index.try_into().ok()?);
+    // Day (4 bytes), kind, then the numeric identification (flag, 8 bytes when set).
+    let kind = match ord.get(4)? {
+        1 => MessageKind::Wmo301,
+        2 => MessageKind::Wmo305,
+        _ => MessageKind::Wmo307,
+    };
+    let texts = match ord.get(5)? {
+        0 => ord.get(6..)?,
+        _ => ord.get(14..)?,
+    };
+    let mut parts = texts.split(|b| *b == 0);
+    let id = std::str::from_utf8(parts.next()?).ok()?;
+    let sender = std::str::from_utf8(parts.next()?).ok()?;
+    Some((
+        ord.to_vec(),
+        format!("{}:{sender}:{id}#{index}", kind.name()),
+    ))
 }
 
 /// What is known of an applied file.
@@ -400,27 +414,22 @@ impl IwmoStream {
                 break;
             }
             for (k, v) in page {
-                let Some(ord) = k.strip_prefix(prefix.as_slice()) else {
+                let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
                     break 'pages;
                 };
-                let ord = ord.to_vec();
-                let used: Option<(NumberUse, Vec<u8>)> = serde_json::from_slice::<NumberUse>(&v)
-                    .ok()
-                    .and_then(|u| hex::decode(&u.pair).ok().map(|p| (u, p)));
-                let live = match &used {
-                    Some((_, pair)) if pair.as_slice() == me => {
-                        own.contains(&(number, ord.clone()))
-                    }
-                    Some((_, pair)) => self.log_holds(pair, number, &ord)?,
+                let parsed = parse_number_key(rest);
+                let live = match &parsed {
+                    Some((ord, _)) if v.as_slice() == me => own.contains(&(number, ord.clone())),
+                    Some((ord, _)) => self.log_holds(&v, number, ord)?,
                     None => false,
                 };
                 after.clone_from(&k);
-                match used {
-                    Some((u, pair)) if live => {
+                match parsed {
+                    Some((ord, product)) if live => {
                         found = Some(Candidate {
                             ord,
-                            pair,
-                            product: Some(u.product),
+                            pair: v,
+                            product: Some(product),
                         });
                         break 'pages;
                     }
