@@ -12,20 +12,27 @@
 //!    only refreshes the entry; a changed one is quarantined as `file:NAME` once — an applied
 //!    message is never applied again; `--full` rebuilds from the folder as it is). No file
 //!    to pick is a quiet night: no message file is opened;
-//! 2. reads the header and the client's BSN of each picked file (pass 1) and writes one row
-//!    per message into the run's work index ([`work`], a temporary SQLite database on disk):
-//!    its (provider, client pseudonym) pair, the fields that order it and its file;
+//! 2. reads each picked file (pass 1; only the header and the client's BSN of a message
+//!    that does not read whole) and writes one row per message into the run's work index
+//!    ([`work`], a temporary SQLite database on disk): its (provider, client pseudonym)
+//!    pair, the fields that order it and its file; and one row per `ToewijzingNummer` a
+//!    WMO301 makes, with the message's place in the order of application (step 3);
 //! 3. then takes the pairs one by one (a batch of pairs at a time, with their stored logs):
 //!    reads the pair's files a second time, adds the stored messages of its log, sorts them
 //!    by `Dagtekening`, then message kind (WMO301 before WMO305 before WMO307 on the same
 //!    day: identifications of the municipality and of providers are not comparable), then
 //!    `Identificatie` (numerically when both are numbers), sender and file name, and
 //!    applies them in that order to a fresh assignment state machine ([`state`]): the state
-//!    of a pair depends on its own messages only. The one exception, a `ToewijzingNummer`
-//!    of a provider reused for another client, is noticed across the pairs of one run (the
-//!    work index records which pair made each number first; the other pair's assignment is
-//!    reported and not delivered), so only when that client's messages are applied in the
-//!    same run too, e.g. on a `--full` run;
+//!    of a pair depends on its own messages only. The one exception is a `ToewijzingNummer`
+//!    of a provider used for two clients (a data error): the client of the first WMO301 in
+//!    that order that makes it keeps it, whichever pair is applied first and whichever run
+//!    each message arrived in; the other client's assignment is reported (its products of
+//!    new messages) and not delivered. Per number of the pair the run looks up the first
+//!    use among its own messages (work index) and, on an incremental run, among the stored
+//!    ones (the state's `number` entries, [`stored`]); a new message that takes a number
+//!    from the stored client that had it (it arrived late) reports that client's product,
+//!    and so does a preview for an old message that had it. A state stored before the
+//!    `number` entries existed is rebuilt from the folder once;
 //! 4. yields, as each pair is applied, one raw record per assignment touched by a new
 //!    message (every assignment on a full run), and per other assignment the provider has
 //!    for the client of a new message (a late message can change how an older start or
@@ -38,10 +45,10 @@
 //!
 //! A `--full` run, the first run with a store, and a run after the index key changed read
 //! every file and replace the stored state. Retention (`crate::retention`) purges a pair's
-//! log with the pair's last involvement; a `--full` run under the same key then does not
+//! log (and its `number` entries) with the pair's last involvement; a `--full` run under the same key then does not
 //! apply again a message of an applied, unchanged file that its pair's log no longer holds
 //! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a
-//! preview) every run reads the header of every file and replays the old messages of the
+//! preview) every run reads every file for the work index and replays the old messages of the
 //! pairs the new ones (named after the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
 //! a later file) is applied in its place, a WMO305/307 that arrived before its WMO301 takes
 //! effect once the WMO301 arrives, and the same message twice changes nothing (every
@@ -65,10 +72,12 @@
 //! of the pairs of one batch (256 pairs; a pair's messages are held while it is applied,
 //! each file capped at `limits.max_record_bytes`), the records of one pair not yet taken
 //! and up to 1,000 state changes not yet staged. Measured (`tests/iwmo_memory.rs`): a full
-//! re-sync of 2,229 and of 8,915 messages peaks at 1.7 and 1.9 MB of heap (6.6 and 26.6 MB
-//! when every pair was held). An incremental run reads only the new files (and lists and
-//! stats the folder); a full run reads every file three times (envelope, message, hash) and
-//! does a point lookup in the work index per file and per pair.
+//! re-sync of 2,229 and of 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB
+//! before the assignment numbers were recorded; 6.6 and 26.6 MB when every pair was held). An incremental run reads only the new files (and lists and
+//! stats the folder); a full run reads every file three times (message, message again when
+//! its pair is applied, hash) and does a point lookup in the work index per file and per
+//! pair. Per assignment of a pair applied, the run does one lookup in the work index and, on
+//! an incremental run, one page read of the stored `number` entries.
 
 #[cfg(test)]
 mod retention_tests;
