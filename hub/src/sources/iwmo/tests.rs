@@ -1210,6 +1210,54 @@ mod properties {
                 }
             }
         }
+
+        /// With assignment numbers used for both clients (a data error), a full run and an
+        /// incremental run agree on who has each number and what is delivered for it, for
+        /// either order of the clients' pair keys (the BSNs swap).
+        #[test]
+        fn shared_numbers_go_to_the_same_client_on_incremental_and_full_runs(
+            ops in ops(),
+            split in any::<prop::sample::Index>(),
+            swap in any::<bool>(),
+        ) {
+            let messages: Vec<OutMessage> = ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| {
+                    let mut m = op_message(i, *op);
+                    // The same numbers for both clients.
+                    match &mut m.body {
+                        Body::Assignment(p) => p.iter_mut().for_each(|a| a.number %= 10),
+                        Body::Start(p) => p.iter_mut().for_each(|a| a.number = a.number.map(|n| n % 10)),
+                        Body::Stop(p) => p.iter_mut().for_each(|a| a.number = a.number.map(|n| n % 10)),
+                    }
+                    if swap {
+                        m.client = client(if m.client.bsn == BSN { OTHER_BSN } else { BSN });
+                    }
+                    m
+                })
+                .collect();
+            let split = split.index(messages.len() + 1);
+            let mut h = Harness::new();
+            for (i, m) in messages.iter().enumerate().take(split) {
+                h.put_unchecked(&format!("{i:04}.xml"), m);
+            }
+            if split > 0 {
+                h.run().expect("first run");
+            }
+            for (i, m) in messages.iter().enumerate().skip(split) {
+                h.put_unchecked(&format!("{i:04}.xml"), m);
+            }
+            let incremental = h.run().expect("second run");
+            let (full, _) = h.read(true).expect("full").expect("records");
+            let Some(incremental) = incremental else {
+                prop_assert_eq!(split, messages.len());
+                return Ok(());
+            };
+            for (id, inv) in &incremental.records {
+                prop_assert_eq!(Some(inv), full.records.get(id));
+            }
+        }
     }
 }
 
