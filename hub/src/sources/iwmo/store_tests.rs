@@ -9,7 +9,7 @@ use matchpoint_schemas::{MasterKey, Registry};
 
 use super::tests::{
     BSN, Harness, OTHER_BSN, Op, REUSED_LATER, THUIS, a301, assigned, day, e307, op_message,
-    person, reuse_message, s305, started, stopped,
+    person, reuse_message, s305, shared_op_message, started, stopped,
 };
 use crate::generate::ORGANISATIONS_TOML;
 use crate::store::{QuarantineFilter, RunRecord, RunStatus, Store};
@@ -401,10 +401,18 @@ fn splitmix(state: &mut u64) -> u64 {
 
 /// Seeded message histories delivered over up to three incremental runs with stored state
 /// publish what one full run over all files publishes (SQLite for every seed, PostgreSQL for
-/// the first few).
+/// the first few); also when both clients use the same assignment numbers (in either order
+/// of their pair keys).
 #[tokio::test]
 async fn incremental_runs_with_stored_state_publish_what_a_full_run_publishes() {
-    for seed in 0..24u64 {
+    for (shared, seed) in [None, Some(false), Some(true)]
+        .into_iter()
+        .flat_map(|s| (0..24u64).map(move |seed| (s, seed)))
+    {
+        let message = |i: usize, op: Op| match shared {
+            None => op_message(i, op),
+            Some(swap) => shared_op_message(i, op, swap),
+        };
         let mut rng = seed.wrapping_mul(7919).wrapping_add(1);
         let n = 1 + (splitmix(&mut rng) % 12) as usize;
         let ops: Vec<Op> = (0..n)
@@ -438,7 +446,7 @@ async fn incremental_runs_with_stored_state_publish_what_a_full_run_publishes() 
             let mut written = 0;
             for cut in cuts.into_iter().chain([n]) {
                 for (i, op) in ops.iter().enumerate().take(cut).skip(written) {
-                    h.put_unchecked(&format!("{i:04}.xml"), &op_message(i, *op));
+                    h.put_unchecked(&format!("{i:04}.xml"), &message(i, *op));
                 }
                 written = written.max(cut);
                 sync(&ctx, &h).await;
@@ -460,7 +468,7 @@ async fn incremental_runs_with_stored_state_publish_what_a_full_run_publishes() 
             assert_eq!(
                 incremental,
                 published_rows(&full_store).await,
-                "seed {seed} on {} (ops {ops:?}, cuts {cuts:?})",
+                "seed {seed}, shared numbers {shared:?} on {} (ops {ops:?}, cuts {cuts:?})",
                 db.name
             );
             drop((ctx, store, full_ctx, full_store));

@@ -1086,6 +1086,25 @@ fn a_cancelled_run_fails_without_delivering_anything() {
 /// One generated message: (Dagtekening day, kind 0..6, assignment number, client, date day).
 pub(super) type Op = (u32, u8, u64, bool, u32);
 
+/// [`op_message`] with the same assignment numbers for both clients (a data error), and the
+/// clients swapped when `swap` (so that either pair key comes first).
+pub(super) fn shared_op_message(i: usize, op: Op, swap: bool) -> OutMessage {
+    let mut m = op_message(i, op);
+    match &mut m.body {
+        Body::Assignment(p) => p.iter_mut().for_each(|a| a.number %= 10),
+        Body::Start(p) => p
+            .iter_mut()
+            .for_each(|a| a.number = a.number.map(|n| n % 10)),
+        Body::Stop(p) => p
+            .iter_mut()
+            .for_each(|a| a.number = a.number.map(|n| n % 10)),
+    }
+    if swap {
+        m.client = client(if m.client.bsn == BSN { OTHER_BSN } else { BSN });
+    }
+    m
+}
+
 pub(super) fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
     let bsn = if other { OTHER_BSN } else { BSN };
     // Assignment numbers are the municipality's: never shared between clients.
@@ -1223,19 +1242,7 @@ mod properties {
             let messages: Vec<OutMessage> = ops
                 .iter()
                 .enumerate()
-                .map(|(i, op)| {
-                    let mut m = op_message(i, *op);
-                    // The same numbers for both clients.
-                    match &mut m.body {
-                        Body::Assignment(p) => p.iter_mut().for_each(|a| a.number %= 10),
-                        Body::Start(p) => p.iter_mut().for_each(|a| a.number = a.number.map(|n| n % 10)),
-                        Body::Stop(p) => p.iter_mut().for_each(|a| a.number = a.number.map(|n| n % 10)),
-                    }
-                    if swap {
-                        m.client = client(if m.client.bsn == BSN { OTHER_BSN } else { BSN });
-                    }
-                    m
-                })
+                .map(|(i, op)| shared_op_message(i, *op, swap))
                 .collect();
             let split = split.index(messages.len() + 1);
             let mut h = Harness::new();
