@@ -43,17 +43,16 @@
 //! 5. stages the pair's changed log with the run as it goes (1,000 changes at a time), and
 //!    the picked files' entries after the last pair.
 //!
-//! A `--full` run, the first run with a store, and a run after the index key changed read
-//! every file and replace the stored state. Retention (`crate::retention`) purges a pair's
-//! log (and its `number` entries) with the pair's last involvement; a `--full` run under the same key then does not
-//! apply again a message of an applied, unchanged file that its pair's log no longer holds
-//! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a
-//! preview) every run reads every file for the work index and replays the old messages of the
-//! pairs the new ones (named after the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
-//! a later file) is applied in its place, a WMO305/307 that arrived before its WMO301 takes
-//! effect once the WMO301 arrives, and the same message twice changes nothing (every
-//! operation sets state). The incremental upsert of the store is idempotent on (source,
-//! record id).
+//! A `--full` run, the first run with a store, and a run after the index key changed read every
+//! file and replace the stored state. Retention (`crate::retention`) purges a pair's log (and its
+//! `number` entries) with the pair's last involvement; a `--full` run under the same key then does
+//! not apply again a message of an applied, unchanged file that its pair's log no longer holds
+//! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a preview)
+//! every run reads every file for the work index and replays the old messages of the pairs the new
+//! ones (named after the cursor) concern. Either way a message that arrives late (an earlier
+//! `Dagtekening` in a later file) is applied in its place, a WMO305/307 that arrived before its
+//! WMO301 takes effect once the WMO301 arrives, and the same message twice changes nothing (every
+//! operation sets state). The incremental upsert of the store is idempotent on (source, record id).
 //!
 //! Problems of new messages are quarantined with the message's kind, sender and
 //! identification as record id (no personal data): a schema problem, another iWmo version
@@ -65,19 +64,19 @@
 //!
 //! # Memory and time
 //! Memory does not grow with the archive: the folder's file list, the applied files' entries
-//! (read from the store 1,000 at a time) and the message rows of pass 1 live in the work
-//! index, whose page cache is bounded (4 MB); it never holds a BSN (pairs are keyed by the
-//! provider and the client's pseudonym under the index key, or without store a random key
-//! of the run) and is deleted when the run ends. In memory are the messages, state and log
-//! of the pairs of one batch (256 pairs; a pair's messages are held while it is applied,
-//! each file capped at `limits.max_record_bytes`), the records of one pair not yet taken
-//! and up to 1,000 state changes not yet staged. Measured (`tests/iwmo_memory.rs`): a full
-//! re-sync of 2,229 and of 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB
-//! before the assignment numbers were recorded; 6.6 and 26.6 MB when every pair was held). An incremental run reads only the new files (and lists and
-//! stats the folder); a full run reads every file three times (message, message again when
-//! its pair is applied, hash) and does a point lookup in the work index per file and per
-//! pair. Per assignment of a pair applied, the run does one lookup in the work index and, on
-//! an incremental run, one page read of the stored `number` entries.
+//! (read from the store 1,000 at a time) and the message rows of pass 1 live in the work index,
+//! whose page cache is bounded (4 MB); it never holds a BSN (pairs are keyed by the provider
+//! and the client's pseudonym under the index key, or without store a random key of the run)
+//! and is deleted when the run ends. In memory are the messages, state and log of the pairs of
+//! one batch (256 pairs; a pair's messages are held while it is applied, each file capped at
+//! `limits.max_record_bytes`), the records of one pair not yet taken and up to 1,000 state
+//! changes not yet staged. Measured (`tests/iwmo_memory.rs`): a full re-sync of 2,229 and of
+//! 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB before the assignment numbers
+//! were recorded; 6.6 and 26.6 MB when every pair was held). An incremental run reads only the
+//! new files (and lists and stats the folder); a full run reads every file three times
+//! (message, message again when its pair is applied, hash) and does a point lookup in the work
+//! index per file and per pair. Per assignment of a pair applied, the run does one lookup in
+//! the work index and, on an incremental run, one page read of the stored `number` entries.
 
 #[cfg(test)]
 mod retention_tests;
