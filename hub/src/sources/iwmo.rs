@@ -12,20 +12,27 @@
 //!    only refreshes the entry; a changed one is quarantined as `file:NAME` once — an applied
 //!    message is never applied again; `--full` rebuilds from the folder as it is). No file
 //!    to pick is a quiet night: no message file is opened;
-//! 2. reads the header and the client's BSN of each picked file (pass 1) and writes one row
-//!    per message into the run's work index ([`work`], a temporary SQLite database on disk):
-//!    its (provider, client pseudonym) pair, the fields that order it and its file;
+//! 2. reads each picked file (pass 1; only the header and the client's BSN of a message
+//!    that does not read whole) and writes one row per message into the run's work index
+//!    ([`work`], a temporary SQLite database on disk): its (provider, client pseudonym)
+//!    pair, the fields that order it and its file; and one row per `ToewijzingNummer` a
+//!    WMO301 makes, with the message's place in the order of application (step 3);
 //! 3. then takes the pairs one by one (a batch of pairs at a time, with their stored logs):
 //!    reads the pair's files a second time, adds the stored messages of its log, sorts them
 //!    by `Dagtekening`, then message kind (WMO301 before WMO305 before WMO307 on the same
 //!    day: identifications of the municipality and of providers are not comparable), then
 //!    `Identificatie` (numerically when both are numbers), sender and file name, and
 //!    applies them in that order to a fresh assignment state machine ([`state`]): the state
-//!    of a pair depends on its own messages only. The one exception, a `ToewijzingNummer`
-//!    of a provider reused for another client, is noticed across the pairs of one run (the
-//!    work index records which pair made each number first; the other pair's assignment is
-//!    reported and not delivered), so only when that client's messages are applied in the
-//!    same run too, e.g. on a `--full` run;
+//!    of a pair depends on its own messages only. The one exception is a `ToewijzingNummer`
+//!    of a provider used for two clients (a data error): the client of the first WMO301 in
+//!    that order that makes it keeps it, whichever pair is applied first and whichever run
+//!    each message arrived in; the other client's assignment is reported (its products of
+//!    new messages) and not delivered. Per number of the pair the run looks up the first
+//!    use among its own messages (work index) and, on an incremental run, among the stored
+//!    ones (the state's `number` entries, [`stored`]); a new message that takes a number
+//!    from the stored client that had it (it arrived late) reports that client's product,
+//!    and so does a preview for an old message that had it. A state stored before the
+//!    `number` entries existed is rebuilt from the folder once;
 //! 4. yields, as each pair is applied, one raw record per assignment touched by a new
 //!    message (every assignment on a full run), and per other assignment the provider has
 //!    for the client of a new message (a late message can change how an older start or
@@ -36,17 +43,16 @@
 //! 5. stages the pair's changed log with the run as it goes (1,000 changes at a time), and
 //!    the picked files' entries after the last pair.
 //!
-//! A `--full` run, the first run with a store, and a run after the index key changed read
-//! every file and replace the stored state. Retention (`crate::retention`) purges a pair's
-//! log with the pair's last involvement; a `--full` run under the same key then does not
-//! apply again a message of an applied, unchanged file that its pair's log no longer holds
-//! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a
-//! preview) every run reads the header of every file and replays the old messages of the
-//! pairs the new ones (named after the cursor) concern. Either way a message that arrives late (an earlier `Dagtekening` in
-//! a later file) is applied in its place, a WMO305/307 that arrived before its WMO301 takes
-//! effect once the WMO301 arrives, and the same message twice changes nothing (every
-//! operation sets state). The incremental upsert of the store is idempotent on (source,
-//! record id).
+//! A `--full` run, the first run with a store, and a run after the index key changed read every
+//! file and replace the stored state. Retention (`crate::retention`) purges a pair's log (and its
+//! `number` entries) with the pair's last involvement; a `--full` run under the same key then does
+//! not apply again a message of an applied, unchanged file that its pair's log no longer holds
+//! ([`stored`]), and a new message of the pair starts a fresh log. Without a store (a preview)
+//! every run reads every file for the work index and replays the old messages of the pairs the new
+//! ones (named after the cursor) concern. Either way a message that arrives late (an earlier
+//! `Dagtekening` in a later file) is applied in its place, a WMO305/307 that arrived before its
+//! WMO301 takes effect once the WMO301 arrives, and the same message twice changes nothing (every
+//! operation sets state). The incremental upsert of the store is idempotent on (source, record id).
 //!
 //! Problems of new messages are quarantined with the message's kind, sender and
 //! identification as record id (no personal data): a schema problem, another iWmo version
@@ -58,17 +64,19 @@
 //!
 //! # Memory and time
 //! Memory does not grow with the archive: the folder's file list, the applied files' entries
-//! (read from the store 1,000 at a time) and the message rows of pass 1 live in the work
-//! index, whose page cache is bounded (4 MB); it never holds a BSN (pairs are keyed by the
-//! provider and the client's pseudonym under the index key, or without store a random key
-//! of the run) and is deleted when the run ends. In memory are the messages, state and log
-//! of the pairs of one batch (256 pairs; a pair's messages are held while it is applied,
-//! each file capped at `limits.max_record_bytes`), the records of one pair not yet taken
-//! and up to 1,000 state changes not yet staged. Measured (`tests/iwmo_memory.rs`): a full
-//! re-sync of 2,229 and of 8,915 messages peaks at 1.7 and 1.9 MB of heap (6.6 and 26.6 MB
-//! when every pair was held). An incremental run reads only the new files (and lists and
-//! stats the folder); a full run reads every file three times (envelope, message, hash) and
-//! does a point lookup in the work index per file and per pair.
+//! (read from the store 1,000 at a time) and the message rows of pass 1 live in the work index,
+//! whose page cache is bounded (4 MB); it never holds a BSN (pairs are keyed by the provider
+//! and the client's pseudonym under the index key, or without store a random key of the run)
+//! and is deleted when the run ends. In memory are the messages, state and log of the pairs of
+//! one batch (256 pairs; a pair's messages are held while it is applied, each file capped at
+//! `limits.max_record_bytes`), the records of one pair not yet taken and up to 1,000 state
+//! changes not yet staged. Measured (`tests/iwmo_memory.rs`): a full re-sync of 2,229 and of
+//! 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB before the assignment numbers
+//! were recorded; 6.6 and 26.6 MB when every pair was held). An incremental run reads only the
+//! new files (and lists and stats the folder); a full run reads every file three times
+//! (message, message again when its pair is applied, hash) and does a point lookup in the work
+//! index per file and per pair. Per assignment of a pair applied, the run does one lookup in
+//! the work index and, on an incremental run, one page read of the stored `number` entries.
 
 #[cfg(test)]
 mod retention_tests;
@@ -80,7 +88,7 @@ pub mod stored;
 mod tests;
 mod work;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -157,6 +165,14 @@ fn load_registry(st: &SourceState, source: &str, work: &mut WorkIndex) -> Result
     }
     work.flush().map_err(|e| work_failed(source, e))?;
     Ok(true)
+}
+
+/// Whether the stored state has the `number` entries ([`stored`]).
+fn has_numbers(st: &SourceState, source: &str) -> Result<bool, String> {
+    let meta = st
+        .read(source, stored::META, Some(vec![stored::NUMBERS.to_vec()]))
+        .map_err(|e| format!("source {source}: reading the iWmo state: {e}"))?;
+    Ok(!meta.is_empty())
 }
 
 fn work_failed(source: &str, e: rusqlite::Error) -> String {
@@ -257,7 +273,11 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
             prior: load_registry(st, name, &mut work)?,
         },
         Some(st) => {
-            if load_registry(st, name, &mut work)? {
+            let same_key = load_registry(st, name, &mut work)?;
+            if same_key && !has_numbers(st, name)? {
+                // A state stored before the `number` entries: rebuilt once.
+                Mode::Rebuild { prior: true }
+            } else if same_key {
                 let mut any = false;
                 let mut after = None;
                 loop {
@@ -412,6 +432,9 @@ enum Item {
     Stored(Box<Message>),
 }
 
+/// Why an assignment whose number another client has is not delivered.
+const REUSED: &str = "the assignment number is already used for another client by this provider (by a message earlier in the order of application)";
+
 /// Pairs read from the work index at a time (their stored logs are read together; tiny in
 /// tests, so that they cross batches).
 const PAIRS_PER_BATCH: usize = if cfg!(test) { 2 } else { 256 };
@@ -443,6 +466,33 @@ impl SortKey {
             file: r.file,
         }
     }
+}
+
+/// The place of a message in the order of application ([`SortKey`] without the file's
+/// index in the run) as bytes that compare in that order: the work index and the stored
+/// state order the uses of an assignment number by it.
+fn order_bytes(h: &Header, name: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + h.id.len() + h.sender.len() + name.len());
+    let day = chrono::Datelike::num_days_from_ce(&h.dagtekening);
+    b.extend_from_slice(&(day.cast_unsigned() ^ 0x8000_0000).to_be_bytes());
+    b.push(match h.kind {
+        MessageKind::Wmo301 => 1,
+        MessageKind::Wmo305 => 2,
+        MessageKind::Wmo307 => 3,
+    });
+    match numeric(&h.id) {
+        None => b.push(0),
+        Some(v) => {
+            b.push(1);
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+    // No text here holds a NUL (XML and file names cannot), so a NUL ends each one.
+    for text in [h.id.as_str(), h.sender.as_str(), name] {
+        b.extend_from_slice(text.as_bytes());
+        b.push(0);
+    }
+    b
 }
 
 fn numeric(id: &str) -> Option<u64> {
@@ -638,6 +688,23 @@ impl IwmoStream {
         }
     }
 
+    /// The assignment numbers a message makes when its pair is applied: the products of a
+    /// WMO301 with a valid BSN, of this source's municipality.
+    fn uses_of(&self, m: &Message) -> Vec<u64> {
+        let Body::Assignment(products) = &m.body else {
+            return Vec::new();
+        };
+        if Bsn::parse(&m.client.bsn).is_err()
+            || self
+                .municipality
+                .as_deref()
+                .is_some_and(|own| m.header.municipality() != own)
+        {
+            return Vec::new();
+        }
+        products.iter().map(|p| p.number).collect()
+    }
+
     /// Pass 1: reads the header and BSN of every file to read into the work index, keyed by
     /// (provider, client pseudonym) pair; stages the entries of changed files.
     fn start(&mut self) -> Result<(), DeliveryError> {
@@ -656,7 +723,20 @@ impl IwmoStream {
                 let path = self.folder.path(&raw);
                 self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
                 self.files_read += 1;
-                match read_envelope(self.open_file(&path)?, &self.limits) {
+                // The whole message, for the assignment numbers a WMO301 makes; a message
+                // that does not read whole is ordered by its envelope (its problem is
+                // reported when its pair is applied).
+                let (envelope, uses) = match read_message(self.open_file(&path)?, &self.limits) {
+                    Ok(m) => {
+                        let uses = self.uses_of(&m);
+                        (Ok((m.header, Some(m.client.bsn))), uses)
+                    }
+                    Err(_) => (
+                        read_envelope(self.open_file(&path)?, &self.limits),
+                        Vec::new(),
+                    ),
+                };
+                match envelope {
                     Ok((h, bsn)) => {
                         let pair = match bsn.as_deref().map(Bsn::parse) {
                             Some(Ok(b)) => stored::pair_key(
@@ -673,6 +753,17 @@ impl IwmoStream {
                         };
                         let added = self.work.add(&pair, &h, file);
                         added.map_err(|e| self.work_error(e))?;
+                        if !uses.is_empty() {
+                            let ord = order_bytes(&h, &name);
+                            for (i, n) in uses.into_iter().enumerate() {
+                                let product =
+                                    format!("{}:{}:{}#{}", h.kind.name(), h.sender, h.id, i + 1);
+                                let added =
+                                    self.work
+                                        .add_use(h.provider(), n, &ord, &pair, file, &product);
+                                added.map_err(|e| self.work_error(e))?;
+                            }
+                        }
                     }
                     Err(e) => {
                         let new = self.is_new(file, &name)?;
@@ -708,7 +799,7 @@ impl IwmoStream {
             return Ok(false);
         };
         let stored = self.batch_logs.remove(&pair);
-        self.apply_pair(rows, stored)?;
+        self.apply_pair(&pair, rows, stored)?;
         Ok(true)
     }
 
@@ -717,6 +808,7 @@ impl IwmoStream {
     /// stages its log.
     fn apply_pair(
         &mut self,
+        pair_key: &[u8],
         rows: Vec<work::Row>,
         stored: Option<Vec<Logged>>,
     ) -> Result<(), DeliveryError> {
@@ -770,9 +862,13 @@ impl IwmoStream {
         // The provider and BSN of a new message: all their assignments are delivered, since
         // a late message can change how an older start or stop without number matched.
         let mut client: Option<(String, String)> = None;
-        // Who made each assignment: the record id of the product and whether it is new.
-        let mut made: HashMap<Key, (String, bool)> = HashMap::new();
+        // The products of new messages that made an assignment (record ids).
+        let mut made: Vec<(Key, String)> = Vec::new();
         let mut logged_pair: Option<(String, String)> = None;
+        // The assignment numbers the applied messages make, with their places in the order
+        // of application; and the stored uses of those from files (store-backed state).
+        let mut own: HashSet<(u64, Vec<u8>)> = HashSet::new();
+        let mut number_changes: Vec<StateChange> = Vec::new();
         for (key, item) in order {
             self.check_cancel()?;
             let record_id = format!("{}:{}:{}", key.kind.name(), key.sender, key.id);
@@ -833,6 +929,12 @@ impl IwmoStream {
                 }
                 client = Some(pair.clone());
             }
+            let ord = order_bytes(&m.header, &key.name);
+            if let Body::Assignment(products) = &m.body {
+                for p in products {
+                    own.insert((p.number, ord.clone()));
+                }
+            }
             if self.store.is_some() {
                 let entry = Logged {
                     file: key.name.clone(),
@@ -843,6 +945,18 @@ impl IwmoStream {
                     .iter()
                     .any(|l| l.header == entry.header && l.body == entry.body)
                 {
+                    // The numbers a WMO301 from a file makes, for the lookups of later runs.
+                    if let (Body::Assignment(products), Some(_)) = (&m.body, &from_file) {
+                        for (i, p) in products.iter().enumerate() {
+                            number_changes.push(stored::number_change(
+                                m.header.provider(),
+                                p.number,
+                                &ord,
+                                i + 1,
+                                pair_key,
+                            ));
+                        }
+                    }
                     log.push(entry);
                 }
                 logged_pair = Some(pair);
@@ -852,8 +966,8 @@ impl IwmoStream {
                 let product_id = format!("{record_id}#{}", i + 1);
                 match result {
                     Ok(k) => {
-                        if creates {
-                            made.entry(k.clone()).or_insert((product_id, new));
+                        if creates && new {
+                            made.push((k.clone(), product_id));
                         }
                         if new {
                             touched.insert(k);
@@ -885,32 +999,37 @@ impl IwmoStream {
             }
             touched.into_iter().collect()
         };
-        // A `ToewijzingNummer` of the provider that another client's messages in this run
-        // used first: reported with the assignment that reused it, not delivered.
-        if let Some(bsn) = &bsn {
-            let mut pair_id = bsn.as_bytes().to_vec();
-            if let Ok(b) = Bsn::parse(bsn) {
-                pair_id = self.pair_keys.pseudonymise(&b).as_bytes().to_vec();
-            }
+        // A `ToewijzingNummer` of the provider that another client's message earlier in the
+        // order of application made: reported with the assignment that reused it, not
+        // delivered. A new message that takes a number from the stored client that had it
+        // reports that client's assignment.
+        if bsn.is_some() {
             let mut lost = Vec::new();
-            for k in state.keys() {
-                if !self
-                    .work
-                    .claim(&k.0, k.1, &pair_id)
-                    .map_err(|e| self.work_error(e))?
-                {
+            let mut state_keys: Vec<&Key> = state.keys().collect();
+            state_keys.sort();
+            for k in state_keys {
+                let owner = self.owner(&k.0, k.1, pair_key, &own)?;
+                if owner.pair.as_deref().is_some_and(|p| p != pair_key) {
                     lost.push(k.clone());
+                } else if let Some(product_id) = owner.dispossessed {
+                    let position = self.next_position();
+                    self.queue.push_back(Err(RecordError {
+                        record_id: Some(product_id),
+                        position,
+                        field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
+                        reason: REUSED.into(),
+                    }));
                 }
             }
             for k in lost {
                 keys.retain(|x| *x != k);
-                if let Some((product_id, true)) = made.get(&k) {
+                for (_, product_id) in made.iter().filter(|(made, _)| *made == k) {
                     let position = self.next_position();
                     self.queue.push_back(Err(RecordError {
                         record_id: Some(product_id.clone()),
                         position,
                         field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
-                        reason: "the assignment number is already used for another client by this provider".into(),
+                        reason: REUSED.into(),
                     }));
                 }
             }
@@ -926,7 +1045,8 @@ impl IwmoStream {
         {
             let p = st.pseudonymiser.pseudonymise(&b);
             let change = pair_change(stored::pair_key(&provider, p.as_bytes()), &log);
-            self.stage_some(vec![change], false)?;
+            number_changes.push(change);
+            self.stage_some(number_changes, false)?;
         }
         Ok(())
     }

@@ -28,9 +28,30 @@ const OF_PAIR: &str = "i.source = s.source
 /// start waiting for its assignment) is kept.
 fn purged_logs() -> String {
     format!(
-        "DELETE FROM source_state AS s WHERE s.kind = 'pair' AND length(s.key) > 33
+        "DELETE FROM source_state AS s WHERE s.kind = 'pair' AND {}",
+        pair_purged()
+    )
+}
+
+/// The condition on a pair log `s` that retention purges now: longer than a bare prefix, an
+/// involvement of the pair is purged now, and none stays.
+fn pair_purged() -> String {
+    format!(
+        "length(s.key) > 33
            AND EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND ({PURGED}))
            AND NOT EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND NOT ({PURGED}))"
+    )
+}
+
+/// The assignment-number entries of the pair logs to purge (`source_state` kind `number`,
+/// value = the pair log's key; see `sources::iwmo::stored`). Runs before the logs are
+/// deleted; not counted.
+fn purged_numbers() -> String {
+    format!(
+        "DELETE FROM source_state AS n WHERE n.kind = 'number' AND EXISTS
+           (SELECT 1 FROM source_state AS s WHERE s.source = n.source AND s.kind = 'pair'
+              AND s.key = n.value AND {})",
+        pair_purged()
     )
 }
 
@@ -52,6 +73,12 @@ impl PgStore {
         .await
         .map_err(e(op))?
         .rows_affected();
+        sqlx::query(sqlx::AssertSqlSafe(purged_numbers()))
+            .bind(cut.ended_before)
+            .bind(cut.today)
+            .execute(&mut *tx)
+            .await
+            .map_err(e(op))?;
         let message_logs = sqlx::query(sqlx::AssertSqlSafe(purged_logs()))
             .bind(cut.ended_before)
             .bind(cut.today)

@@ -28,9 +28,30 @@ const OF_PAIR: &str = "i.source = s.source
 /// start waiting for its assignment) is kept.
 fn purged_logs() -> String {
     format!(
-        "DELETE FROM source_state AS s WHERE s.kind = 'pair' AND length(s.key) > 33
+        "DELETE FROM source_state AS s WHERE s.kind = 'pair' AND {}",
+        pair_purged()
+    )
+}
+
+/// The condition on a pair log `s` that retention purges now: longer than a bare prefix, an
+/// involvement of the pair is purged now, and none stays.
+fn pair_purged() -> String {
+    format!(
+        "length(s.key) > 33
            AND EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND ({PURGED}))
            AND NOT EXISTS (SELECT 1 FROM involvements i WHERE {OF_PAIR} AND NOT ({PURGED}))"
+    )
+}
+
+/// The assignment-number entries of the pair logs to purge (`source_state` kind `number`,
+/// value = the pair log's key; see `sources::iwmo::stored`). Runs before the logs are
+/// deleted; not counted.
+fn purged_numbers() -> String {
+    format!(
+        "DELETE FROM source_state AS n WHERE n.kind = 'number' AND EXISTS
+           (SELECT 1 FROM source_state AS s WHERE s.source = n.source AND s.kind = 'pair'
+              AND s.key = n.value AND {})",
+        pair_purged()
     )
 }
 
@@ -63,6 +84,8 @@ impl SqliteStore {
                     params![ended, today],
                 )
                 .map_err(e(op))? as u64;
+            tx.execute(&purged_numbers(), params![ended, today])
+                .map_err(e(op))?;
             let message_logs = tx
                 .execute(&purged_logs(), params![ended, today])
                 .map_err(e(op))? as u64;

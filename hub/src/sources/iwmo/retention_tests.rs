@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use matchpoint_connectors::iwmo::DeliveryStatus;
 
 use super::store_tests::{assignment, context, sync};
-use super::stored::{PAIR, parse_log};
+use super::stored::{NUMBER, PAIR, parse_log};
 use super::tests::{BSN, Harness, OTHER_BSN, THUIS, a301, assigned, day, e307, stopped};
 use crate::config::RetentionSettings;
 use crate::store::{RETENTION_SOURCE, RunStatus, Store};
@@ -221,6 +221,67 @@ async fn retention_purges_the_message_log_of_a_pair_left_without_involvement_on_
             "{}",
             db.name
         );
+        drop(ctx);
+        drop(store);
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn an_assignment_number_of_a_purged_pair_goes_to_the_next_client_on_every_store() {
+    for db in testdb::targets("iwmo_retention_number").await {
+        let store = Store::open(&db.url).await.expect("store");
+        let ctx = context(&store);
+        let h = Harness::new();
+        // Assignment 1 of BSN ended on 2026-04-30: retention purges it and the pair's log.
+        let mut ended = assigned(1, "02", day(3, 1), None);
+        ended.end = Some(day(4, 30));
+        h.put("001.xml", &a301("T1", day(3, 1), BSN, vec![ended]));
+        sync(&ctx, &h).await;
+        let numbers = |store: &Store| {
+            let store = store.clone();
+            async move {
+                store
+                    .source_state("wmo", NUMBER, None)
+                    .await
+                    .expect("state")
+                    .len()
+            }
+        };
+        assert_eq!(numbers(&store).await, 1, "{}", db.name);
+        let settings = RetentionSettings::default();
+        let done = crate::retention::run(&store, None, &settings, later(), false)
+            .await
+            .expect("retention");
+        assert_eq!(done.message_logs, 1, "{}", db.name);
+        assert!(pair_logs(&store).await.is_empty(), "{}", db.name);
+        // The log's assignment-number entries went with it.
+        assert_eq!(numbers(&store).await, 0, "{}", db.name);
+
+        // The provider gives number 1 to another client later: it is that client's.
+        h.put(
+            "002.xml",
+            &a301(
+                "T9",
+                day(11, 1),
+                OTHER_BSN,
+                vec![assigned(1, "02", day(11, 1), None)],
+            ),
+        );
+        let run = sync(&ctx, &h).await;
+        assert_eq!(
+            (run.counts.inserted, run.counts.rejected),
+            (1, 0),
+            "{}",
+            db.name
+        );
+        assert_eq!(
+            person(&store, 1).await,
+            hex::decode(super::tests::person(OTHER_BSN)).expect("hex"),
+            "{}",
+            db.name
+        );
+        assert_eq!(numbers(&store).await, 1, "{}", db.name);
         drop(ctx);
         drop(store);
         db.drop_database().await;

@@ -8,8 +8,8 @@ use matchpoint_connectors::iwmo::DeliveryStatus;
 use matchpoint_schemas::{MasterKey, Registry};
 
 use super::tests::{
-    BSN, Harness, OTHER_BSN, Op, THUIS, a301, assigned, day, e307, op_message, s305, started,
-    stopped,
+    BSN, Harness, OTHER_BSN, Op, REUSED_LATER, THUIS, a301, assigned, day, e307, op_message,
+    person, reuse_message, s305, shared_op_message, started, stopped,
 };
 use crate::generate::ORGANISATIONS_TOML;
 use crate::store::{QuarantineFilter, RunRecord, RunStatus, Store};
@@ -401,10 +401,18 @@ fn splitmix(state: &mut u64) -> u64 {
 
 /// Seeded message histories delivered over up to three incremental runs with stored state
 /// publish what one full run over all files publishes (SQLite for every seed, PostgreSQL for
-/// the first few).
+/// the first few); also when both clients use the same assignment numbers (in either order
+/// of their pair keys).
 #[tokio::test]
 async fn incremental_runs_with_stored_state_publish_what_a_full_run_publishes() {
-    for seed in 0..24u64 {
+    for (shared, seed) in [None, Some(false), Some(true)]
+        .into_iter()
+        .flat_map(|s| (0..24u64).map(move |seed| (s, seed)))
+    {
+        let message = |i: usize, op: Op| match shared {
+            None => op_message(i, op),
+            Some(swap) => shared_op_message(i, op, swap),
+        };
         let mut rng = seed.wrapping_mul(7919).wrapping_add(1);
         let n = 1 + (splitmix(&mut rng) % 12) as usize;
         let ops: Vec<Op> = (0..n)
@@ -438,7 +446,7 @@ async fn incremental_runs_with_stored_state_publish_what_a_full_run_publishes() 
             let mut written = 0;
             for cut in cuts.into_iter().chain([n]) {
                 for (i, op) in ops.iter().enumerate().take(cut).skip(written) {
-                    h.put_unchecked(&format!("{i:04}.xml"), &op_message(i, *op));
+                    h.put_unchecked(&format!("{i:04}.xml"), &message(i, *op));
                 }
                 written = written.max(cut);
                 sync(&ctx, &h).await;
@@ -460,7 +468,7 @@ async fn incremental_runs_with_stored_state_publish_what_a_full_run_publishes() 
             assert_eq!(
                 incremental,
                 published_rows(&full_store).await,
-                "seed {seed} on {} (ops {ops:?}, cuts {cuts:?})",
+                "seed {seed}, shared numbers {shared:?} on {} (ops {ops:?}, cuts {cuts:?})",
                 db.name
             );
             drop((ctx, store, full_ctx, full_store));
@@ -530,4 +538,163 @@ async fn a_new_index_key_rebuilds_the_state_from_the_folder() {
         drop((k2, store));
         db.drop_database().await;
     }
+}
+
+/// The client (pseudonym) of the published assignment 1 of the home-care provider.
+async fn owner(store: &Store) -> Option<String> {
+    store
+        .involvements("wmo")
+        .await
+        .expect("involvements")
+        .into_iter()
+        .find(|s| s.source_record_id == format!("{THUIS}-1"))
+        .map(|s| s.person)
+}
+
+/// The record ids a run quarantined (each for an assignment number used for another
+/// client).
+async fn reused(store: &Store, run: &RunRecord) -> Vec<String> {
+    let q = store
+        .quarantine(&QuarantineFilter {
+            source: Some("wmo".into()),
+            run: Some(run.id),
+            include_resolved: true,
+            limit: 10,
+        })
+        .await
+        .expect("quarantine");
+    q.into_iter()
+        .map(|e| {
+            assert!(
+                e.reason.contains("already used for another client"),
+                "{}",
+                e.reason
+            );
+            e.source_record_id.unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_message_on_every_store() {
+    // Pairs are applied in the order of their pseudonyms: the clients swap places, so that
+    // one of the two orders puts the later message's pair first.
+    for (early, late) in [(BSN, OTHER_BSN), (OTHER_BSN, BSN)] {
+        // Both in one run (the later one in the file named first).
+        for db in testdb::targets("iwmo_reuse").await {
+            let store = Store::open(&db.url).await.expect("store");
+            let ctx = context(&store);
+            let h = Harness::new();
+            h.put("001.xml", &reuse_message(false, late));
+            h.put("002.xml", &reuse_message(true, early));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &run).await, [REUSED_LATER], "{}", db.name);
+            drop(ctx);
+            drop(store);
+            db.drop_database().await;
+        }
+        // The later one in a later run: reported, the number stays.
+        for db in testdb::targets("iwmo_reuse").await {
+            let store = Store::open(&db.url).await.expect("store");
+            let ctx = context(&store);
+            let h = Harness::new();
+            h.put("001.xml", &reuse_message(true, early));
+            sync(&ctx, &h).await;
+            h.put("002.xml", &reuse_message(false, late));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &run).await, [REUSED_LATER], "{}", db.name);
+            // A new message of the later client does not take it either.
+            h.put(
+                "003.xml",
+                &a301(
+                    "T10",
+                    day(3, 3),
+                    late,
+                    vec![
+                        assigned(1, "02", day(3, 3), None),
+                        assigned(2, "02", day(3, 3), None),
+                    ],
+                ),
+            );
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(
+                reused(&store, &run).await,
+                ["WMO301:0363:T10#1"],
+                "{}",
+                db.name
+            );
+            drop(ctx);
+            drop(store);
+            db.drop_database().await;
+        }
+        // The earlier one arrives late: it takes the number, and the assignment that had it
+        // is reported.
+        for db in testdb::targets("iwmo_reuse").await {
+            let store = Store::open(&db.url).await.expect("store");
+            let ctx = context(&store);
+            let h = Harness::new();
+            h.put("001.xml", &reuse_message(false, late));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(late)), "{}", db.name);
+            assert!(reused(&store, &run).await.is_empty(), "{}", db.name);
+            h.put("002.xml", &reuse_message(true, early));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &run).await, [REUSED_LATER], "{}", db.name);
+            // A full run agrees.
+            let full = sync_source(&ctx, &h.source, true, Arc::new(Progress::default()))
+                .await
+                .expect("sync");
+            assert_eq!(full.status, RunStatus::Succeeded, "{:?}", full.error);
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            assert_eq!(reused(&store, &full).await, [REUSED_LATER], "{}", db.name);
+            drop(ctx);
+            drop(store);
+            db.drop_database().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_state_stored_without_assignment_number_entries_is_rebuilt_once() {
+    // The SQLite store, edited as a state of an older version: no `number` entries.
+    let db = testdb::targets("iwmo_numbers")
+        .await
+        .into_iter()
+        .find(|db| !db.is_pg())
+        .expect("sqlite");
+    let crate::testdb::Kind::Sqlite { path, .. } = &db.kind else {
+        panic!("sqlite");
+    };
+    let store = Store::open(&db.url).await.expect("store");
+    let ctx = context(&store);
+    let h = Harness::new();
+    h.put("001.xml", &reuse_message(true, BSN));
+    sync(&ctx, &h).await;
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let removed = conn
+        .execute(
+            "DELETE FROM source_state WHERE kind = 'number' OR (kind = 'meta' AND key = X'6e756d62657273')",
+            [],
+        )
+        .expect("edit");
+    assert_eq!(removed, 2);
+    drop(conn);
+    // The next run reads the folder again and finds the number taken by the earlier message.
+    h.put("002.xml", &reuse_message(false, OTHER_BSN));
+    let (run, bytes) = sync_counted(&ctx, &h).await;
+    assert_eq!(bytes, size(&h, "001.xml") + size(&h, "002.xml"));
+    assert_eq!(owner(&store).await, Some(person(BSN)));
+    assert_eq!(reused(&store, &run).await, [REUSED_LATER]);
+    // Then incrementally again.
+    let mut again = reuse_message(false, OTHER_BSN);
+    again.header.id = "T11".into();
+    h.put("003.xml", &again);
+    let (run, bytes) = sync_counted(&ctx, &h).await;
+    assert_eq!(bytes, size(&h, "003.xml"));
+    assert_eq!(owner(&store).await, Some(person(BSN)));
+    assert_eq!(reused(&store, &run).await, ["WMO301:0363:T11#1"]);
 }

@@ -5,7 +5,9 @@
 //! |---|---|---|
 //! | `meta` | `key_id` | the index key version the pair keys were made with |
 //! | `file` | file name | [`FileEntry`]: size, modification time and SHA-256 of an applied file |
+//! | `meta` | `numbers` | `1`: the state has the `number` entries (a run of a state without them rebuilds it) |
 //! | `pair` | provider AGB code, `0`, client pseudonym | [`Logged`] messages of that provider for that client |
+//! | `number` | provider AGB code, `0`, `ToewijzingNummer` (8 bytes), the message's place in the order of application, the product's index (4 bytes) | the `pair` key whose logged WMO301 made the number there |
 //!
 //! A pair's log holds the header and products of every message applied to it, never the
 //! client (BSN, birth date): a run replays the log of each (provider, client) pair a new
@@ -13,17 +15,23 @@
 //! its place and a start that arrived before its assignment takes effect, exactly as when
 //! the whole folder is read. Changes are staged with the run and published in the same
 //! transaction as its involvements.
+//!
+//! The `number` entries say, per assignment number of a provider, which logged messages made
+//! it, in the order of application, so that a run finds the stored client that has a number
+//! (the first entry whose pair's log still holds the message) with a lookup per number of
+//! the pairs it applies, without reading other pairs' logs. Retention purges a pair's
+//! `number` entries with its log; a run deletes an entry it finds stale all the same.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
-use matchpoint_connectors::iwmo::{Body, Client, Header, Message};
+use matchpoint_connectors::iwmo::{Body, Client, Header, Message, MessageKind};
 use matchpoint_connectors::{DeliveryError, RecordError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{CHANGES_PER_STAGE, Item, IwmoStream, Mode, SortKey};
+use super::{CHANGES_PER_STAGE, Item, IwmoStream, Mode, SortKey, order_bytes, work};
 use crate::store::StateChange;
 
 /// State kinds.
@@ -34,6 +42,63 @@ pub const FILE: &str = "file";
 pub const PAIR: &str = "pair";
 /// The `meta` key holding the key version.
 pub const KEY_ID: &[u8] = b"key_id";
+/// Uses of assignment numbers per (provider, `ToewijzingNummer`).
+pub const NUMBER: &str = "number";
+/// The `meta` key that says the state has the `number` entries.
+pub const NUMBERS: &[u8] = b"numbers";
+
+/// The start of the `number` keys of an assignment number of a provider.
+pub fn number_prefix(provider: &str, number: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(provider.len() + 9);
+    k.extend_from_slice(provider.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+/// The state change recording that product `index` (from 1) of the message at `ord` of
+/// `pair` made `number`.
+pub fn number_change(
+    provider: &str,
+    number: u64,
+    ord: &[u8],
+    index: usize,
+    pair: &[u8],
+) -> StateChange {
+    let mut key = number_prefix(provider, number);
+    key.extend_from_slice(ord);
+    key.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
+    StateChange {
+        kind: NUMBER.into(),
+        key,
+        value: Some(pair.to_vec()),
+    }
+}
+
+/// The place in the order of application and the product's record id of a `number` key
+/// (after its prefix); `None` when it cannot be read.
+fn parse_number_key(rest: &[u8]) -> Option<(Vec<u8>, String)> {
+    let split = rest.len().checked_sub(4)?;
+    let (ord, index) = rest.split_at(split);
+    let index = u32::from_be_bytes(index.try_into().ok()?);
+    // Day (4 bytes), kind, then the numeric identification (flag, 8 bytes when set).
+    let kind = match ord.get(4)? {
+        1 => MessageKind::Wmo301,
+        2 => MessageKind::Wmo305,
+        _ => MessageKind::Wmo307,
+    };
+    let texts = match ord.get(5)? {
+        0 => ord.get(6..)?,
+        _ => ord.get(14..)?,
+    };
+    let mut parts = texts.split(|b| *b == 0);
+    let id = std::str::from_utf8(parts.next()?).ok()?;
+    let sender = std::str::from_utf8(parts.next()?).ok()?;
+    Some((
+        ord.to_vec(),
+        format!("{}:{sender}:{id}#{index}", kind.name()),
+    ))
+}
 
 /// What is known of an applied file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +297,190 @@ impl IwmoStream {
         })
     }
 
+    /// Whether the stored log of `pair` holds a WMO301 at place `ord` that makes `number`
+    /// (the same header: a copy of a logged message in another file counts, as when the pair
+    /// is applied).
+    fn log_holds(&self, pair: &[u8], number: u64, ord: &[u8]) -> Result<bool, DeliveryError> {
+        let Some((st, _)) = &self.store else {
+            return Ok(false);
+        };
+        let rows = st
+            .read(&self.source, PAIR, Some(vec![pair.to_vec()]))
+            .map_err(|e| self.store_error(e))?;
+        for (_, v) in rows {
+            let log = parse_log(&v).ok_or_else(|| {
+                self.store_error("a stored message log cannot be read; run --full")
+            })?;
+            if log.iter().any(|l| {
+                matches!(&l.body, Body::Assignment(ps) if ps.iter().any(|p| p.number == number))
+                    && ord.starts_with(header_part(&l.header).as_slice())
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The first message of this run after place `after` in the order of application that
+    /// makes `number` of `provider` and is applied. `me` is the pair being applied, `own` the
+    /// numbers and places its applied messages make.
+    fn next_applied_use(
+        &self,
+        provider: &str,
+        number: u64,
+        me: &[u8],
+        own: &HashSet<(u64, Vec<u8>)>,
+        after: &[u8],
+    ) -> Result<Option<work::Use>, DeliveryError> {
+        let purges = matches!(self.store, Some((_, Mode::Rebuild { prior: true })));
+        let mut after = after.to_vec();
+        loop {
+            let next = self.work.next_use(provider, number, &after);
+            let Some(u) = next.map_err(|e| self.work_error(e))? else {
+                return Ok(None);
+            };
+            let applied = if u.pair == me {
+                own.contains(&(number, u.ord.clone()))
+            } else if purges {
+                // A full run under the same key does not apply again a message retention
+                // purged from its pair's log.
+                let path = self.folder.path(&u.raw);
+                !self.applied_before(&u.name, &path)? || self.log_holds(&u.pair, number, &u.ord)?
+            } else {
+                true
+            };
+            if applied {
+                return Ok(Some(u));
+            }
+            after = u.ord;
+        }
+    }
+
+    /// The first message of this run that makes `number` of `provider` and is applied. A
+    /// preview of new files also tells the product of the first old message that made it,
+    /// when a new message of another pair comes before it.
+    fn run_owner(
+        &self,
+        provider: &str,
+        number: u64,
+        me: &[u8],
+        own: &HashSet<(u64, Vec<u8>)>,
+    ) -> Result<Option<Candidate>, DeliveryError> {
+        let Some(first) = self.next_applied_use(provider, number, me, own, &[])? else {
+            return Ok(None);
+        };
+        let mut product = None;
+        if self.store.is_none()
+            && let Some(since) = &self.since
+            && first.name.as_str() > since.as_str()
+        {
+            let mut after = first.ord.clone();
+            while let Some(u) = self.next_applied_use(provider, number, me, own, &after)? {
+                if u.name.as_str() <= since.as_str() {
+                    product = (u.pair != first.pair).then_some(u.product);
+                    break;
+                }
+                after = u.ord;
+            }
+        }
+        Ok(Some(Candidate {
+            ord: first.ord,
+            pair: first.pair,
+            product,
+        }))
+    }
+
+    /// An incremental run: the first stored use of `number` of `provider` whose pair's log
+    /// still holds it (stale entries are deleted): its place and use.
+    fn stored_owner(
+        &mut self,
+        provider: &str,
+        number: u64,
+        me: &[u8],
+        own: &HashSet<(u64, Vec<u8>)>,
+    ) -> Result<Option<Candidate>, DeliveryError> {
+        let Some((st, Mode::FromState)) = &self.store else {
+            return Ok(None);
+        };
+        let prefix = number_prefix(provider, number);
+        let mut after = prefix.clone();
+        let mut stale = Vec::new();
+        let mut found = None;
+        'pages: loop {
+            let page = st
+                .read_page(&self.source, NUMBER, Some(after.clone()), 4)
+                .map_err(|e| self.store_error(e))?;
+            if page.is_empty() {
+                break;
+            }
+            for (k, v) in page {
+                let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                    break 'pages;
+                };
+                let parsed = parse_number_key(rest);
+                let live = match &parsed {
+                    Some((ord, _)) if v.as_slice() == me => own.contains(&(number, ord.clone())),
+                    Some((ord, _)) => self.log_holds(&v, number, ord)?,
+                    None => false,
+                };
+                after.clone_from(&k);
+                match parsed {
+                    Some((ord, product)) if live => {
+                        found = Some(Candidate {
+                            ord,
+                            pair: v,
+                            product: Some(product),
+                        });
+                        break 'pages;
+                    }
+                    _ => stale.push(StateChange {
+                        kind: NUMBER.into(),
+                        key: k,
+                        value: None,
+                    }),
+                }
+            }
+        }
+        self.stage_some(stale, false)?;
+        Ok(found)
+    }
+
+    /// Who has assignment `number` of `provider`: the pair of the first applied message in
+    /// the order of application that makes it, among this run's messages and (incremental
+    /// run) the stored ones; and, when `me` takes it from the stored pair that had it by a
+    /// message of this run, that pair's product (reported).
+    pub(super) fn owner(
+        &mut self,
+        provider: &str,
+        number: u64,
+        me: &[u8],
+        own: &HashSet<(u64, Vec<u8>)>,
+    ) -> Result<Owner, DeliveryError> {
+        let run = self.run_owner(provider, number, me, own)?;
+        let stored = self.stored_owner(provider, number, me, own)?;
+        Ok(match (run, stored) {
+            (None, None) => Owner::default(),
+            (Some(c), None) => Owner {
+                pair: Some(c.pair),
+                dispossessed: c.product,
+            },
+            (None, Some(c)) => Owner {
+                pair: Some(c.pair),
+                dispossessed: None,
+            },
+            (Some(run), Some(stored)) if stored.ord < run.ord => Owner {
+                pair: Some(stored.pair),
+                dispossessed: None,
+            },
+            (Some(run), Some(stored)) => Owner {
+                dispossessed: (stored.pair != run.pair)
+                    .then_some(stored.product)
+                    .flatten(),
+                pair: Some(run.pair),
+            },
+        })
+    }
+
     /// Store-backed state: the changes a run begins with (a full run replaces the state).
     pub(super) fn first_changes(&self) -> Vec<StateChange> {
         let Some((st, Mode::Rebuild { .. })) = &self.store else {
@@ -243,6 +492,11 @@ impl IwmoStream {
                 kind: META.into(),
                 key: KEY_ID.to_vec(),
                 value: Some(st.pseudonymiser.key_id().as_str().as_bytes().to_vec()),
+            },
+            StateChange {
+                kind: META.into(),
+                key: NUMBERS.to_vec(),
+                value: Some(b"1".to_vec()),
             },
         ]
     }
@@ -291,6 +545,32 @@ impl IwmoStream {
         }
         Ok(())
     }
+}
+
+/// The part of [`order_bytes`] that the header gives (all but the file name; it ends with
+/// the NUL after the sender, so no other header's part is a prefix of it).
+fn header_part(h: &Header) -> Vec<u8> {
+    let mut b = order_bytes(h, "");
+    b.pop();
+    b
+}
+
+/// A message that makes an assignment number: its place in the order of application, its
+/// pair, and the product that had the number before (see [`IwmoStream::owner`]): a stored
+/// use's own, or, in a preview of new files, an old message's of another pair.
+pub(super) struct Candidate {
+    ord: Vec<u8>,
+    pair: Vec<u8>,
+    product: Option<String>,
+}
+
+/// Who has an assignment number (see [`IwmoStream::owner`]).
+#[derive(Debug, Default)]
+pub(super) struct Owner {
+    /// The pair key; `None` when no applied message makes it.
+    pub pair: Option<Vec<u8>>,
+    /// The product of the stored pair that had it, when the pair applied takes it.
+    pub dispossessed: Option<String>,
 }
 
 /// A pair's stored log as messages with the pair's client (BSN only; see [`stored`]).

@@ -782,6 +782,89 @@ fn an_assignment_number_reused_for_another_client_is_delivered_once_and_reported
     assert!(!reason.contains(BSN) && !reason.contains(OTHER_BSN));
 }
 
+/// The client's index pseudonym under the test key (hex).
+pub(super) fn person(bsn: &str) -> String {
+    MasterKey::from_secret("k1", &[7u8; 32])
+        .expect("key")
+        .pseudonymiser(KeyPurpose::Index)
+        .pseudonymise(&Bsn::parse(bsn).expect("bsn"))
+        .to_hex()
+}
+
+/// The assignment of number 1 dated 1 March (`T1`, the earliest) or 2 March (`T9`).
+pub(super) fn reuse_message(earliest: bool, bsn: &str) -> OutMessage {
+    let (id, on) = if earliest {
+        ("T1", day(3, 1))
+    } else {
+        ("T9", day(3, 2))
+    };
+    a301(id, on, bsn, vec![assigned(1, "02", on, None)])
+}
+
+/// The record id of the later assignment's product, reported as reusing the number.
+pub(super) const REUSED_LATER: &str = "WMO301:0363:T9#1";
+
+#[test]
+fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_message() {
+    // Pairs are applied in the order of their pseudonyms (random here: a preview keys them
+    // with a key of its own): the clients swap places, so that pair order cannot decide.
+    for (early, late) in [(BSN, OTHER_BSN), (OTHER_BSN, BSN)] {
+        let owner = |out: &Outcome| {
+            out.records
+                .get(&format!("{THUIS}-1"))
+                .map(|i| i.person.to_hex())
+        };
+        let reported = |out: &Outcome| {
+            for (_, _, reason) in &out.rejects {
+                assert!(
+                    reason.contains("already used for another client"),
+                    "{reason}"
+                );
+                assert!(!reason.contains(BSN) && !reason.contains(OTHER_BSN));
+            }
+            out.rejects
+                .iter()
+                .map(|r| r.0.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+
+        // Both in one run (the later one in the file named first).
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(false, late));
+        h.put("002.xml", &reuse_message(true, early));
+        let out = h.run_ok();
+        assert_eq!(out.records.len(), 1, "{:?}", out.records.keys());
+        assert_eq!(owner(&out), Some(person(early)));
+        assert_eq!(reported(&out), [REUSED_LATER]);
+
+        // The later one in a later run: reported, nothing delivered.
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(true, early));
+        assert_eq!(owner(&h.run_ok()), Some(person(early)));
+        h.put("002.xml", &reuse_message(false, late));
+        let out = h.run_ok();
+        assert!(out.records.is_empty(), "{:?}", out.records.keys());
+        assert_eq!(reported(&out), [REUSED_LATER]);
+
+        // The earlier one arrives late: it takes the number, and the assignment that had it
+        // is reported.
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(false, late));
+        let out = h.run_ok();
+        assert_eq!(owner(&out), Some(person(late)));
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+        h.put("002.xml", &reuse_message(true, early));
+        let out = h.run_ok();
+        assert_eq!(out.records.len(), 1, "{:?}", out.records.keys());
+        assert_eq!(owner(&out), Some(person(early)));
+        assert_eq!(reported(&out), [REUSED_LATER]);
+        // A full run agrees.
+        let (out, _) = h.read(true).expect("run").expect("something");
+        assert_eq!(owner(&out), Some(person(early)));
+        assert_eq!(reported(&out), [REUSED_LATER]);
+    }
+}
+
 #[test]
 fn shelter_categories_are_sensitive() {
     let mut h = Harness::new();
@@ -1003,6 +1086,25 @@ fn a_cancelled_run_fails_without_delivering_anything() {
 /// One generated message: (Dagtekening day, kind 0..6, assignment number, client, date day).
 pub(super) type Op = (u32, u8, u64, bool, u32);
 
+/// [`op_message`] with the same assignment numbers for both clients (a data error), and the
+/// clients swapped when `swap` (so that either pair key comes first).
+pub(super) fn shared_op_message(i: usize, op: Op, swap: bool) -> OutMessage {
+    let mut m = op_message(i, op);
+    match &mut m.body {
+        Body::Assignment(p) => p.iter_mut().for_each(|a| a.number %= 10),
+        Body::Start(p) => p
+            .iter_mut()
+            .for_each(|a| a.number = a.number.map(|n| n % 10)),
+        Body::Stop(p) => p
+            .iter_mut()
+            .for_each(|a| a.number = a.number.map(|n| n % 10)),
+    }
+    if swap {
+        m.client = client(if m.client.bsn == BSN { OTHER_BSN } else { BSN });
+    }
+    m
+}
+
 pub(super) fn op_message(i: usize, (on, kind, number, other, d): Op) -> OutMessage {
     let bsn = if other { OTHER_BSN } else { BSN };
     // Assignment numbers are the municipality's: never shared between clients.
@@ -1125,6 +1227,42 @@ mod properties {
                         prop_assert!(incremental.records.contains_key(&id) || !full.records.contains_key(&id));
                     }
                 }
+            }
+        }
+
+        /// With assignment numbers used for both clients (a data error), a full run and an
+        /// incremental run agree on who has each number and what is delivered for it, for
+        /// either order of the clients' pair keys (the BSNs swap).
+        #[test]
+        fn shared_numbers_go_to_the_same_client_on_incremental_and_full_runs(
+            ops in ops(),
+            split in any::<prop::sample::Index>(),
+            swap in any::<bool>(),
+        ) {
+            let messages: Vec<OutMessage> = ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| shared_op_message(i, *op, swap))
+                .collect();
+            let split = split.index(messages.len() + 1);
+            let mut h = Harness::new();
+            for (i, m) in messages.iter().enumerate().take(split) {
+                h.put_unchecked(&format!("{i:04}.xml"), m);
+            }
+            if split > 0 {
+                h.run().expect("first run");
+            }
+            for (i, m) in messages.iter().enumerate().skip(split) {
+                h.put_unchecked(&format!("{i:04}.xml"), m);
+            }
+            let incremental = h.run().expect("second run");
+            let (full, _) = h.read(true).expect("full").expect("records");
+            let Some(incremental) = incremental else {
+                prop_assert_eq!(split, messages.len());
+                return Ok(());
+            };
+            for (id, inv) in &incremental.records {
+                prop_assert_eq!(Some(inv), full.records.get(id));
             }
         }
     }

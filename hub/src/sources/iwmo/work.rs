@@ -6,7 +6,7 @@
 //! | `file` | the folder's files in name order (index, name), marked when a run reads them |
 //! | `registry` | the applied files' entries of the stored state, as stored |
 //! | `msg` | one per message to read: pair key, the fields of its place in the order of application, file index |
-//! | `claim` | per provider and `ToewijzingNummer`, the pair that made it first in this run |
+//! | `uses` | per `ToewijzingNummer` a WMO301 product of a message to read assigns: provider, number, the message's place in the order of application ([`super::order_bytes`]), pair, file index, the product's record id |
 //!
 //! The database is SQLite's private temporary database (opened with an empty file name, so
 //! its file is in the system's temporary folder: `SQLITE_TMPDIR` or `TMPDIR`, else
@@ -93,12 +93,14 @@ impl WorkIndex {
                  todo INTEGER NOT NULL DEFAULT 0
              );
              CREATE TABLE registry (name TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID;
-             CREATE TABLE claim (
+             CREATE TABLE uses (
                  provider TEXT NOT NULL,
                  number TEXT NOT NULL,
+                 ord BLOB NOT NULL,
                  pair BLOB NOT NULL,
-                 PRIMARY KEY (provider, number)
-             ) WITHOUT ROWID;",
+                 file INTEGER NOT NULL,
+                 product TEXT NOT NULL
+             );",
         )?;
         Ok(WorkIndex {
             conn,
@@ -264,8 +266,10 @@ impl WorkIndex {
     /// Ends the inserts: indexes the rows by pair.
     pub(super) fn seal(&mut self) -> rusqlite::Result<()> {
         self.commit()?;
-        self.conn
-            .execute_batch("CREATE INDEX msg_pair ON msg (pair, file)")
+        self.conn.execute_batch(
+            "CREATE INDEX msg_pair ON msg (pair, file);
+                 CREATE INDEX uses_number ON uses (provider, number, ord);",
+        )
     }
 
     /// The rows of the next (at most) `max` pairs, in pair order; empty when every pair was
@@ -324,20 +328,67 @@ impl WorkIndex {
         Ok(out)
     }
 
-    /// Claims assignment `number` of `provider` for `pair`: `false` when another pair of
-    /// this run claimed it first (a `ToewijzingNummer` reused for another client).
-    pub(super) fn claim(&self, provider: &str, number: u64, pair: &[u8]) -> rusqlite::Result<bool> {
-        let number = number.to_string();
+    /// Records that product `product` (record id) of the message of `file` (of `pair`, at
+    /// place `ord` in the order of application) assigns `number` of `provider`.
+    pub(super) fn add_use(
+        &mut self,
+        provider: &str,
+        number: u64,
+        ord: &[u8],
+        pair: &[u8],
+        file: usize,
+        product: &str,
+    ) -> rusqlite::Result<()> {
+        self.begin()?;
         self.conn
             .prepare_cached(
-                "INSERT INTO claim (provider, number, pair) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (provider, number) DO NOTHING",
+                "INSERT INTO uses (provider, number, ord, pair, file, product)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![provider, number, pair])?;
-        let owner: Vec<u8> = self
-            .conn
-            .prepare_cached("SELECT pair FROM claim WHERE provider = ?1 AND number = ?2")?
-            .query_row(params![provider, number], |r| r.get(0))?;
-        Ok(owner == pair)
+            .execute(params![
+                provider,
+                number.to_string(),
+                ord,
+                pair,
+                i64::try_from(file).unwrap_or(i64::MAX),
+                product,
+            ])?;
+        Ok(())
     }
+
+    /// The first message of this run after place `after` (in the order of application) that
+    /// assigns `number` of `provider`: its place, pair, file name and the name's bytes.
+    pub(super) fn next_use(
+        &self,
+        provider: &str,
+        number: u64,
+        after: &[u8],
+    ) -> rusqlite::Result<Option<Use>> {
+        self.conn
+            .prepare_cached(
+                "SELECT u.ord, u.pair, f.name, f.raw, u.product FROM uses u JOIN file f ON f.idx = u.file
+                 WHERE u.provider = ?1 AND u.number = ?2 AND u.ord > ?3
+                 ORDER BY u.ord LIMIT 1",
+            )?
+            .query_row(params![provider, number.to_string(), after], |r| {
+                Ok(Use {
+                    ord: r.get(0)?,
+                    pair: r.get(1)?,
+                    name: r.get(2)?,
+                    raw: r.get(3)?,
+                    product: r.get(4)?,
+                })
+            })
+            .optional()
+    }
+}
+
+/// A message of this run that assigns a `ToewijzingNummer` (see [`WorkIndex::next_use`]).
+pub(super) struct Use {
+    pub ord: Vec<u8>,
+    pub pair: Vec<u8>,
+    pub name: String,
+    pub raw: Vec<u8>,
+    /// The product's record id.
+    pub product: String,
 }
