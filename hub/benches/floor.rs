@@ -16,6 +16,11 @@ use matchpoint_connectors::xml_export::{XmlExportFormat, XmlExportReader};
 use matchpoint_mapping::{Mapper, MappingSpec};
 use matchpoint_schemas::{Involvement, KeyPurpose, MasterKey, Registry, Sealer};
 
+/// The allocator the `matchpoint` binary uses (`hub/src/main.rs`), so the floor measures the
+/// same build.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Records per batch, as `sync.batch_size` defaults to: records are collected and dropped in
 /// batches of this size so allocation behaves as in a sync.
 const BATCH_SIZE: usize = 5000;
