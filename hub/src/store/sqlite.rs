@@ -278,6 +278,12 @@ impl SqliteStore {
                          WHERE source = ?1 AND source_record_id = ?2",
                     )
                     .map_err(e("stage"))?;
+                // A source with nothing published (its first import) has nothing to compare.
+                let published = count(
+                    &tx,
+                    "SELECT EXISTS (SELECT 1 FROM involvements WHERE source = ?1)",
+                    [&source],
+                )? > 0;
                 let mut ins = tx
                     .prepare_cached(&format!(
                         "INSERT INTO {}.staging (source_record_id, person, key_id,
@@ -298,12 +304,14 @@ impl SqliteStore {
                     // Compare while staging: an unchanged record is only noted as delivered;
                     // only new and changed records are staged in full.
                     let hash = r.content_hash();
-                    let stored: Option<Vec<u8>> = current
-                        .query_row(params![source, r.source_record_id], |row| row.get(0))
-                        .optional()
-                        .map_err(e("stage"))?;
-                    if stored.as_deref() == Some(&hash[..]) {
-                        continue;
+                    if published {
+                        let stored: Option<Vec<u8>> = current
+                            .query_row(params![source, r.source_record_id], |row| row.get(0))
+                            .optional()
+                            .map_err(e("stage"))?;
+                        if stored.as_deref() == Some(&hash[..]) {
+                            continue;
+                        }
                     }
                     full_rows += 1;
                     ins.execute(params![
@@ -1039,7 +1047,12 @@ fn publish(
          WHERE i.content_hash IS NULL OR i.content_hash <> s.content_hash"
     );
     // One scan tells whether anything is new or changed; a quiet night skips the rest.
-    let to_apply = count(&tx, &format!("SELECT count(*) {changed_or_new}"), [&source])?;
+    // A source's first publication: every staged record is new.
+    let to_apply = if total == 0 {
+        full_rows
+    } else {
+        count(&tx, &format!("SELECT count(*) {changed_or_new}"), [&source])?
+    };
     timer.lap("compared");
     let present = count(&tx, "SELECT count(*) FROM involvements", [])?;
     let rebuild_indexes = to_apply > present;
