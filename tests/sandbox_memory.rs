@@ -7,7 +7,6 @@
 //! each thread (this test binary only; every measurement runs on the test's own thread,
 //! so tests running in parallel do not disturb each other).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -15,13 +14,15 @@ use matchpoint_hub::generate::feed::Feed;
 use matchpoint_hub::sandbox::Upstream;
 use matchpoint_hub::sandbox::faults::FaultSpec;
 
-struct Counting;
+#[path = "common/counting.rs"]
+mod counting;
 
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
     static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
+/// Counts per thread (const-initialised thread-locals without destructors: never allocates).
 fn add(delta: isize) {
     let _ = LIVE.try_with(|live| {
         let now = live.get() + delta;
@@ -34,41 +35,8 @@ fn add(delta: isize) {
     });
 }
 
-// SAFETY: every call is passed on to the system allocator unchanged; the counters are
-// const-initialised thread-locals without destructors, so counting never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            add(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        add(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting(add);
 
 fn live() -> isize {
     LIVE.with(Cell::get)

@@ -17,7 +17,7 @@ use matchpoint_hub::sandbox::supplier_db::{Generation, SupplierDb, SupplierOptio
 mod counting;
 
 #[global_allocator]
-static ALLOCATOR: counting::Counting = counting::Counting;
+static ALLOCATOR: counting::Counting = counting::Counting(counting::process);
 
 const KB: isize = 1024;
 const MB: isize = 1024 * KB;

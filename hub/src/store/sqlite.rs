@@ -1047,8 +1047,10 @@ fn publish(
          WHERE i.content_hash IS NULL OR i.content_hash <> s.content_hash"
     );
     // One scan tells whether anything is new or changed; a quiet night skips the rest.
-    // A source's first publication: every staged record is new.
-    let to_apply = if total == 0 {
+    // A source's first publication: every staged record is new, so no statement needs to
+    // look up the published row of a staged one.
+    let first = total == 0;
+    let to_apply = if first {
         full_rows
     } else {
         count(&tx, &format!("SELECT count(*) {changed_or_new}"), [&source])?
@@ -1080,9 +1082,6 @@ fn publish(
     }
     timer.lap("relations deleted");
     failpoint::hit("publish:relations");
-    // A source's first publication: every staged record is new, so no statement needs to
-    // look up the published row of a staged one.
-    let first = total == 0;
     if to_apply > 0 {
         // Unpacked in SQL, as `codec::decode_relations` does: 33-byte entries of kind byte
         // (1 parent, 2 child, 3 household member) and pseudonym; unknown kinds are skipped.
