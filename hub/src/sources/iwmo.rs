@@ -132,6 +132,30 @@ enum Mode {
 /// Stored entries (and files) read at a time (tiny in tests, so that they cross pages).
 const ENTRIES_PER_PAGE: usize = if cfg!(test) { 3 } else { 1000 };
 
+/// A listed file of the work index: index, name, and the name's system bytes.
+type Listed = (usize, String, Vec<u8>);
+
+/// Walks files of the work index a page at a time: `page(on, after)` gives the next page
+/// after file `after` (empty at the end), and `f` is called with each file in order; the
+/// first error stops the walk.
+fn for_each_file<T, E>(
+    on: &mut T,
+    page: impl Fn(&T, Option<usize>) -> Result<Vec<Listed>, E>,
+    mut f: impl FnMut(&mut T, Listed) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut after = None;
+    loop {
+        let files = page(on, after)?;
+        let Some((last, _, _)) = files.last() else {
+            return Ok(());
+        };
+        after = Some(*last);
+        for file in files {
+            f(on, file)?;
+        }
+    }
+}
+
 /// Copies the applied files of the stored state into the work index, when it was made with
 /// the current index key (`false`: it was not).
 fn load_registry(st: &SourceState, source: &str, work: &mut WorkIndex) -> Result<bool, String> {
@@ -279,16 +303,13 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
                 Mode::Rebuild { prior: true }
             } else if same_key {
                 let mut any = false;
-                let mut after = None;
-                loop {
-                    let page = work
-                        .files_after(after, ENTRIES_PER_PAGE, false)
-                        .map_err(|e| work_failed(name, e))?;
-                    let Some((last, _, _)) = page.last() else {
-                        break;
-                    };
-                    after = Some(*last);
-                    for (idx, file, raw) in page {
+                for_each_file(
+                    &mut work,
+                    |work, after| {
+                        let page = work.files_after(after, ENTRIES_PER_PAGE, false);
+                        page.map_err(|e| work_failed(name, e))
+                    },
+                    |work, (idx, file, raw)| {
                         let entry = work.entry(&file).map_err(|e| work_failed(name, e))?;
                         let unchanged =
                             entry
@@ -302,8 +323,9 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
                             work.set_todo(idx, true).map_err(|e| work_failed(name, e))?;
                             any = true;
                         }
-                    }
-                }
+                        Ok(())
+                    },
+                )?;
                 work.flush().map_err(|e| work_failed(name, e))?;
                 if !any && work.file_count() > 0 {
                     // Every file was applied: a quiet night, nothing read.
@@ -340,17 +362,12 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     };
     let mut stream = IwmoStream::new(cx.source, folder, work, since, cx.cancel.clone(), pair_keys);
     stream.store = cx.state.clone().map(|st| (st, mode));
-    let mut after = None;
-    loop {
-        let page = stream.pass1_page(after).map_err(|e| e.to_string())?;
-        let Some((last, _, _)) = page.last() else {
-            break;
-        };
-        after = Some(*last);
-        for (_, _, raw) in &page {
-            stream.total += std::fs::metadata(stream.folder.path(raw)).map_or(0, |m| m.len());
-        }
-    }
+    stream
+        .for_each_pass1_file(|stream, (_, _, raw)| {
+            stream.total += std::fs::metadata(stream.folder.path(&raw)).map_or(0, |m| m.len());
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
     Ok(Some(Opened {
         stream: Box::new(stream),
     }))
@@ -671,14 +688,20 @@ impl IwmoStream {
 
     /// The next page of the files pass 1 reads (index, name, name's bytes) after file
     /// `after`: all of them, or (store-backed state) those not yet applied.
-    fn pass1_page(
-        &self,
-        after: Option<usize>,
-    ) -> Result<Vec<(usize, String, Vec<u8>)>, DeliveryError> {
+    fn pass1_page(&self, after: Option<usize>) -> Result<Vec<Listed>, DeliveryError> {
         let todo_only = matches!(self.store, Some((_, Mode::FromState)));
         self.work
             .files_after(after, ENTRIES_PER_PAGE, todo_only)
             .map_err(|e| self.work_error(e))
+    }
+
+    /// Calls `f` with each file pass 1 reads ([`IwmoStream::pass1_page`]), in name order, a
+    /// page at a time; the first error stops the walk.
+    fn for_each_pass1_file(
+        &mut self,
+        f: impl FnMut(&mut Self, Listed) -> Result<(), DeliveryError>,
+    ) -> Result<(), DeliveryError> {
+        for_each_file(self, Self::pass1_page, f)
     }
 
     fn store_error(&self, e: impl std::fmt::Display) -> DeliveryError {
@@ -711,69 +734,64 @@ impl IwmoStream {
         let mut changes = self.first_changes();
         self.check_changed(&mut changes)?;
         self.stage_some(changes, true)?;
-        let mut after = None;
-        loop {
-            let page = self.pass1_page(after)?;
-            let Some((last, _, _)) = page.last() else {
-                break;
-            };
-            after = Some(*last);
-            for (file, name, raw) in page {
-                self.check_cancel()?;
-                let path = self.folder.path(&raw);
-                self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
-                self.files_read += 1;
-                // The whole message, for the assignment numbers a WMO301 makes; a message
-                // that does not read whole is ordered by its envelope (its problem is
-                // reported when its pair is applied).
-                let (envelope, uses) = match read_message(self.open_file(&path)?, &self.limits) {
-                    Ok(m) => {
-                        let uses = self.uses_of(&m);
-                        (Ok((m.header, Some(m.client.bsn))), uses)
+        self.for_each_pass1_file(Self::index_file)?;
+        let sealed = self.work.seal();
+        sealed.map_err(|e| self.work_error(e))?;
+        Ok(())
+    }
+
+    /// Pass 1 for one file: its message's row (and the assignment numbers it makes) in the
+    /// work index, or its problem.
+    fn index_file(&mut self, (file, name, raw): Listed) -> Result<(), DeliveryError> {
+        self.check_cancel()?;
+        let path = self.folder.path(&raw);
+        self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+        self.files_read += 1;
+        // The whole message, for the assignment numbers a WMO301 makes; a message
+        // that does not read whole is ordered by its envelope (its problem is
+        // reported when its pair is applied).
+        let (envelope, uses) = match read_message(self.open_file(&path)?, &self.limits) {
+            Ok(m) => {
+                let uses = self.uses_of(&m);
+                (Ok((m.header, Some(m.client.bsn))), uses)
+            }
+            Err(_) => (
+                read_envelope(self.open_file(&path)?, &self.limits),
+                Vec::new(),
+            ),
+        };
+        match envelope {
+            Ok((h, bsn)) => {
+                let pair = match bsn.as_deref().map(Bsn::parse) {
+                    Some(Ok(b)) => {
+                        stored::pair_key(h.provider(), self.pair_keys.pseudonymise(&b).as_bytes())
                     }
-                    Err(_) => (
-                        read_envelope(self.open_file(&path)?, &self.limits),
-                        Vec::new(),
-                    ),
+                    // No valid BSN: the message is a pair of its own (it never
+                    // reaches the state).
+                    _ => {
+                        let mut k = vec![1u8];
+                        k.extend_from_slice(&(file as u64).to_be_bytes());
+                        k
+                    }
                 };
-                match envelope {
-                    Ok((h, bsn)) => {
-                        let pair = match bsn.as_deref().map(Bsn::parse) {
-                            Some(Ok(b)) => stored::pair_key(
-                                h.provider(),
-                                self.pair_keys.pseudonymise(&b).as_bytes(),
-                            ),
-                            // No valid BSN: the message is a pair of its own (it never
-                            // reaches the state).
-                            _ => {
-                                let mut k = vec![1u8];
-                                k.extend_from_slice(&(file as u64).to_be_bytes());
-                                k
-                            }
-                        };
-                        let added = self.work.add(&pair, &h, file);
+                let added = self.work.add(&pair, &h, file);
+                added.map_err(|e| self.work_error(e))?;
+                if !uses.is_empty() {
+                    let ord = order_bytes(&h, &name);
+                    for (i, n) in uses.into_iter().enumerate() {
+                        let product = format!("{}:{}:{}#{}", h.kind.name(), h.sender, h.id, i + 1);
+                        let added = self
+                            .work
+                            .add_use(h.provider(), n, &ord, &pair, file, &product);
                         added.map_err(|e| self.work_error(e))?;
-                        if !uses.is_empty() {
-                            let ord = order_bytes(&h, &name);
-                            for (i, n) in uses.into_iter().enumerate() {
-                                let product =
-                                    format!("{}:{}:{}#{}", h.kind.name(), h.sender, h.id, i + 1);
-                                let added =
-                                    self.work
-                                        .add_use(h.provider(), n, &ord, &pair, file, &product);
-                                added.map_err(|e| self.work_error(e))?;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let new = self.is_new(file, &name)?;
-                        self.problem(new, &path, format!("file:{name}"), e)?;
                     }
                 }
             }
+            Err(e) => {
+                let new = self.is_new(file, &name)?;
+                self.problem(new, &path, format!("file:{name}"), e)?;
+            }
         }
-        let sealed = self.work.seal();
-        sealed.map_err(|e| self.work_error(e))?;
         Ok(())
     }
 
