@@ -60,7 +60,10 @@
 //! message whose BSN fails the elfproef is passed to the mapping as a record holding only the
 //! BSN, which quarantines it as `invalid_bsn` (sealed for replay). A file that is not
 //! well-formed XML, truncated or larger than `limits.max_record_bytes` fails the run. The
-//! run logs `files_read` and `bytes_read` (message files opened).
+//! run logs `files_read` and `bytes_read` (message files opened). A record is quarantined once
+//! per run and reason: a message sent twice (the same message in two new files) once, and a
+//! product whose assignment number a late message of another client takes once, also when its
+//! own message is sent again in the same run (it would be reported by both pairs).
 //!
 //! # Memory and time
 //! Memory does not grow with the archive: the folder's file list, the applied files' entries
@@ -69,14 +72,16 @@
 //! and the client's pseudonym under the index key, or without store a random key of the run)
 //! and is deleted when the run ends. In memory are the messages, state and log of the pairs of
 //! one batch (256 pairs; a pair's messages are held while it is applied, each file capped at
-//! `limits.max_record_bytes`), the records of one pair not yet taken and up to 1,000 state
-//! changes not yet staged. Measured (`tests/iwmo_memory.rs`): a full re-sync of 2,229 and of
-//! 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB before the assignment numbers
-//! were recorded; 6.6 and 26.6 MB when every pair was held). An incremental run reads only the
-//! new files (and lists and stats the folder); a full run reads every file three times
-//! (message, message again when its pair is applied, hash) and does a point lookup in the work
-//! index per file and per pair. Per assignment of a pair applied, the run does one lookup in
-//! the work index and, on an incremental run, one page read of the stored `number` entries.
+//! `limits.max_record_bytes`), the records of one pair not yet taken, up to 1,000 state
+//! changes not yet staged, and the record ids of the products the run quarantined for a reused
+//! assignment number (a data error: few). Measured (`tests/iwmo_memory.rs`): a full re-sync of
+//! 2,229 and of 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB before the
+//! assignment numbers were recorded; 6.6 and 26.6 MB when every pair was held). An incremental
+//! run reads only the new files (and lists and stats the folder); a full run reads every file
+//! three times (message, message again when its pair is applied, hash) and does a point lookup
+//! in the work index per file and per pair. Per assignment of a pair applied, the run does one
+//! lookup in the work index and, on an incremental run, one page read of the stored `number`
+//! entries.
 
 #[cfg(test)]
 mod retention_tests;
@@ -551,6 +556,13 @@ pub struct IwmoStream {
     files_read: u64,
     /// Messages of applied files not applied again by a full run (their pair was purged).
     purged: u64,
+    /// The problems (record id, reason) quarantined for the pair being applied: a message
+    /// sent twice (in two files) is reported once.
+    reported: HashSet<(String, String)>,
+    /// The products quarantined this run for a reused assignment number: one is reported by
+    /// the pair that took its number and again by its own pair when its message is sent
+    /// again; kept for the run (one entry per such report).
+    reused: HashSet<String>,
 }
 
 impl IwmoStream {
@@ -588,7 +600,30 @@ impl IwmoStream {
             store: None,
             files_read: 0,
             purged: 0,
+            reported: HashSet::new(),
+            reused: HashSet::new(),
         }
+    }
+
+    /// Queues a problem of a new message for quarantine, once per record and reason in the
+    /// pair being applied and, for a reused assignment number, once per product in the run.
+    fn quarantine(&mut self, record_id: String, field: Option<String>, reason: String) {
+        let first = if reason == REUSED {
+            self.reused.insert(record_id.clone())
+        } else {
+            self.reported.insert((record_id.clone(), reason.clone()))
+        };
+        if !first {
+            debug!("Skipping a problem already quarantined in this run.");
+            return;
+        }
+        let position = self.next_position();
+        self.queue.push_back(Err(RecordError {
+            record_id: Some(record_id),
+            position,
+            field,
+            reason,
+        }));
     }
 
     /// Whether the file is new to this run (its messages are delivered).
@@ -657,13 +692,7 @@ impl IwmoStream {
             MessageError::Invalid { element, .. } => Some(element.clone()),
             _ => None,
         };
-        let position = self.next_position();
-        self.queue.push_back(Err(RecordError {
-            record_id: Some(record_id),
-            position,
-            field,
-            reason: e.to_string(),
-        }));
+        self.quarantine(record_id, field, e.to_string());
         Ok(())
     }
 
@@ -830,6 +859,7 @@ impl IwmoStream {
         rows: Vec<work::Row>,
         stored: Option<Vec<Logged>>,
     ) -> Result<(), DeliveryError> {
+        self.reported.clear();
         let stateless = self.store.is_none();
         let from_state = matches!(self.store, Some((_, Mode::FromState)));
         // An old message of a pair without new message cannot change what this run
@@ -904,16 +934,11 @@ impl IwmoStream {
                 && m.header.municipality() != own
             {
                 if new {
-                    let position = self.next_position();
-                    self.queue.push_back(Err(RecordError {
-                        record_id: Some(record_id),
-                        position,
-                        field: Some("Header".into()),
-                        reason: format!(
-                            "message of municipality {}; this source applies messages of municipality {own} only ([source.iwmo] municipality)",
-                            m.header.municipality()
-                        ),
-                    }));
+                    let reason = format!(
+                        "message of municipality {}; this source applies messages of municipality {own} only ([source.iwmo] municipality)",
+                        m.header.municipality()
+                    );
+                    self.quarantine(record_id, Some("Header".into()), reason);
                 }
                 continue;
             }
@@ -993,13 +1018,7 @@ impl IwmoStream {
                     }
                     Err(p) => {
                         if new {
-                            let position = self.next_position();
-                            self.queue.push_back(Err(RecordError {
-                                record_id: Some(product_id),
-                                position,
-                                field: Some(p.element),
-                                reason: p.reason,
-                            }));
+                            self.quarantine(product_id, Some(p.element), p.reason);
                         }
                     }
                 }
@@ -1030,25 +1049,15 @@ impl IwmoStream {
                 if owner.pair.as_deref().is_some_and(|p| p != pair_key) {
                     lost.push(k.clone());
                 } else if let Some(product_id) = owner.dispossessed {
-                    let position = self.next_position();
-                    self.queue.push_back(Err(RecordError {
-                        record_id: Some(product_id),
-                        position,
-                        field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
-                        reason: REUSED.into(),
-                    }));
+                    let field = format!("ToegewezenProduct ToewijzingNummer {}", k.1);
+                    self.quarantine(product_id, Some(field), REUSED.into());
                 }
             }
             for k in lost {
                 keys.retain(|x| *x != k);
                 for (_, product_id) in made.iter().filter(|(made, _)| *made == k) {
-                    let position = self.next_position();
-                    self.queue.push_back(Err(RecordError {
-                        record_id: Some(product_id.clone()),
-                        position,
-                        field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
-                        reason: REUSED.into(),
-                    }));
+                    let field = format!("ToegewezenProduct ToewijzingNummer {}", k.1);
+                    self.quarantine(product_id.clone(), Some(field), REUSED.into());
                 }
             }
         }
