@@ -36,10 +36,12 @@
 //!
 //! Memory is bounded by one record (plus the read buffers), whatever the size of the file.
 //! Byte offsets in messages count bytes of the decoded (UTF-8) text from the start of the
-//! file, which equals the file offset for plain ASCII content.
+//! file, which equals the file offset for plain ASCII content. A record's offset is its first
+//! byte, after the CRLF or LF ending the line before and any empty lines (the `csv` crate
+//! reports where it started reading, before those: `TextCounter::record_start`).
 
-use std::cell::Cell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 
@@ -127,6 +129,26 @@ struct TextCounter {
     last: Cell<Option<u8>>,
     /// Whether the end of the decoded text has been reached.
     eof: Cell<bool>,
+    /// The last byte handed out was inside a line (not a line break outside quotes): the
+    /// next byte does not start a record.
+    in_line: Cell<bool>,
+    /// Where the records in the text handed out but not yet parsed start (see
+    /// [`TextCounter::record_start`]); at most one read-ahead's worth.
+    starts: RefCell<VecDeque<u64>>,
+}
+
+impl TextCounter {
+    /// Where the record the parser reports at byte `reported` really starts. The `csv`
+    /// crate reports where it started reading the record, which is before the line breaks
+    /// it skips first: the LF of a CRLF ending the line before, and empty lines. Forgets
+    /// the starts before `reported`.
+    fn record_start(&self, reported: u64) -> u64 {
+        let mut starts = self.starts.borrow_mut();
+        while starts.front().is_some_and(|&s| s < reported) {
+            starts.pop_front();
+        }
+        starts.front().copied().unwrap_or(reported)
+    }
 }
 
 /// The decoded text: tracks the quoting state (so an unterminated quote at the end of the
@@ -157,8 +179,15 @@ impl<R: Read> Read for DecodedText<R> {
             self.counter.last.set(Some(b));
         }
         let mut state = self.counter.quote.get().unwrap_or(QuoteState::FieldStart);
-        for &b in &buf[..n] {
-            let sep = b == self.delimiter || b == b'\n' || b == b'\r';
+        let mut in_line = self.counter.in_line.get();
+        let mut starts = self.counter.starts.borrow_mut();
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let line_break = b == b'\n' || b == b'\r';
+            if !in_line && !line_break {
+                starts.push_back(self.counter.total.get() + i as u64);
+            }
+            in_line = !line_break || state == QuoteState::Quoted;
+            let sep = b == self.delimiter || line_break;
             state = match (state, b) {
                 (QuoteState::FieldStart, b'"') => QuoteState::Quoted,
                 (QuoteState::FieldStart | QuoteState::Unquoted, _) if sep => QuoteState::FieldStart,
@@ -170,7 +199,9 @@ impl<R: Read> Read for DecodedText<R> {
                 (QuoteState::AfterQuote, _) => QuoteState::Unquoted,
             };
         }
+        drop(starts);
         self.counter.quote.set(Some(state));
+        self.counter.in_line.set(in_line);
         self.counter.total.set(self.counter.total.get() + n as u64);
         self.counter
             .since_mark
@@ -240,7 +271,13 @@ impl CsvDropReader {
     }
 
     fn error(&self, e: csv::Error) -> DeliveryError {
-        let offset = e.position().map_or(self.text.total.get(), |p| p.byte());
+        // The start of the record being read (where the parser started reading it, when the
+        // error has no position).
+        let offset = self.text.record_start(
+            e.position()
+                .or(self.record.position())
+                .map_or(self.text.total.get(), |p| p.byte()),
+        );
         match e.into_kind() {
             csv::ErrorKind::Io(io) if io.to_string().contains(LIMIT_MARKER) => {
                 if self.raw.total() > self.format.max_bytes {
@@ -510,7 +547,9 @@ impl CsvDropReader {
             self.check_end(self.index, start)?;
             return Ok(None);
         }
-        let record_start = self.record.position().map_or(start, |p| p.byte());
+        let record_start = self
+            .text
+            .record_start(self.record.position().map_or(start, |p| p.byte()));
         self.check_end(self.index + 1, record_start)?;
         self.index += 1;
         let end = self.reader.position().byte();

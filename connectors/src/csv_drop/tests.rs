@@ -123,9 +123,8 @@ fn a_drop_cut_mid_field_is_truncated_naming_file_record_and_offset() {
     let cut = &COMPLETE[..COMPLETE.len() - 5]; // "2;Pietersen;Die"
     let msg = truncated(cut, CsvFormat::default());
     assert!(msg.contains("test.csv"), "{msg}");
-    // Record offsets of a CRLF file point at the LF ending the line before (the `csv`
-    // crate ends a record at the CR): byte 35 here.
-    assert!(msg.contains("record 2 (from byte 35)"), "{msg}");
+    // The record's first byte, after the CRLF ending the line before.
+    assert!(msg.contains("record 2 (from byte 36)"), "{msg}");
     assert!(
         msg.contains(&format!("ends at byte {}", cut.len())),
         "{msg}"
@@ -188,6 +187,38 @@ fn complete_drops_with_crlf_or_lf_read_in_full() {
     assert_eq!(items.len(), 1);
 }
 
+/// Where `needle` first occurs in `bytes`.
+fn offset_of(bytes: &[u8], needle: &[u8]) -> u64 {
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle");
+    at as u64
+}
+
+#[test]
+fn record_offsets_are_exact_after_crlf_empty_lines_and_quoted_line_breaks() {
+    // Every record has a field too many, so each is quarantined with its position.
+    let crlf: &[u8] = b"id;naam\r\n1;a;x\r\n2;b;x\r\n\r\n\r\n3;\"c\r\nd\";x\r\n\n4;e;x\r\n";
+    let lf: Vec<u8> = crlf.iter().copied().filter(|&b| b != b'\r').collect();
+    for bytes in [crlf, lf.as_slice()] {
+        let items = read_all(bytes, CsvFormat::default()).expect("reads");
+        let offsets: Vec<(u64, u64)> = items
+            .iter()
+            .map(|i| {
+                let e = i.as_ref().expect_err("a field too many");
+                (e.position.index, e.position.byte_offset)
+            })
+            .collect();
+        let expected: Vec<(u64, u64)> = [&b"1;a"[..], b"2;b", b"3;\"c", b"4;e"]
+            .iter()
+            .enumerate()
+            .map(|(i, start)| (i as u64 + 1, offset_of(bytes, start)))
+            .collect();
+        assert_eq!(offsets, expected, "{}", String::from_utf8_lossy(bytes));
+    }
+}
+
 #[test]
 fn final_line_break_optional_accepts_a_drop_without_one() {
     let optional = CsvFormat {
@@ -242,6 +273,8 @@ fn record_and_file_caps() {
     let runaway = format!("id;naam\r\n1;\"{}\r\n", "x".repeat(200_000));
     let err = read_all(runaway.as_bytes(), capped).expect_err("runaway");
     assert!(matches!(err, DeliveryError::Limit { .. }), "{err}");
+    // Named by where it starts, after the header's CRLF.
+    assert!(err.to_string().contains("record 1 (from byte 9)"), "{err}");
 
     let small = CsvFormat {
         max_bytes: 50,

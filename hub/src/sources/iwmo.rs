@@ -60,7 +60,10 @@
 //! message whose BSN fails the elfproef is passed to the mapping as a record holding only the
 //! BSN, which quarantines it as `invalid_bsn` (sealed for replay). A file that is not
 //! well-formed XML, truncated or larger than `limits.max_record_bytes` fails the run. The
-//! run logs `files_read` and `bytes_read` (message files opened).
+//! run logs `files_read` and `bytes_read` (message files opened). A record is quarantined once
+//! per run and reason: a message sent twice (the same message in two new files) once, and a
+//! product whose assignment number a late message of another client takes once, also when its
+//! own message is sent again in the same run (it would be reported by both pairs).
 //!
 //! # Memory and time
 //! Memory does not grow with the archive: the folder's file list, the applied files' entries
@@ -69,14 +72,16 @@
 //! and the client's pseudonym under the index key, or without store a random key of the run)
 //! and is deleted when the run ends. In memory are the messages, state and log of the pairs of
 //! one batch (256 pairs; a pair's messages are held while it is applied, each file capped at
-//! `limits.max_record_bytes`), the records of one pair not yet taken and up to 1,000 state
-//! changes not yet staged. Measured (`tests/iwmo_memory.rs`): a full re-sync of 2,229 and of
-//! 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB before the assignment numbers
-//! were recorded; 6.6 and 26.6 MB when every pair was held). An incremental run reads only the
-//! new files (and lists and stats the folder); a full run reads every file three times
-//! (message, message again when its pair is applied, hash) and does a point lookup in the work
-//! index per file and per pair. Per assignment of a pair applied, the run does one lookup in
-//! the work index and, on an incremental run, one page read of the stored `number` entries.
+//! `limits.max_record_bytes`), the records of one pair not yet taken, up to 1,000 state
+//! changes not yet staged, and the record ids of the products the run quarantined for a reused
+//! assignment number (a data error: few). Measured (`tests/iwmo_memory.rs`): a full re-sync of
+//! 2,229 and of 8,915 messages peaks at 1.2 and 1.5 MB of heap (1.8 and 1.9 MB before the
+//! assignment numbers were recorded; 6.6 and 26.6 MB when every pair was held). An incremental
+//! run reads only the new files (and lists and stats the folder); a full run reads every file
+//! three times (message, message again when its pair is applied, hash) and does a point lookup
+//! in the work index per file and per pair. Per assignment of a pair applied, the run does one
+//! lookup in the work index and, on an incremental run, one page read of the stored `number`
+//! entries.
 
 #[cfg(test)]
 mod retention_tests;
@@ -131,6 +136,30 @@ enum Mode {
 
 /// Stored entries (and files) read at a time (tiny in tests, so that they cross pages).
 const ENTRIES_PER_PAGE: usize = if cfg!(test) { 3 } else { 1000 };
+
+/// A listed file of the work index: index, name, and the name's system bytes.
+type Listed = (usize, String, Vec<u8>);
+
+/// Walks files of the work index a page at a time: `page(on, after)` gives the next page
+/// after file `after` (empty at the end), and `f` is called with each file in order; the
+/// first error stops the walk.
+fn for_each_file<T, E>(
+    on: &mut T,
+    page: impl Fn(&T, Option<usize>) -> Result<Vec<Listed>, E>,
+    mut f: impl FnMut(&mut T, Listed) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut after = None;
+    loop {
+        let files = page(on, after)?;
+        let Some((last, _, _)) = files.last() else {
+            return Ok(());
+        };
+        after = Some(*last);
+        for file in files {
+            f(on, file)?;
+        }
+    }
+}
 
 /// Copies the applied files of the stored state into the work index, when it was made with
 /// the current index key (`false`: it was not).
@@ -279,16 +308,13 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
                 Mode::Rebuild { prior: true }
             } else if same_key {
                 let mut any = false;
-                let mut after = None;
-                loop {
-                    let page = work
-                        .files_after(after, ENTRIES_PER_PAGE, false)
-                        .map_err(|e| work_failed(name, e))?;
-                    let Some((last, _, _)) = page.last() else {
-                        break;
-                    };
-                    after = Some(*last);
-                    for (idx, file, raw) in page {
+                for_each_file(
+                    &mut work,
+                    |work, after| {
+                        let page = work.files_after(after, ENTRIES_PER_PAGE, false);
+                        page.map_err(|e| work_failed(name, e))
+                    },
+                    |work, (idx, file, raw)| {
                         let entry = work.entry(&file).map_err(|e| work_failed(name, e))?;
                         let unchanged =
                             entry
@@ -302,8 +328,9 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
                             work.set_todo(idx, true).map_err(|e| work_failed(name, e))?;
                             any = true;
                         }
-                    }
-                }
+                        Ok(())
+                    },
+                )?;
                 work.flush().map_err(|e| work_failed(name, e))?;
                 if !any && work.file_count() > 0 {
                     // Every file was applied: a quiet night, nothing read.
@@ -340,17 +367,12 @@ pub fn open(cx: &OpenContext<'_>) -> Result<Option<Opened>, String> {
     };
     let mut stream = IwmoStream::new(cx.source, folder, work, since, cx.cancel.clone(), pair_keys);
     stream.store = cx.state.clone().map(|st| (st, mode));
-    let mut after = None;
-    loop {
-        let page = stream.pass1_page(after).map_err(|e| e.to_string())?;
-        let Some((last, _, _)) = page.last() else {
-            break;
-        };
-        after = Some(*last);
-        for (_, _, raw) in &page {
-            stream.total += std::fs::metadata(stream.folder.path(raw)).map_or(0, |m| m.len());
-        }
-    }
+    stream
+        .for_each_pass1_file(|stream, (_, _, raw)| {
+            stream.total += std::fs::metadata(stream.folder.path(&raw)).map_or(0, |m| m.len());
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
     Ok(Some(Opened {
         stream: Box::new(stream),
     }))
@@ -534,6 +556,13 @@ pub struct IwmoStream {
     files_read: u64,
     /// Messages of applied files not applied again by a full run (their pair was purged).
     purged: u64,
+    /// The problems (record id, reason) quarantined for the pair being applied: a message
+    /// sent twice (in two files) is reported once.
+    reported: HashSet<(String, String)>,
+    /// The products quarantined this run for a reused assignment number: one is reported by
+    /// the pair that took its number and again by its own pair when its message is sent
+    /// again; kept for the run (one entry per such report).
+    reused: HashSet<String>,
 }
 
 impl IwmoStream {
@@ -571,7 +600,30 @@ impl IwmoStream {
             store: None,
             files_read: 0,
             purged: 0,
+            reported: HashSet::new(),
+            reused: HashSet::new(),
         }
+    }
+
+    /// Queues a problem of a new message for quarantine, once per record and reason in the
+    /// pair being applied and, for a reused assignment number, once per product in the run.
+    fn quarantine(&mut self, record_id: String, field: Option<String>, reason: String) {
+        let first = if reason == REUSED {
+            self.reused.insert(record_id.clone())
+        } else {
+            self.reported.insert((record_id.clone(), reason.clone()))
+        };
+        if !first {
+            debug!("Skipping a problem already quarantined in this run.");
+            return;
+        }
+        let position = self.next_position();
+        self.queue.push_back(Err(RecordError {
+            record_id: Some(record_id),
+            position,
+            field,
+            reason,
+        }));
     }
 
     /// Whether the file is new to this run (its messages are delivered).
@@ -640,13 +692,7 @@ impl IwmoStream {
             MessageError::Invalid { element, .. } => Some(element.clone()),
             _ => None,
         };
-        let position = self.next_position();
-        self.queue.push_back(Err(RecordError {
-            record_id: Some(record_id),
-            position,
-            field,
-            reason: e.to_string(),
-        }));
+        self.quarantine(record_id, field, e.to_string());
         Ok(())
     }
 
@@ -671,14 +717,20 @@ impl IwmoStream {
 
     /// The next page of the files pass 1 reads (index, name, name's bytes) after file
     /// `after`: all of them, or (store-backed state) those not yet applied.
-    fn pass1_page(
-        &self,
-        after: Option<usize>,
-    ) -> Result<Vec<(usize, String, Vec<u8>)>, DeliveryError> {
+    fn pass1_page(&self, after: Option<usize>) -> Result<Vec<Listed>, DeliveryError> {
         let todo_only = matches!(self.store, Some((_, Mode::FromState)));
         self.work
             .files_after(after, ENTRIES_PER_PAGE, todo_only)
             .map_err(|e| self.work_error(e))
+    }
+
+    /// Calls `f` with each file pass 1 reads ([`IwmoStream::pass1_page`]), in name order, a
+    /// page at a time; the first error stops the walk.
+    fn for_each_pass1_file(
+        &mut self,
+        f: impl FnMut(&mut Self, Listed) -> Result<(), DeliveryError>,
+    ) -> Result<(), DeliveryError> {
+        for_each_file(self, Self::pass1_page, f)
     }
 
     fn store_error(&self, e: impl std::fmt::Display) -> DeliveryError {
@@ -711,69 +763,64 @@ impl IwmoStream {
         let mut changes = self.first_changes();
         self.check_changed(&mut changes)?;
         self.stage_some(changes, true)?;
-        let mut after = None;
-        loop {
-            let page = self.pass1_page(after)?;
-            let Some((last, _, _)) = page.last() else {
-                break;
-            };
-            after = Some(*last);
-            for (file, name, raw) in page {
-                self.check_cancel()?;
-                let path = self.folder.path(&raw);
-                self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
-                self.files_read += 1;
-                // The whole message, for the assignment numbers a WMO301 makes; a message
-                // that does not read whole is ordered by its envelope (its problem is
-                // reported when its pair is applied).
-                let (envelope, uses) = match read_message(self.open_file(&path)?, &self.limits) {
-                    Ok(m) => {
-                        let uses = self.uses_of(&m);
-                        (Ok((m.header, Some(m.client.bsn))), uses)
+        self.for_each_pass1_file(Self::index_file)?;
+        let sealed = self.work.seal();
+        sealed.map_err(|e| self.work_error(e))?;
+        Ok(())
+    }
+
+    /// Pass 1 for one file: its message's row (and the assignment numbers it makes) in the
+    /// work index, or its problem.
+    fn index_file(&mut self, (file, name, raw): Listed) -> Result<(), DeliveryError> {
+        self.check_cancel()?;
+        let path = self.folder.path(&raw);
+        self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+        self.files_read += 1;
+        // The whole message, for the assignment numbers a WMO301 makes; a message
+        // that does not read whole is ordered by its envelope (its problem is
+        // reported when its pair is applied).
+        let (envelope, uses) = match read_message(self.open_file(&path)?, &self.limits) {
+            Ok(m) => {
+                let uses = self.uses_of(&m);
+                (Ok((m.header, Some(m.client.bsn))), uses)
+            }
+            Err(_) => (
+                read_envelope(self.open_file(&path)?, &self.limits),
+                Vec::new(),
+            ),
+        };
+        match envelope {
+            Ok((h, bsn)) => {
+                let pair = match bsn.as_deref().map(Bsn::parse) {
+                    Some(Ok(b)) => {
+                        stored::pair_key(h.provider(), self.pair_keys.pseudonymise(&b).as_bytes())
                     }
-                    Err(_) => (
-                        read_envelope(self.open_file(&path)?, &self.limits),
-                        Vec::new(),
-                    ),
+                    // No valid BSN: the message is a pair of its own (it never
+                    // reaches the state).
+                    _ => {
+                        let mut k = vec![1u8];
+                        k.extend_from_slice(&(file as u64).to_be_bytes());
+                        k
+                    }
                 };
-                match envelope {
-                    Ok((h, bsn)) => {
-                        let pair = match bsn.as_deref().map(Bsn::parse) {
-                            Some(Ok(b)) => stored::pair_key(
-                                h.provider(),
-                                self.pair_keys.pseudonymise(&b).as_bytes(),
-                            ),
-                            // No valid BSN: the message is a pair of its own (it never
-                            // reaches the state).
-                            _ => {
-                                let mut k = vec![1u8];
-                                k.extend_from_slice(&(file as u64).to_be_bytes());
-                                k
-                            }
-                        };
-                        let added = self.work.add(&pair, &h, file);
+                let added = self.work.add(&pair, &h, file);
+                added.map_err(|e| self.work_error(e))?;
+                if !uses.is_empty() {
+                    let ord = order_bytes(&h, &name);
+                    for (i, n) in uses.into_iter().enumerate() {
+                        let product = format!("{}:{}:{}#{}", h.kind.name(), h.sender, h.id, i + 1);
+                        let added = self
+                            .work
+                            .add_use(h.provider(), n, &ord, &pair, file, &product);
                         added.map_err(|e| self.work_error(e))?;
-                        if !uses.is_empty() {
-                            let ord = order_bytes(&h, &name);
-                            for (i, n) in uses.into_iter().enumerate() {
-                                let product =
-                                    format!("{}:{}:{}#{}", h.kind.name(), h.sender, h.id, i + 1);
-                                let added =
-                                    self.work
-                                        .add_use(h.provider(), n, &ord, &pair, file, &product);
-                                added.map_err(|e| self.work_error(e))?;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let new = self.is_new(file, &name)?;
-                        self.problem(new, &path, format!("file:{name}"), e)?;
                     }
                 }
             }
+            Err(e) => {
+                let new = self.is_new(file, &name)?;
+                self.problem(new, &path, format!("file:{name}"), e)?;
+            }
         }
-        let sealed = self.work.seal();
-        sealed.map_err(|e| self.work_error(e))?;
         Ok(())
     }
 
@@ -812,6 +859,7 @@ impl IwmoStream {
         rows: Vec<work::Row>,
         stored: Option<Vec<Logged>>,
     ) -> Result<(), DeliveryError> {
+        self.reported.clear();
         let stateless = self.store.is_none();
         let from_state = matches!(self.store, Some((_, Mode::FromState)));
         // An old message of a pair without new message cannot change what this run
@@ -886,16 +934,11 @@ impl IwmoStream {
                 && m.header.municipality() != own
             {
                 if new {
-                    let position = self.next_position();
-                    self.queue.push_back(Err(RecordError {
-                        record_id: Some(record_id),
-                        position,
-                        field: Some("Header".into()),
-                        reason: format!(
-                            "message of municipality {}; this source applies messages of municipality {own} only ([source.iwmo] municipality)",
-                            m.header.municipality()
-                        ),
-                    }));
+                    let reason = format!(
+                        "message of municipality {}; this source applies messages of municipality {own} only ([source.iwmo] municipality)",
+                        m.header.municipality()
+                    );
+                    self.quarantine(record_id, Some("Header".into()), reason);
                 }
                 continue;
             }
@@ -975,13 +1018,7 @@ impl IwmoStream {
                     }
                     Err(p) => {
                         if new {
-                            let position = self.next_position();
-                            self.queue.push_back(Err(RecordError {
-                                record_id: Some(product_id),
-                                position,
-                                field: Some(p.element),
-                                reason: p.reason,
-                            }));
+                            self.quarantine(product_id, Some(p.element), p.reason);
                         }
                     }
                 }
@@ -1012,25 +1049,15 @@ impl IwmoStream {
                 if owner.pair.as_deref().is_some_and(|p| p != pair_key) {
                     lost.push(k.clone());
                 } else if let Some(product_id) = owner.dispossessed {
-                    let position = self.next_position();
-                    self.queue.push_back(Err(RecordError {
-                        record_id: Some(product_id),
-                        position,
-                        field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
-                        reason: REUSED.into(),
-                    }));
+                    let field = format!("ToegewezenProduct ToewijzingNummer {}", k.1);
+                    self.quarantine(product_id, Some(field), REUSED.into());
                 }
             }
             for k in lost {
                 keys.retain(|x| *x != k);
                 for (_, product_id) in made.iter().filter(|(made, _)| *made == k) {
-                    let position = self.next_position();
-                    self.queue.push_back(Err(RecordError {
-                        record_id: Some(product_id.clone()),
-                        position,
-                        field: Some(format!("ToegewezenProduct ToewijzingNummer {}", k.1)),
-                        reason: REUSED.into(),
-                    }));
+                    let field = format!("ToegewezenProduct ToewijzingNummer {}", k.1);
+                    self.quarantine(product_id.clone(), Some(field), REUSED.into());
                 }
             }
         }

@@ -659,6 +659,49 @@ async fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_messag
 }
 
 #[tokio::test]
+async fn a_late_message_and_new_assignments_of_the_dispossessed_client_report_each_product_once_on_every_store()
+ {
+    for (early, late) in [(BSN, OTHER_BSN), (OTHER_BSN, BSN)] {
+        for db in testdb::targets("iwmo_reuse_once").await {
+            let store = Store::open(&db.url).await.expect("store");
+            let ctx = context(&store);
+            let h = Harness::new();
+            h.put("001.xml", &reuse_message(false, late));
+            sync(&ctx, &h).await;
+            // In one run: the earlier client's message arrives late and takes number 1 from
+            // the later client, who also has a new WMO301 for it and sends T9 again.
+            h.put("002.xml", &reuse_message(true, early));
+            h.put(
+                "003.xml",
+                &a301(
+                    "T10",
+                    day(3, 3),
+                    late,
+                    vec![assigned(1, "02", day(3, 3), None)],
+                ),
+            );
+            h.put("004.xml", &reuse_message(false, late));
+            let run = sync(&ctx, &h).await;
+            assert_eq!(owner(&store).await, Some(person(early)), "{}", db.name);
+            let mut ids = reused(&store, &run).await;
+            ids.sort();
+            assert_eq!(ids, ["WMO301:0363:T10#1", REUSED_LATER], "{}", db.name);
+            // A full run reads both copies of T9 as new: one entry all the same.
+            let full = sync_source(&ctx, &h.source, true, Arc::new(Progress::default()))
+                .await
+                .expect("sync");
+            assert_eq!(full.status, RunStatus::Succeeded, "{:?}", full.error);
+            let mut ids = reused(&store, &full).await;
+            ids.sort();
+            assert_eq!(ids, ["WMO301:0363:T10#1", REUSED_LATER], "{}", db.name);
+            drop(ctx);
+            drop(store);
+            db.drop_database().await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_state_stored_without_assignment_number_entries_is_rebuilt_once() {
     // The SQLite store, edited as a state of an older version: no `number` entries.
     let db = testdb::targets("iwmo_numbers")

@@ -207,42 +207,35 @@ impl IwmoStream {
         let Some((_, Mode::FromState)) = &self.store else {
             return Ok(());
         };
-        let mut after = None;
-        loop {
-            let page = self.pass1_page(after)?;
-            let Some((last, _, _)) = page.last() else {
-                break;
+        self.for_each_pass1_file(|this, (file, name, raw)| {
+            let stored = this.work.entry(&name).map_err(|e| this.work_error(e))?;
+            let Some(before) = stored.as_deref().and_then(parse_file) else {
+                return Ok(());
             };
-            after = Some(*last);
-            for (file, name, raw) in page {
-                let stored = self.work.entry(&name).map_err(|e| self.work_error(e))?;
-                let Some(before) = stored.as_deref().and_then(parse_file) else {
-                    continue;
-                };
-                let path = self.folder.path(&raw);
-                let mut now = FileEntry::read(&path, self.limits.max_bytes).map_err(|e| {
-                    DeliveryError::Io {
-                        location: path.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?;
-                self.bytes += now.size;
-                self.files_read += 1;
-                if now.sha256 != before.sha256 {
-                    let position = self.next_position();
-                    self.queue.push_back(Err(RecordError {
-                        record_id: Some(format!("file:{name}")),
-                        position,
-                        field: None,
-                        reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
-                    }));
+            let path = this.folder.path(&raw);
+            let mut now = FileEntry::read(&path, this.limits.max_bytes).map_err(|e| {
+                DeliveryError::Io {
+                    location: path.display().to_string(),
+                    message: e.to_string(),
                 }
-                now.changed = before.changed || now.sha256 != before.sha256;
-                changes.push(now.change(&name));
-                let done = self.work.set_todo(file, false);
-                done.map_err(|e| self.work_error(e))?;
+            })?;
+            this.bytes += now.size;
+            this.files_read += 1;
+            if now.sha256 != before.sha256 {
+                let position = this.next_position();
+                this.queue.push_back(Err(RecordError {
+                    record_id: Some(format!("file:{name}")),
+                    position,
+                    field: None,
+                    reason: "the message file changed after it was applied (its SHA-256 differs); an applied iWmo message is not applied again: send a correction (StatusAanlevering 2 or 3), or run --full to rebuild the state from the folder as it is now".into(),
+                }));
             }
-        }
+            now.changed = before.changed || now.sha256 != before.sha256;
+            changes.push(now.change(&name));
+            let done = this.work.set_todo(file, false);
+            done.map_err(|e| this.work_error(e))?;
+            Ok(())
+        })?;
         let flushed = self.work.flush();
         flushed.map_err(|e| self.work_error(e))?;
         Ok(())
@@ -524,26 +517,16 @@ impl IwmoStream {
         if self.store.is_none() {
             return Ok(());
         }
-        let mut after = None;
-        loop {
-            let page = self.pass1_page(after)?;
-            let Some((last, _, _)) = page.last() else {
-                break;
-            };
-            after = Some(*last);
-            for (_, name, raw) in page {
-                self.check_cancel()?;
-                let path = self.folder.path(&raw);
-                let entry = FileEntry::read(&path, self.limits.max_bytes).map_err(|e| {
-                    DeliveryError::Io {
-                        location: path.display().to_string(),
-                        message: e.to_string(),
-                    }
+        self.for_each_pass1_file(|this, (_, name, raw)| {
+            this.check_cancel()?;
+            let path = this.folder.path(&raw);
+            let entry =
+                FileEntry::read(&path, this.limits.max_bytes).map_err(|e| DeliveryError::Io {
+                    location: path.display().to_string(),
+                    message: e.to_string(),
                 })?;
-                self.stage_some(vec![entry.change(&name)], false)?;
-            }
-        }
-        Ok(())
+            this.stage_some(vec![entry.change(&name)], false)
+        })
     }
 }
 

@@ -865,6 +865,79 @@ fn a_reused_assignment_number_stays_with_the_client_of_the_earliest_message() {
     }
 }
 
+/// The record ids of a run's rejects, sorted; each must be a reused assignment number.
+fn reused_ids(out: &Outcome) -> Vec<String> {
+    let mut ids: Vec<String> = out
+        .rejects
+        .iter()
+        .map(|(id, _, reason)| {
+            assert!(
+                reason.contains("already used for another client"),
+                "{reason}"
+            );
+            id.clone().unwrap_or_default()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_late_message_and_a_new_assignment_of_the_dispossessed_client_report_each_product_once() {
+    for (early, late) in [(BSN, OTHER_BSN), (OTHER_BSN, BSN)] {
+        // Number 1 is the later client's (T9) until the earlier client's message arrives
+        // late; the later client's new WMO301 in the same run (T10) cannot take it either.
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(false, late));
+        h.run_ok();
+        h.put("002.xml", &reuse_message(true, early));
+        h.put(
+            "003.xml",
+            &a301(
+                "T10",
+                day(3, 3),
+                late,
+                vec![assigned(1, "02", day(3, 3), None)],
+            ),
+        );
+        let out = h.run_ok();
+        assert_eq!(reused_ids(&out), ["WMO301:0363:T10#1", REUSED_LATER]);
+
+        // The later client's assignment sent again (the same message in a new file).
+        let mut h = Harness::new();
+        h.put("001.xml", &reuse_message(false, late));
+        h.run_ok();
+        h.put("002.xml", &reuse_message(true, early));
+        h.put("003.xml", &reuse_message(false, late));
+        let out = h.run_ok();
+        assert_eq!(reused_ids(&out), [REUSED_LATER]);
+        // A full run reads both copies as new: one entry all the same.
+        let (out, _) = h.read(true).expect("run").expect("something");
+        assert_eq!(reused_ids(&out), [REUSED_LATER]);
+    }
+}
+
+#[test]
+fn a_message_sent_twice_in_one_run_is_quarantined_once() {
+    // A start without assignment, in two files.
+    let mut h = Harness::new();
+    let start = s305(
+        "S1",
+        day(3, 6),
+        started(Some(7), day(3, 5), DeliveryStatus::First),
+    );
+    h.put("001.xml", &start);
+    h.put("002.xml", &start);
+    let out = h.run_ok();
+    let ids: Vec<_> = out.rejects.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(
+        ids,
+        [Some("WMO305:98000001:S1#1".to_owned())],
+        "{:?}",
+        out.rejects
+    );
+}
+
 #[test]
 fn shelter_categories_are_sensitive() {
     let mut h = Harness::new();
