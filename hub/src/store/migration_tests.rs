@@ -248,3 +248,48 @@ async fn a_run_held_before_the_upgrade_can_be_accepted_after_it() {
         db.drop_database().await;
     }
 }
+
+fn page_size(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size")
+}
+
+/// New index and staging files get the store's larger pages; a file made with SQLite's
+/// default 4 KiB pages keeps them, and a run still stages and publishes into it.
+#[tokio::test]
+async fn new_sqlite_files_use_large_pages_and_old_files_keep_theirs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fresh = dir.path().join("fresh.db");
+    let store = Store::open(&format!("sqlite://{}", fresh.display()))
+        .await
+        .expect("open");
+    assert_eq!(page_size(&fresh), i64::from(sqlite::PAGE_SIZE));
+    let run = store
+        .begin_run(SRC, super::RunMode::Full)
+        .await
+        .expect("begin");
+    let staging = dir.path().join(format!("fresh.db.staging/run-{run}.db"));
+    store
+        .stage(run, vec![record(SRC, 1)], Vec::new())
+        .await
+        .expect("stage");
+    assert_eq!(page_size(&staging), i64::from(sqlite::PAGE_SIZE));
+    drop(store);
+
+    let old = dir.path().join("old.db");
+    build_sqlite_v4(&old, &v4_row());
+    assert_eq!(page_size(&old), 4096);
+    let store = Store::open(&format!("sqlite://{}", old.display()))
+        .await
+        .expect("open");
+    let rs: Vec<Involvement> = (1..=3).map(|i| record(SRC, i)).collect();
+    let run = publish_full(&store, SRC, &rs).await;
+    assert_eq!(
+        run.counts.inserted + run.counts.updated + run.counts.unchanged,
+        3
+    );
+    assert_eq!(store.involvements(SRC).await.expect("rows").len(), 3);
+    drop(store);
+    assert_eq!(page_size(&old), 4096);
+}

@@ -43,6 +43,12 @@ const PERSON_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS involvements_person ON involvements (person);
     CREATE INDEX IF NOT EXISTS relations_other ON relations (other);";
 
+/// Page size of new index and staging files (an existing file keeps its own). Larger pages
+/// than SQLite's default 4 KiB: a first sync of 1M records took 25% less CPU time
+/// (docs/operations.md, "SQLite page size"). Only a file's first table fixes it, so it is set
+/// before anything else.
+pub(super) const PAGE_SIZE: u32 = 16_384;
+
 /// Page cache of the store's connection (negative: KiB).
 const PAGE_CACHE: i64 = -65_536;
 
@@ -126,6 +132,8 @@ impl SqliteStore {
         })?;
         // The busy timeout first: another process may be opening (and migrating) the file.
         conn.busy_timeout(BUSY_TIMEOUT).map_err(e("open"))?;
+        conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))
+            .map_err(e("open"))?;
         set_wal(&conn)?;
         conn.execute_batch(&format!(
             "PRAGMA synchronous = NORMAL;
@@ -862,7 +870,8 @@ fn create_staging(conn: &Connection, inner: &Inner, run: RunId) -> Result<(), St
     std::fs::File::create(&path).map_err(|err| StoreError::db("staging", err))?;
     attach_staging(conn, inner, run)?;
     conn.execute_batch(&format!(
-        "CREATE TABLE {s}.staging (
+        "PRAGMA {s}.page_size = {PAGE_SIZE};
+         CREATE TABLE {s}.staging (
             source_record_id TEXT PRIMARY KEY,
             person BLOB NOT NULL, key_id TEXT NOT NULL,
             organisation_code TEXT NOT NULL, organisation_name TEXT NOT NULL, team TEXT,
