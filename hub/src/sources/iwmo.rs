@@ -80,9 +80,15 @@
 //! run reads only the new files (and lists and stats the folder); a full run reads every file
 //! three times (message, message again when its pair is applied, hash) and does a point lookup
 //! in the work index per file and per pair. Per assignment of a pair applied, the run does one
-//! lookup in the work index and, on an incremental run, one page read of the stored `number`
-//! entries.
+//! lookup in the work index. An incremental run reads the store's state a batch of pairs at a
+//! time: the batch's stored logs in one query, the first `number` entries of every assignment
+//! number the batch's messages make in one more (per number at most 4; a number with more and
+//! none of them live is read on a page at a time), and the stored logs of other pairs those
+//! entries name (a number reused for two clients) in a third; so its state queries grow with
+//! the batches, not with the assignments (`state_reads` in the run's log).
 
+#[cfg(test)]
+mod reads_tests;
 #[cfg(test)]
 mod retention_tests;
 pub mod state;
@@ -541,6 +547,13 @@ pub struct IwmoStream {
     /// The pairs read from the work index and not applied yet, and their stored logs.
     batch: VecDeque<(Vec<u8>, Vec<work::Row>)>,
     batch_logs: HashMap<Vec<u8>, Vec<Logged>>,
+    /// Incremental run: the stored `number` entries of the assignment numbers of the batch's
+    /// pairs (by [`stored::number_prefix`]), and the stored logs (as stored; `None`: none) of
+    /// the other pairs those entries name, read with the batch ([`stored`]).
+    batch_numbers: HashMap<Vec<u8>, stored::Prefetched>,
+    batch_number_logs: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Queries of the store's state this run sent (observable: `state_reads` in the log).
+    state_reads: std::cell::Cell<u64>,
     /// Keys the work index's pairs: the store's index pseudonymiser, or (no store) one
     /// with a random key of this run.
     pair_keys: Pseudonymiser,
@@ -591,6 +604,9 @@ impl IwmoStream {
             work,
             batch: VecDeque::new(),
             batch_logs: HashMap::new(),
+            batch_numbers: HashMap::new(),
+            batch_number_logs: HashMap::new(),
+            state_reads: std::cell::Cell::new(0),
             pair_keys,
             pending: Vec::new(),
             index: 0,
@@ -840,6 +856,7 @@ impl IwmoStream {
                 return Ok(false);
             }
             self.batch_logs = self.stored_logs(next.iter().map(|(pair, _)| pair))?;
+            self.prefetch_numbers(&next)?;
             self.batch = next.into();
         }
         let Some((pair, rows)) = self.batch.pop_front() else {
@@ -1084,6 +1101,7 @@ impl IwmoStream {
             files_read = self.files_read,
             bytes_read = self.bytes,
             purged_not_reapplied = self.purged,
+            state_reads = self.state_reads.get(),
             "iWmo messages read."
         );
         self.stage_files()?;

@@ -65,6 +65,21 @@ impl SourceState {
             .block_on(self.store.source_state_page(source, kind, after, limit))
     }
 
+    /// The first `per_range` published entries of `kind` of `source` (in key order) in each
+    /// of these key ranges (`start <= key < end`): many keys' state in one query.
+    pub fn read_ranges(
+        &self,
+        source: &str,
+        kind: &str,
+        ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        per_range: usize,
+    ) -> Result<StateEntries, StoreError> {
+        self.runtime.block_on(
+            self.store
+                .source_state_ranges(source, kind, ranges, per_range),
+        )
+    }
+
     /// Stages changes, published with the run.
     pub fn stage(&self, changes: Vec<StateChange>) -> Result<(), StoreError> {
         self.runtime

@@ -667,6 +667,27 @@ impl Store {
     ) -> Result<StateEntries, StoreError> {
         dispatch!(self, s => s.source_state_page(source, kind, after, limit).await)
     }
+
+    /// The first `per_range` published state entries of `kind` of a source (in key order)
+    /// with a key in each of these ranges (`start <= key < end`): the state of many keys read
+    /// a batch at a time (one query on PostgreSQL; a few hundred ranges per query on SQLite).
+    pub async fn source_state_ranges(
+        &self,
+        source: &str,
+        kind: &str,
+        ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        per_range: usize,
+    ) -> Result<StateEntries, StoreError> {
+        dispatch!(self, s => s.source_state_ranges(source, kind, ranges, per_range).await)
+    }
+
+    /// Connector state queries this store sent since it was opened (reads of
+    /// [`Store::source_state`], [`Store::source_state_page`] and
+    /// [`Store::source_state_ranges`]): observable, so that tests and measurements can tell
+    /// how a connector's reads grow.
+    pub fn state_reads(&self) -> u64 {
+        dispatch!(self, s => s.state_reads().load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Source leases and schedule history (`lease_sqlite.rs`, `lease_postgres.rs`).

@@ -52,6 +52,8 @@ const UNDEFINED_TABLE: &str = "42P01";
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connector state queries sent (`state_postgres.rs`; see `Store::state_reads`).
+    state_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Current time at the precision SQLite stores (milliseconds), so both backends agree.
@@ -109,6 +111,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// The counter of connector state queries sent (for the store's sibling modules).
+    pub(super) fn state_reads(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.state_reads
+    }
+
     /// Connects and migrates.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
@@ -129,7 +136,10 @@ impl PgStore {
                 message: format!("{}: {err}", redact_url(url)),
             })?;
         migrate(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            state_reads: std::sync::Arc::default(),
+        })
     }
 
     pub(super) async fn begin_run(&self, source: &str, mode: RunMode) -> Result<RunId, StoreError> {

@@ -72,6 +72,8 @@ struct Inner {
     /// Read-only connections for the lookup API (`lookup_sqlite.rs`), so lookups neither wait
     /// for each other nor for this connection.
     readers: lookup::Readers,
+    /// Connector state queries run (`state_sqlite.rs`; see `Store::state_reads`).
+    state_reads: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn now_text() -> String {
@@ -173,8 +175,14 @@ impl SqliteStore {
                 conn: Mutex::new(conn),
                 staging_dir: PathBuf::from(staging_dir),
                 readers: lookup::Readers::new(path),
+                state_reads: std::sync::atomic::AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The counter of connector state queries run (for the store's sibling modules).
+    pub(super) fn state_reads(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.inner.state_reads
     }
 
     /// Runs `f` on the connection on a blocking thread (for the store's sibling modules).

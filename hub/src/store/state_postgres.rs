@@ -1,6 +1,8 @@
 //! PostgreSQL: per-source connector state (`Store::stage_state`), published in the run's
 //! publication transaction.
 
+use std::sync::atomic::Ordering;
+
 use sqlx::PgConnection;
 
 use super::postgres::PgStore;
@@ -136,6 +138,7 @@ impl PgStore {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<StateEntries, StoreError> {
+        self.state_reads().fetch_add(1, Ordering::Relaxed);
         sqlx::query_as(
             "SELECT key, value FROM source_state
              WHERE source = $1 AND kind = $2 AND ($3::bytea IS NULL OR key > $3)
@@ -157,6 +160,7 @@ impl PgStore {
         keys: Option<Vec<Vec<u8>>>,
     ) -> Result<StateEntries, StoreError> {
         let op = "read state";
+        self.state_reads().fetch_add(1, Ordering::Relaxed);
         match keys {
             None => sqlx::query_as(
                 "SELECT key, value FROM source_state WHERE source = $1 AND kind = $2",
@@ -177,5 +181,36 @@ impl PgStore {
             .await
             .map_err(e(op)),
         }
+    }
+
+    pub(super) async fn source_state_ranges(
+        &self,
+        source: &str,
+        kind: &str,
+        ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        per_range: usize,
+    ) -> Result<StateEntries, StoreError> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.state_reads().fetch_add(1, Ordering::Relaxed);
+        let (starts, ends): (Vec<Vec<u8>>, Vec<Vec<u8>>) = ranges.into_iter().unzip();
+        // One index range scan per range, each stopped after `per_range` entries.
+        sqlx::query_as(
+            "SELECT s.key, s.value FROM UNNEST($3::bytea[], $4::bytea[]) AS r(lo, hi)
+             CROSS JOIN LATERAL (
+                 SELECT key, value FROM source_state
+                 WHERE source = $1 AND kind = $2 AND key >= r.lo AND key < r.hi
+                 ORDER BY key LIMIT $5
+             ) AS s",
+        )
+        .bind(source)
+        .bind(kind)
+        .bind(&starts)
+        .bind(&ends)
+        .bind(i64::try_from(per_range).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await
+        .map_err(e("read state"))
     }
 }

@@ -1,7 +1,9 @@
 //! SQLite: per-source connector state (`Store::stage_state`), published in the run's
 //! publication transaction.
 
-use rusqlite::{Transaction, params};
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Transaction, params, params_from_iter};
 
 use super::sqlite::SqliteStore;
 use super::{RunId, StateChange, StateEntries, StoreError};
@@ -127,6 +129,7 @@ impl SqliteStore {
         let (source, kind) = (source.to_owned(), kind.to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let op = "read state";
+        self.state_reads().fetch_add(1, Ordering::Relaxed);
         self.with_conn(move |conn| {
             let mut st = conn
                 .prepare_cached(
@@ -157,6 +160,13 @@ impl SqliteStore {
     ) -> Result<StateEntries, StoreError> {
         let (source, kind) = (source.to_owned(), kind.to_owned());
         let op = "read state";
+        let statements = keys
+            .as_ref()
+            .map_or(1, |k| k.len().div_ceil(KEYS_PER_QUERY));
+        self.state_reads().fetch_add(
+            u64::try_from(statements).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.with_conn(move |conn| {
             let mut out = Vec::new();
             match keys {
@@ -174,18 +184,28 @@ impl SqliteStore {
                     }
                 }
                 Some(keys) => {
-                    let mut st = conn
-                        .prepare_cached(
-                            "SELECT value FROM source_state
-                             WHERE source = ?1 AND kind = ?2 AND key = ?3",
-                        )
-                        .map_err(e(op))?;
-                    for k in keys {
-                        let mut rows = st
-                            .query_map(params![source, kind, k], |r| r.get::<_, Vec<u8>>(0))
+                    // An `IN` list of at most KEYS_PER_QUERY keys per statement.
+                    for chunk in keys.chunks(KEYS_PER_QUERY) {
+                        let list = vec!["?"; chunk.len()].join(", ");
+                        let mut st = conn
+                            .prepare_cached(&format!(
+                                "SELECT key, value FROM source_state
+                                 WHERE source = ?1 AND kind = ?2 AND key IN ({list})"
+                            ))
                             .map_err(e(op))?;
-                        if let Some(v) = rows.next() {
-                            out.push((k, v.map_err(e(op))?));
+                        let args = [source.clone(), kind.clone()]
+                            .into_iter()
+                            .map(rusqlite::types::Value::Text)
+                            .chain(
+                                chunk
+                                    .iter()
+                                    .map(|k| rusqlite::types::Value::Blob(k.clone())),
+                            );
+                        let rows = st
+                            .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))
+                            .map_err(e(op))?;
+                        for r in rows {
+                            out.push(r.map_err(e(op))?);
                         }
                     }
                 }
@@ -194,4 +214,69 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub(super) async fn source_state_ranges(
+        &self,
+        source: &str,
+        kind: &str,
+        ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        per_range: usize,
+    ) -> Result<StateEntries, StoreError> {
+        let (source, kind) = (source.to_owned(), kind.to_owned());
+        let op = "read state";
+        let per_range = i64::try_from(per_range).unwrap_or(i64::MAX);
+        let statements = ranges.len().div_ceil(RANGES_PER_QUERY);
+        self.state_reads().fetch_add(
+            u64::try_from(statements).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.with_conn(move |conn| {
+            let mut out = Vec::new();
+            for chunk in ranges.chunks(RANGES_PER_QUERY) {
+                // The ranges as a VALUES list (?4, ?5, ?6), (?7, ?8, ?9), …; each a range
+                // scan of the primary key, numbered per range to keep the first `per_range`.
+                let values = (0..chunk.len())
+                    .map(|i| format!("(?{}, ?{}, ?{})", 4 + 3 * i, 5 + 3 * i, 6 + 3 * i))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut st = conn
+                    .prepare_cached(&format!(
+                        "WITH r(i, lo, hi) AS (VALUES {values})
+                         SELECT key, value FROM (
+                             SELECT s.key, s.value,
+                                    row_number() OVER (PARTITION BY r.i ORDER BY s.key) AS n
+                             FROM r JOIN source_state AS s
+                               ON s.source = ?1 AND s.kind = ?2 AND s.key >= r.lo AND s.key < r.hi
+                         ) WHERE n <= ?3"
+                    ))
+                    .map_err(e(op))?;
+                let mut args = vec![
+                    rusqlite::types::Value::Text(source.clone()),
+                    rusqlite::types::Value::Text(kind.clone()),
+                    rusqlite::types::Value::Integer(per_range),
+                ];
+                for (i, (lo, hi)) in chunk.iter().enumerate() {
+                    args.push(rusqlite::types::Value::Integer(
+                        i64::try_from(i).unwrap_or(i64::MAX),
+                    ));
+                    args.push(rusqlite::types::Value::Blob(lo.clone()));
+                    args.push(rusqlite::types::Value::Blob(hi.clone()));
+                }
+                let rows = st
+                    .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(e(op))?;
+                for r in rows {
+                    out.push(r.map_err(e(op))?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
+
+/// Keys per `IN` list of a state read (SQLite binds at most 32,766 parameters).
+const KEYS_PER_QUERY: usize = 500;
+
+/// Ranges per query of a state read by ranges (three parameters each).
+const RANGES_PER_QUERY: usize = 300;

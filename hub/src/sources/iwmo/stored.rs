@@ -18,11 +18,12 @@
 //!
 //! The `number` entries say, per assignment number of a provider, which logged messages made
 //! it, in the order of application, so that a run finds the stored client that has a number
-//! (the first entry whose pair's log still holds the message) with a lookup per number of
-//! the pairs it applies, without reading other pairs' logs. Retention purges a pair's
+//! (the first entry whose pair's log still holds the message) without reading every pair's
+//! log: an incremental run reads the entries of the numbers of a batch of pairs in one query
+//! ([`IwmoStream::prefetch_numbers`]). Retention purges a pair's
 //! `number` entries with its log; a run deletes an entry it finds stale all the same.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{CHANGES_PER_STAGE, Item, IwmoStream, Mode, SortKey, order_bytes, work};
-use crate::store::StateChange;
+use crate::store::{StateChange, StateEntries};
 
 /// State kinds.
 pub const META: &str = "meta";
@@ -54,6 +55,33 @@ pub fn number_prefix(provider: &str, number: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&number.to_be_bytes());
     k
+}
+
+/// The `number` entries of an assignment number read at a time: with the batch of pairs
+/// ([`IwmoStream::prefetch_numbers`]), then a page at a time while none is live.
+const NUMBER_PAGE: usize = 4;
+
+/// The end of the `number` keys of an assignment number of a provider (exclusive): the
+/// keys from `prefix` to it are those that start with it.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The first stored `number` entries of an assignment number, read with the batch of pairs
+/// that may make it ([`IwmoStream::prefetch_numbers`]).
+#[derive(Debug, Clone)]
+pub(super) struct Prefetched {
+    /// At most [`NUMBER_PAGE`] entries, in key order.
+    entries: StateEntries,
+    /// No more entries follow.
+    complete: bool,
 }
 
 /// The state change recording that product `index` (from 1) of the message at `ord` of
@@ -253,6 +281,7 @@ impl IwmoStream {
             _ => return Ok(HashMap::new()),
         };
         let keys: Vec<Vec<u8>> = pairs.cloned().collect();
+        self.count_read();
         let rows = st
             .read(&self.source, PAIR, Some(keys))
             .map_err(|e| self.store_error(e))?;
@@ -264,6 +293,110 @@ impl IwmoStream {
             out.insert(k, log);
         }
         Ok(out)
+    }
+
+    /// Counts a query of the store's state (`state_reads` in the run's log).
+    fn count_read(&self) {
+        self.state_reads.set(self.state_reads.get() + 1);
+    }
+
+    /// An incremental run: reads, for a batch of pairs, the first stored `number` entries
+    /// of every assignment number their messages (new ones, in the work index, and stored
+    /// ones, in `batch_logs`) make, in one query; and, in one more, the stored logs of the
+    /// other pairs those entries name. So the owner of a number ([`IwmoStream::owner`]) is
+    /// found without a query per assignment; a number not read here (or with more entries
+    /// than read, none of them live) is read a page at a time as before.
+    pub(super) fn prefetch_numbers(
+        &mut self,
+        pairs: &[(Vec<u8>, Vec<work::Row>)],
+    ) -> Result<(), DeliveryError> {
+        self.batch_numbers.clear();
+        self.batch_number_logs.clear();
+        let Some((st, Mode::FromState)) = &self.store else {
+            return Ok(());
+        };
+        let (Some((first, _)), Some((last, _))) = (pairs.first(), pairs.last()) else {
+            return Ok(());
+        };
+        // Per number (its key prefix), the pairs of the batch that may make it.
+        let mut wanted: BTreeMap<Vec<u8>, HashSet<Vec<u8>>> = BTreeMap::new();
+        let uses = self.work.numbers_between(first, last);
+        for (pair, provider, number) in uses.map_err(|e| self.work_error(e))? {
+            let prefix = number_prefix(&provider, number);
+            wanted.entry(prefix).or_default().insert(pair);
+        }
+        for (pair, log) in &self.batch_logs {
+            for l in log {
+                if let Body::Assignment(products) = &l.body {
+                    for p in products {
+                        let prefix = number_prefix(l.header.provider(), p.number);
+                        wanted.entry(prefix).or_default().insert(pair.clone());
+                    }
+                }
+            }
+        }
+        // (A number prefix holds a NUL, so it always has an end; one without is read later.)
+        wanted.retain(|p, _| prefix_end(p).is_some());
+        let ranges: Vec<(Vec<u8>, Vec<u8>)> = wanted
+            .keys()
+            .filter_map(|p| Some((p.clone(), prefix_end(p)?)))
+            .collect();
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        self.count_read();
+        let rows = st
+            .read_ranges(&self.source, NUMBER, ranges, NUMBER_PAGE)
+            .map_err(|e| self.store_error(e))?;
+        let mut numbers: HashMap<Vec<u8>, Prefetched> = HashMap::new();
+        let mut others: HashSet<Vec<u8>> = HashSet::new();
+        for (k, v) in rows {
+            // The number whose range holds the key: the greatest prefix not after it.
+            let Some((prefix, by)) = wanted
+                .range::<[u8], _>((
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Included(k.as_slice()),
+                ))
+                .next_back()
+                .filter(|(p, _)| k.starts_with(p))
+            else {
+                continue;
+            };
+            // Another pair's use is live only when its stored log holds the message.
+            if by.len() > 1 || !by.contains(&v) {
+                others.insert(v.clone());
+            }
+            numbers
+                .entry(prefix.clone())
+                .or_insert_with(|| Prefetched {
+                    entries: Vec::new(),
+                    complete: false,
+                })
+                .entries
+                .push((k, v));
+        }
+        for prefix in wanted.keys() {
+            let p = numbers.entry(prefix.clone()).or_insert_with(|| Prefetched {
+                entries: Vec::new(),
+                complete: false,
+            });
+            p.entries.sort();
+            p.complete = p.entries.len() < NUMBER_PAGE;
+        }
+        let mut logs: HashMap<Vec<u8>, Option<Vec<u8>>> =
+            others.iter().map(|p| (p.clone(), None)).collect();
+        if !others.is_empty() {
+            self.count_read();
+            let rows = st
+                .read(&self.source, PAIR, Some(others.into_iter().collect()))
+                .map_err(|e| self.store_error(e))?;
+            for (k, v) in rows {
+                logs.insert(k, Some(v));
+            }
+        }
+        self.batch_numbers = numbers;
+        self.batch_number_logs = logs;
+        Ok(())
     }
 
     /// A full run under the same index key: whether the stored state applied this file
@@ -297,10 +430,19 @@ impl IwmoStream {
         let Some((st, _)) = &self.store else {
             return Ok(false);
         };
-        let rows = st
-            .read(&self.source, PAIR, Some(vec![pair.to_vec()]))
-            .map_err(|e| self.store_error(e))?;
-        for (_, v) in rows {
+        let rows: Vec<Vec<u8>> = match self.batch_number_logs.get(pair) {
+            // Read with the batch (`prefetch_numbers`).
+            Some(v) => v.iter().cloned().collect(),
+            None => {
+                self.count_read();
+                let rows = st.read(&self.source, PAIR, Some(vec![pair.to_vec()]));
+                rows.map_err(|e| self.store_error(e))?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect()
+            }
+        };
+        for v in rows {
             let log = parse_log(&v).ok_or_else(|| {
                 self.store_error("a stored message log cannot be read; run --full")
             })?;
@@ -399,13 +541,23 @@ impl IwmoStream {
         let mut after = prefix.clone();
         let mut stale = Vec::new();
         let mut found = None;
+        // The entries read with the batch first; then, while none is live, a page at a time.
+        let mut prefetched = self
+            .batch_numbers
+            .get(&prefix)
+            .map(|p| (p.entries.clone(), p.complete));
         'pages: loop {
-            let page = st
-                .read_page(&self.source, NUMBER, Some(after.clone()), 4)
-                .map_err(|e| self.store_error(e))?;
-            if page.is_empty() {
-                break;
-            }
+            let (page, last) = match prefetched.take() {
+                Some(read) => read,
+                None => {
+                    self.count_read();
+                    let page = st
+                        .read_page(&self.source, NUMBER, Some(after.clone()), NUMBER_PAGE)
+                        .map_err(|e| self.store_error(e))?;
+                    let last = page.len() < NUMBER_PAGE;
+                    (page, last)
+                }
+            };
             for (k, v) in page {
                 let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
                     break 'pages;
@@ -432,6 +584,9 @@ impl IwmoStream {
                         value: None,
                     }),
                 }
+            }
+            if last {
+                break;
             }
         }
         self.stage_some(stale, false)?;

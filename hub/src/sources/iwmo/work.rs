@@ -268,7 +268,8 @@ impl WorkIndex {
         self.commit()?;
         self.conn.execute_batch(
             "CREATE INDEX msg_pair ON msg (pair, file);
-                 CREATE INDEX uses_number ON uses (provider, number, ord);",
+                 CREATE INDEX uses_number ON uses (provider, number, ord);
+                 CREATE INDEX uses_pair ON uses (pair);",
         )
     }
 
@@ -354,6 +355,30 @@ impl WorkIndex {
                 product,
             ])?;
         Ok(())
+    }
+
+    /// The assignment numbers the messages of this run of the pairs from `first` to `last`
+    /// (in pair order, both included) make: pair, provider and number, each once.
+    pub(super) fn numbers_between(
+        &self,
+        first: &[u8],
+        last: &[u8],
+    ) -> rusqlite::Result<Vec<(Vec<u8>, String, u64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT DISTINCT pair, provider, number FROM uses WHERE pair >= ?1 AND pair <= ?2",
+        )?;
+        let rows = st.query_map(params![first, last], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (pair, provider, number) = r?;
+            let Ok(number) = number.parse::<u64>() else {
+                return Err(rusqlite::Error::InvalidQuery);
+            };
+            out.push((pair, provider, number));
+        }
+        Ok(out)
     }
 
     /// The first message of this run after place `after` (in the order of application) that
