@@ -44,7 +44,7 @@ const PERSON_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS relations_other ON relations (other);";
 
 /// Page size of new index and staging files (an existing file keeps its own). Larger pages
-/// than SQLite's default 4 KiB: a first sync of 1M records took 25% less CPU time
+/// than SQLite's default 4 KiB: a first sync of 1M records took 11% less time
 /// (docs/operations.md, "SQLite page size"). Only a file's first table fixes it, so it is set
 /// before anything else.
 pub(super) const PAGE_SIZE: u32 = 16_384;
